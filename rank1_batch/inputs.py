@@ -1,0 +1,267 @@
+"""Reading user input: listing files, checking schemas, normalising row groups to pairs.
+
+Everything here is checked before any model is loaded: an unreadable file or a missing or
+mistyped column stops the job with a message naming the file and the column. Row-level
+problems (null ids, empty text) are not errors: those rows get a reason code and go to
+``rejected/``, so every input row is accounted for.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rank1_batch.spec import InputSpec, StorageSpec
+from rank1_batch.storage import filesystem
+
+# Reason codes for rejected rows.
+NULL_QUERY_ID = "null_query_id"
+NULL_DOC_ID = "null_doc_id"
+EMPTY_QUERY = "empty_query"
+EMPTY_PASSAGE = "empty_passage"
+NO_CANDIDATES = "no_candidates"
+
+NORMALISED = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("query", pa.string()),
+        ("passage", pa.string()),
+        ("title", pa.string()),
+        ("instruction", pa.string()),
+        ("input_order", pa.int64()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+class InputError(ValueError):
+    """The input cannot be used as given (the message names the file and column)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # protocol-qualified where remote
+    size: int
+    row_groups: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one file: the unit of parallel reading. ``ordinal`` numbers units in
+    input order, so ``(ordinal << 32) | position`` is a stable, unique ``input_order`` key for
+    every normalised row (a candidate's position counts within its exploded row group)."""
+
+    file: str
+    row_group: int
+    ordinal: int
+
+
+def list_input_files(uri: str, storage: StorageSpec | None = None) -> list[str]:
+    """Parquet files at ``uri``: a file, a folder (searched recursively) or a glob; sorted."""
+    fs, path = filesystem(uri, storage)
+    if any(c in path for c in "*?["):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = [p for p in fs.find(path) if p.endswith((".parquet", ".pq"))]
+    elif fs.exists(path):
+        found = [path]
+    else:
+        raise InputError(f"input {uri}: no such file or folder")
+    found = sorted(p for p in found if not posixpath.basename(p).startswith((".", "_")))
+    if not found:
+        raise InputError(f"input {uri}: no Parquet files found")
+    proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return [p if proto in ("file", "local") else f"{proto}://{p}" for p in found]
+
+
+def _open_parquet(path: str, storage: StorageSpec | None) -> pq.ParquetFile:
+    fs, bare = filesystem(path, storage)
+    try:
+        return pq.ParquetFile(fs.open(bare, "rb"))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"input file {path}: not a readable Parquet file ({exc})") from None
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _is_id(t: pa.DataType) -> bool:
+    return _is_text(t) or pa.types.is_integer(t)
+
+
+def check_schema(schema: pa.Schema, spec: InputSpec, path: str) -> None:
+    """Fail early, naming the file and the column, when the input does not fit ``spec``."""
+    cols = spec.columns
+
+    def need(
+        fields: pa.Schema | pa.StructType,
+        name: str | None,
+        kind: str,
+        where: str,
+        optional: bool = False,
+    ) -> None:
+        if name is None:
+            return
+        names = [f.name for f in fields]
+        if name not in names:
+            if optional:
+                return
+            raise InputError(
+                f"input file {path}: missing column {where}{name!r} "
+                f"(columns: {', '.join(names)}); map it under input.columns"
+            )
+        t = fields.field(name).type
+        ok = _is_id(t) if kind == "id" else _is_text(t)
+        if not ok:
+            expected = "string or integer" if kind == "id" else "string"
+            raise InputError(
+                f"input file {path}: column {where}{name!r} has type {t}, expected {expected}"
+            )
+
+    need(schema, cols.query_id, "id", "")
+    need(schema, cols.query, "text", "")
+    need(schema, cols.instruction, "text", "")
+    if spec.format == "pairs":
+        need(schema, cols.doc_id, "id", "")
+        need(schema, cols.passage, "text", "")
+        need(schema, cols.title, "text", "")
+        return
+    name = spec.candidates_column
+    if name not in schema.names:
+        raise InputError(f"input file {path}: missing column {name!r} (input.candidates_column)")
+    t = schema.field(name).type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(
+        t.value_type
+    ):
+        raise InputError(
+            f"input file {path}: column {name!r} has type {t}, expected a list of "
+            "structs (doc_id, passage[, title])"
+        )
+    where = f"{name}."
+    need(t.value_type, cols.doc_id, "id", where)
+    need(t.value_type, cols.passage, "text", where)
+    need(t.value_type, cols.title, "text", where, optional=True)
+
+
+def scan_inputs(spec: InputSpec, storage: StorageSpec | None = None) -> list[InputFile]:
+    """List and open every input file, check its schema, and read row-group sizes."""
+    out = []
+    for path in list_input_files(spec.path, storage):
+        pf = _open_parquet(path, storage)
+        check_schema(pf.schema_arrow, spec, path)
+        md = pf.metadata
+        fs, bare = filesystem(path, storage)
+        size = int(fs.size(bare) or 0)
+        out.append(
+            InputFile(path, size, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)))
+        )
+    return out
+
+
+def listing(files: list[InputFile]) -> list[dict[str, Any]]:
+    """What the fingerprint records about the input: names, sizes, row counts."""
+    return [{"path": f.path, "size": f.size, "rows": f.rows} for f in files]
+
+
+def units(files: list[InputFile]) -> list[Unit]:
+    return [
+        Unit(f.path, i, k)
+        for k, (f, i) in enumerate((f, i) for f in files for i in range(len(f.row_groups)))
+    ]
+
+
+def _order(unit: Unit, start: int, n: int) -> pa.Array:
+    return pa.array((unit.ordinal << 32) + np.arange(start, start + n, dtype=np.int64))
+
+
+def _as_string(arr: pa.Array | pa.ChunkedArray | None, n: int) -> pa.Array:
+    if arr is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return pc.cast(arr, pa.string())
+
+
+def _blank(arr: pa.Array) -> pa.Array:
+    """True where text is null, empty or whitespace only."""
+    stripped = pc.utf8_trim_whitespace(arr)
+    return pc.fill_null(pc.equal(pc.utf8_length(stripped), 0), True)
+
+
+def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """Read one row group and normalise it to :data:`NORMALISED` rows (candidates exploded)."""
+    table = _open_parquet(unit.file, storage).read_row_group(unit.row_group)
+    cols = spec.columns
+    n = table.num_rows
+
+    def col(t: pa.Table | pa.StructArray, name: str | None) -> Any:
+        if name is None:
+            return None
+        if isinstance(t, pa.Table):
+            return t.column(name) if name in t.column_names else None
+        return t.field(name) if t.type.get_field_index(name) >= 0 else None
+
+    qid = _as_string(col(table, cols.query_id), n)
+    query = _as_string(col(table, cols.query), n)
+    instr = _as_string(col(table, cols.instruction), n)
+    if spec.format == "pairs":
+        doc_id = _as_string(col(table, cols.doc_id), n)
+        passage = _as_string(col(table, cols.passage), n)
+        title = _as_string(col(table, cols.title), n)
+        empty_lists = pa.array([], pa.int64())
+        order = _order(unit, 0, n)
+    else:
+        lists = table.column(spec.candidates_column).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(lists), 0)
+        empty_lists = pc.indices_nonzero(pc.equal(lengths, 0))
+        parents = pc.list_parent_indices(lists)
+        flat = pc.list_flatten(lists)
+        m = len(flat)
+        qid, query, instr = (pc.take(a, parents) for a in (qid, query, instr))
+        doc_id = _as_string(col(flat, cols.doc_id), m)
+        passage = _as_string(col(flat, cols.passage), m)
+        title = _as_string(col(flat, cols.title), m)
+        order = _order(unit, 0, m)
+    reason = pa.nulls(len(qid), pa.string())
+    for mask, code in (
+        (_blank(passage), EMPTY_PASSAGE),
+        (_blank(query), EMPTY_QUERY),
+        (pc.is_null(doc_id), NULL_DOC_ID),
+        (pc.is_null(qid), NULL_QUERY_ID),
+    ):
+        reason = pc.if_else(mask, pa.scalar(code, pa.string()), reason)
+    out = pa.table([qid, doc_id, query, passage, title, instr, order, reason], schema=NORMALISED)
+    if len(empty_lists):
+        rows = pc.take(table.select([cols.query_id, cols.query]), empty_lists)
+        k = rows.num_rows
+        out = pa.concat_tables(
+            [
+                out,
+                pa.table(
+                    [
+                        _as_string(rows.column(0), k),
+                        pa.nulls(k, pa.string()),
+                        _as_string(rows.column(1), k),
+                        pa.nulls(k, pa.string()),
+                        pa.nulls(k, pa.string()),
+                        pa.nulls(k, pa.string()),
+                        _order(unit, len(qid), k),
+                        pa.array([NO_CANDIDATES] * k, pa.string()),
+                    ],
+                    schema=NORMALISED,
+                ),
+            ]
+        )
+    return out

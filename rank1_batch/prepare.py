@@ -1,0 +1,169 @@
+"""Stage 1: normalise, validate, dedup, group by query and cut into shards (Ray Data, CPU).
+
+Shard contents are a pure function of the input and ``shard_size``: a query goes to shard
+``hash(query_id) % n_shards`` (a stable hash, not Python's), and inside a shard rows are
+ordered by (query_id, input order). Ray's block boundaries never decide anything. Re-running
+prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is not re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rank1_batch import commit
+from rank1_batch.inputs import InputFile, Unit, read_unit, units
+from rank1_batch.spec import JobSpec
+from rank1_batch.storage import Store, parquet_bytes, sha256
+
+log = logging.getLogger(__name__)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("reason", pa.string()),
+        ("input_order", pa.int64()),
+    ]
+)
+
+
+def shard_of(query_id: str | None, n_shards: int) -> int:
+    digest = hashlib.blake2b((query_id or "").encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
+
+
+def _sorted_by(table: pa.Table, *keys: str) -> pa.Table:
+    return table.take(pc.sort_indices(table, [(k, "ascending") for k in keys]))
+
+
+def build_shard(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
+    """One shard's normalised rows → (pairs, rejected, duplicate count).
+
+    Pairs keep the first occurrence (in input order) of each (query_id, doc_id), ordered by
+    query then input order, with ``input_rank``: the pair's 1-based position in its query's
+    first-stage list.
+    """
+    bad = pc.is_valid(rows.column("reason"))
+    rejected = _sorted_by(rows.filter(bad), "input_order").select(REJECTED_SCHEMA.names)
+    good = _sorted_by(rows.filter(pc.invert(bad)), "query_id", "doc_id", "input_order")
+    qid = good.column("query_id").to_numpy(zero_copy_only=False)
+    did = good.column("doc_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(qid), dtype=bool)
+    if len(qid) > 1:
+        first[1:] = (qid[1:] != qid[:-1]) | (did[1:] != did[:-1])
+    duplicates = int((~first).sum())
+    pairs = _sorted_by(good.filter(pa.array(first)), "query_id", "input_order")
+    qid = pairs.column("query_id").to_numpy(zero_copy_only=False)
+    starts = np.ones(len(qid), dtype=bool)
+    if len(qid) > 1:
+        starts[1:] = qid[1:] != qid[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(qid)), 0))
+    rank = (np.arange(len(qid)) - group_start + 1).astype(np.int32)
+    pairs = pairs.drop_columns(["reason"]).append_column("input_rank", pa.array(rank))
+    return pairs, rejected.cast(REJECTED_SCHEMA), duplicates
+
+
+def _read_units(batch: pa.Table, spec: JobSpec) -> pa.Table:
+    tables = [
+        read_unit(Unit(f, g, o), spec.input, spec.storage)
+        for f, g, o in zip(
+            *(batch.column(c).to_pylist() for c in ("file", "row_group", "ordinal")), strict=True
+        )
+    ]
+    return pa.concat_tables(tables)
+
+
+def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
+    ids = table.column("query_id").to_pylist()
+    return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
+
+
+def _write_shard(rows: pa.Table, store: Store) -> pa.Table:
+    name = commit.shard_name(int(rows.column("shard")[0].as_py()))
+    pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
+    data = parquet_bytes(pairs)
+    if pairs.num_rows:
+        store.write_atomic(commit.pairs_path(name), data)
+    if rejected.num_rows:
+        store.write_atomic(commit.rejected_path(name), parquet_bytes(rejected))
+    return pa.table(
+        {
+            "id": [name],
+            "rows": [pairs.num_rows],
+            "queries": [len(pc.unique(pairs.column("query_id")))],
+            "rejected": [rejected.num_rows],
+            "duplicates": [duplicates],
+            "sha256": [sha256(data) if pairs.num_rows else ""],
+            "input_rows": [rows.num_rows],
+        }
+    )
+
+
+def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
+    """Run prepare unless the manifest exists; return the manifest."""
+    if store.exists(commit.MANIFEST):
+        manifest: dict[str, Any] = store.read_json(commit.MANIFEST)
+        return manifest
+    import ray.data
+
+    work = units(files)
+    items = [{"file": u.file, "row_group": u.row_group, "ordinal": u.ordinal} for u in work]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    normal = (
+        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        .map_batches(
+            _read_units,
+            fn_kwargs={"spec": spec},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0.5,
+        )
+        .materialize()
+    )
+    total = normal.count()
+    n_shards = max(1, math.ceil(total / spec.output.shard_size))
+    log.info(
+        "prepare: %d input pairs -> %d shards of about %d", total, n_shards, spec.output.shard_size
+    )
+    stats = (
+        normal.map_batches(
+            _assign_shard, fn_kwargs={"n_shards": n_shards}, batch_format="pyarrow", num_cpus=0.5
+        )
+        .groupby("shard", num_partitions=min(n_shards, 64))
+        .map_groups(_write_shard, fn_kwargs={"store": store}, batch_format="pyarrow", num_cpus=0.5)
+        .take_all()
+    )
+    stats.sort(key=lambda r: r["id"])
+    shards = [
+        {
+            "id": r["id"],
+            "path": commit.pairs_path(r["id"]),
+            "rows": int(r["rows"]),
+            "queries": int(r["queries"]),
+            "rejected": int(r["rejected"]),
+            "duplicates": int(r["duplicates"]),
+            "sha256": r["sha256"],
+        }
+        for r in stats
+    ]
+    manifest = {
+        "n_buckets": n_shards,
+        "input_rows": total,
+        "pairs": sum(s["rows"] for s in shards),
+        "rejected": sum(s["rejected"] for s in shards),
+        "duplicates": sum(s["duplicates"] for s in shards),
+        "shards": [s for s in shards if s["rows"]],
+        "rejected_files": [commit.rejected_path(s["id"]) for s in shards if s["rejected"]],
+    }
+    if sum(int(r["input_rows"]) for r in stats) != total:
+        raise RuntimeError("prepare lost rows: shard inputs do not add up to the input count")
+    store.write_json(commit.MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,102 @@
+"""The commit protocol's building blocks on local disk: atomic, exclusive, fingerprinted."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from rank1_batch import commit
+from rank1_batch.spec import spec_from_mapping
+from rank1_batch.storage import Store
+
+MINIMAL = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": {"name": "toy"}}
+
+
+def test_create_exclusive_only_once(tmp_path):
+    store = Store(str(tmp_path))
+    assert store.create_exclusive("_commits/a.json", b"first")
+    assert not store.create_exclusive("_commits/a.json", b"second")
+    assert store.read_bytes("_commits/a.json") == b"first"
+    assert store.list("_commits") == ["a.json"]  # no temp leftovers
+
+
+def test_racing_creates_have_exactly_one_winner(tmp_path):
+    store = Store(str(tmp_path))
+    wins = []
+
+    def attempt(i):
+        if store.create_exclusive("_commits/shard.json", f"attempt {i}".encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.read_bytes("_commits/shard.json") == f"attempt {wins[0]}".encode()
+
+
+def test_publish_adopts_what_an_earlier_attempt_published(tmp_path):
+    store = Store(str(tmp_path))
+    first = store.publish("scores/shard-00000.parquet", b"A" * 10)
+    again = store.publish("scores/shard-00000.parquet", b"B" * 10)
+    assert first == again == b"A" * 10
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_atomic("pairs/_manifest.json", b"old")
+    store.write_atomic("pairs/_manifest.json", b"new")
+    assert store.read_bytes("pairs/_manifest.json") == b"new"
+    assert os.listdir(tmp_path / "pairs") == ["_manifest.json"]
+
+
+def test_failed_write_publishes_nothing(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+
+    def boom(fd):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        store.write_atomic("scores/x.parquet", b"partial")
+    monkeypatch.undo()
+    assert not store.exists("scores/x.parquet")
+    assert store.list("scores") == []
+
+
+def test_temp_leftovers_are_cleaned(tmp_path):
+    store = Store(str(tmp_path))
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / ".shard-00001.parquet.abc.123").write_bytes(b"x")
+    store.write_atomic("scores/shard-00000.parquet", b"y")
+    assert store.remove_temp_leftovers("scores") == 1
+    assert store.list("scores") == ["shard-00000.parquet"]
+
+
+def test_stats_add_up():
+    a = commit.ShardStats(pairs=3, complete=2, forced=1, prompt_tokens=30, seconds=1.5)
+    b = commit.ShardStats(pairs=2, error=1, fallback=1, reasoning_tokens=7, seconds=0.5)
+    total = a + b
+    assert (total.pairs, total.complete, total.forced, total.error, total.fallback) == (5, 2, 1,
+                                                                                       1, 1)
+    assert total.seconds == 2.0 and total.prompt_tokens == 30 and total.reasoning_tokens == 7
+    assert commit.ShardStats.from_dict(total.to_dict()) == total
+
+
+def test_claim_output_refuses_changed_settings_and_names_them(tmp_path):
+    store = Store(str(tmp_path))
+    listing = [{"path": "in.parquet", "size": 10, "rows": 2}]
+    spec = spec_from_mapping(MINIMAL)
+    assert commit.claim_output(store, commit.job_record(spec, listing))
+    tuned = spec_from_mapping({**MINIMAL, "compute": {"workers": 8}})
+    assert not commit.claim_output(store, commit.job_record(tuned, listing))
+    changed = spec_from_mapping({**MINIMAL, "reasoning": {"max_tokens": 12}})
+    with pytest.raises(commit.FingerprintMismatch, match=r"reasoning\.max_tokens: 8192 -> 12"):
+        commit.claim_output(store, commit.job_record(changed, listing))
+    other_input = [{"path": "in.parquet", "size": 11, "rows": 2}]
+    with pytest.raises(commit.FingerprintMismatch, match="input changed"):
+        commit.claim_output(store, commit.job_record(spec, other_input))
