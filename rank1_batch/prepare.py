@@ -8,6 +8,7 @@ prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -70,7 +71,7 @@ def build_shard(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
     return pairs, rejected.cast(REJECTED_SCHEMA), duplicates
 
 
-def _read_units(batch: pa.Table, spec: JobSpec) -> pa.Table:
+def _read_units(batch: pa.Table, *, spec: JobSpec) -> pa.Table:
     tables = [
         read_unit(Unit(f, g, o), spec.input, spec.storage)
         for f, g, o in zip(
@@ -120,8 +121,7 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
     normal = (
         ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         .map_batches(
-            _read_units,
-            fn_kwargs={"spec": spec},
+            functools.partial(_read_units, spec=spec),
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=0.5,
@@ -138,7 +138,9 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
             _assign_shard, fn_kwargs={"n_shards": n_shards}, batch_format="pyarrow", num_cpus=0.5
         )
         .groupby("shard", num_partitions=min(n_shards, 64))
-        .map_groups(_write_shard, fn_kwargs={"store": store}, batch_format="pyarrow", num_cpus=0.5)
+        .map_groups(
+            functools.partial(_write_shard, store=store), batch_format="pyarrow", num_cpus=0.5
+        )
         .take_all()
     )
     stats.sort(key=lambda r: r["id"])

@@ -48,8 +48,11 @@ def test_int_ids_are_cast_to_strings(tmp_path):
 
 
 def test_nulls_become_reason_codes(tmp_path):
-    t = pairs_table(query_id=["q1", None, "q2", "q2", "q1"], doc_id=["d1", "d2", None, "d3", "d1"],
-                    query=["cats", "cats", "dogs", None, "cats"])
+    t = pairs_table(
+        query_id=["q1", None, "q2", "q2", "q1"],
+        doc_id=["d1", "d2", None, "d3", "d1"],
+        query=["cats", "cats", "dogs", None, "cats"],
+    )
     spec = InputSpec(path=write(tmp_path / "in.parquet", t))
     reasons = read_all(spec.path, spec).column("reason").to_pylist()
     assert reasons == [None, "null_query_id", "null_doc_id", "empty_query", None]
@@ -64,15 +67,21 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 def test_column_mapping(tmp_path):
     t = pairs_table().rename_columns(["qid", "q", "pid", "text"])
-    spec = InputSpec.model_validate({"path": write(tmp_path / "in.parquet", t), "columns": {
-        "query_id": "qid", "query": "q", "doc_id": "pid", "passage": "text"}})
+    spec = InputSpec.model_validate(
+        {
+            "path": write(tmp_path / "in.parquet", t),
+            "columns": {"query_id": "qid", "query": "q", "doc_id": "pid", "passage": "text"},
+        }
+    )
     assert read_all(spec.path, spec).num_rows == 5
 
 
 def test_list_where_text_expected_is_refused(tmp_path):
     t = pairs_table(passage=[["a"], ["b"], ["c"], ["d"], ["e"]])
     path = write(tmp_path / "in.parquet", t)
-    with pytest.raises(inputs.InputError, match=r"column 'passage' has type list<.*expected string"):
+    with pytest.raises(
+        inputs.InputError, match=r"column 'passage' has type list<.*expected string"
+    ):
         inputs.scan_inputs(InputSpec(path=path))
 
 
@@ -102,23 +111,36 @@ def test_folder_input_in_sorted_order_with_row_groups(tmp_path):
 
 
 def candidates_table():
-    cand = pa.list_(pa.struct([("doc_id", pa.string()), ("passage", pa.string()),
-                               ("title", pa.string())]))
-    return pa.table({
-        "query_id": ["q1", "q2", "q3"],
-        "query": ["cats", "dogs", "birds"],
-        "candidates": pa.array([
-            [{"doc_id": "d1", "passage": "a cat", "title": "Cat"},
-             {"doc_id": "d2", "passage": "kitten", "title": None}],
-            [],
-            [{"doc_id": "d9", "passage": "a bird", "title": None}],
-        ], cand),
-    })
+    cand = pa.list_(
+        pa.struct([("doc_id", pa.string()), ("passage", pa.string()), ("title", pa.string())])
+    )
+    return pa.table(
+        {
+            "query_id": ["q1", "q2", "q3"],
+            "query": ["cats", "dogs", "birds"],
+            "candidates": pa.array(
+                [
+                    [
+                        {"doc_id": "d1", "passage": "a cat", "title": "Cat"},
+                        {"doc_id": "d2", "passage": "kitten", "title": None},
+                    ],
+                    [],
+                    [{"doc_id": "d9", "passage": "a bird", "title": None}],
+                ],
+                cand,
+            ),
+        }
+    )
 
 
 def test_candidate_lists_explode_and_empty_list_is_rejected(tmp_path):
-    spec = InputSpec.model_validate({"path": write(tmp_path / "c.parquet", candidates_table()),
-                                     "format": "candidates", "columns": {"title": "title"}})
+    spec = InputSpec.model_validate(
+        {
+            "path": write(tmp_path / "c.parquet", candidates_table()),
+            "format": "candidates",
+            "columns": {"title": "title"},
+        }
+    )
     rows = read_all(spec.path, spec)
     assert rows.column("doc_id").to_pylist() == ["d1", "d2", "d9", None]
     assert rows.column("query_id").to_pylist() == ["q1", "q1", "q3", "q2"]
@@ -132,9 +154,14 @@ def test_build_shard_dedups_keeps_queries_together_and_ranks_input_order(tmp_pat
     pairs, rejected, dups = build_shard(read_all(spec.path, spec))
     assert dups == 1  # (q1, d1) twice: the first occurrence stays
     assert rejected.column("reason").to_pylist() == ["empty_passage"]
-    assert list(zip(pairs.column("query_id").to_pylist(), pairs.column("doc_id").to_pylist(),
-                    pairs.column("input_rank").to_pylist(), strict=True)) == [
-        ("q1", "d1", 1), ("q2", "d1", 1), ("q2", "d3", 2)]
+    assert list(
+        zip(
+            pairs.column("query_id").to_pylist(),
+            pairs.column("doc_id").to_pylist(),
+            pairs.column("input_rank").to_pylist(),
+            strict=True,
+        )
+    ) == [("q1", "d1", 1), ("q2", "d1", 1), ("q2", "d3", 2)]
     assert pairs.column("passage").to_pylist()[0] == "a cat"
     assert pairs.num_rows + rejected.num_rows + dups == 5
 

@@ -176,7 +176,10 @@ def test_fit_prompt_cuts_only_the_passage():
     bare = len(rank1.prompt_from_parts(template_query, ""))
     limit = bare + 30
     fp = rank1.fit_prompt(
-        template_query, passage, encode=CharTok.encode, decode=CharTok.decode,
+        template_query,
+        passage,
+        encode=CharTok.encode,
+        decode=CharTok.decode,
         max_prompt_tokens=limit,
     )
     assert fp.truncated
@@ -184,14 +187,17 @@ def test_fit_prompt_cuts_only_the_passage():
     assert fp.text.startswith(HEAD + "Find: q (tail)\nPassage: word word")
     assert fp.text.endswith("\n<think>")
     # The kept passage is a prefix of the original.
-    kept = fp.text[len(HEAD + "Find: q (tail)\nPassage: "): -len("\n<think>")]
+    kept = fp.text[len(HEAD + "Find: q (tail)\nPassage: ") : -len("\n<think>")]
     assert passage.startswith(kept) and len(kept) >= 25
 
 
 def test_fit_prompt_too_long_without_passage_raises():
     with pytest.raises(rank1.PromptTooLong):
         rank1.fit_prompt(
-            "a very long query " * 20, "p", encode=CharTok.encode, decode=CharTok.decode,
+            "a very long query " * 20,
+            "p",
+            encode=CharTok.encode,
+            decode=CharTok.decode,
             max_prompt_tokens=50,
         )
 

@@ -41,8 +41,9 @@ def test_missing_field_names_file_and_field(tmp_path):
 
 
 def test_wrong_type_names_field_and_value(tmp_path):
-    p = write(tmp_path, "input: {path: x}\noutput: {path: o}\nmodel: {name: toy, "
-                        "max_model_len: lots}\n")
+    p = write(
+        tmp_path, "input: {path: x}\noutput: {path: o}\nmodel: {name: toy, max_model_len: lots}\n"
+    )
     with pytest.raises(JobError) as e:
         load_job(p)
     assert "model.max_model_len" in str(e.value) and "'lots'" in str(e.value)
@@ -69,13 +70,14 @@ def test_template_must_hold_placeholder():
 
 def test_set_overrides_any_field_and_is_validated(tmp_path):
     p = write(tmp_path, "input: {path: x}\noutput: {path: o}\nmodel: {name: toy}\n")
-    spec = load_job(p, overrides=["compute.workers=3", "reasoning.instruction=be strict",
-                                  "model.revision=null"])
+    spec = load_job(
+        p, overrides=["compute.workers=3", "reasoning.instruction=be strict", "model.revision=null"]
+    )
     assert spec.compute.workers == 3
     assert spec.reasoning.instruction == "be strict"
     with pytest.raises(JobError, match=r"compute\.workers"):
         load_job(p, overrides=["compute.workers=many"])
-    with pytest.raises(JobError, match="expected section.key=value"):
+    with pytest.raises(JobError, match=r"expected section\.key=value"):
         load_job(p, overrides=["compute.workers"])
 
 

@@ -81,8 +81,13 @@ def test_stats_add_up():
     a = commit.ShardStats(pairs=3, complete=2, forced=1, prompt_tokens=30, seconds=1.5)
     b = commit.ShardStats(pairs=2, error=1, fallback=1, reasoning_tokens=7, seconds=0.5)
     total = a + b
-    assert (total.pairs, total.complete, total.forced, total.error, total.fallback) == (5, 2, 1,
-                                                                                       1, 1)
+    assert (total.pairs, total.complete, total.forced, total.error, total.fallback) == (
+        5,
+        2,
+        1,
+        1,
+        1,
+    )
     assert total.seconds == 2.0 and total.prompt_tokens == 30 and total.reasoning_tokens == 7
     assert commit.ShardStats.from_dict(total.to_dict()) == total
 

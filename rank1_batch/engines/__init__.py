@@ -1,0 +1,27 @@
+"""Rank1 engines: one interface (:class:`Rank1Engine`), implementations imported on demand.
+
+Importing this package pulls neither torch nor vllm; :func:`make_engine` imports the one asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+
+__all__ = ["ENGINES", "EngineOptions", "Generation", "JudgeRequest", "Rank1Engine", "make_engine"]
+
+ENGINES = ("transformers", "vllm")
+
+
+def make_engine(kind: str, model_path: str, options: EngineOptions, **kwargs: Any) -> Rank1Engine:
+    """Build the engine ``kind`` for ``model_path``; ``kwargs`` go to its constructor."""
+    if kind == "transformers":
+        from rank1_batch.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model_path, options, **kwargs)
+    if kind == "vllm":
+        raise NotImplementedError(
+            "engine 'vllm': the vLLM engine module is not available yet; use 'transformers'"
+        )
+    raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

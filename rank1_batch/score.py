@@ -1,0 +1,185 @@
+"""Stage 2: score shards. ``process_shard`` is the whole unit of work.
+
+The Ray runner (an actor pool over pending shards, one engine per actor) and plain tests call
+the same function. A shard is committed by: write scores and traces (exclusive publish, so a
+committed name is written once), verify them, then create ``_commits/<shard>.json``
+exclusively. An attempt that finds the marker already there does nothing more.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import socket
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rank1_batch import commit, rank1
+from rank1_batch.engines.base import JudgeRequest, Rank1Engine
+from rank1_batch.spec import JobSpec
+from rank1_batch.storage import Store, parquet_bytes, sha256
+
+log = logging.getLogger(__name__)
+
+SCORES_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("score", pa.float64()),
+        ("logit", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("reasoning_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("rank", pa.int32()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("prompt_id", pa.string()),
+    ]
+)
+TRACES_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("reasoning", pa.large_string()),
+        ("finish_reason", pa.string()),
+    ]
+)
+
+
+def requests_for(pairs: pa.Table, spec: JobSpec) -> list[JudgeRequest]:
+    """Compose each pair's query and passage text with the job's instruction and template."""
+    cols = {c: pairs.column(c).to_pylist() for c in ("query", "passage", "title", "instruction")}
+    out = []
+    for q, p, t, i in zip(
+        cols["query"], cols["passage"], cols["title"], cols["instruction"], strict=True
+    ):
+        instruction = i if i is not None else spec.reasoning.instruction
+        out.append(
+            JudgeRequest(
+                query=rank1.compose_query(
+                    q, instruction=instruction, template=spec.reasoning.prompt_template
+                ),
+                passage=rank1.compose_passage(p, title=t),
+            )
+        )
+    return out
+
+
+def ranks_within_query(
+    query_ids: list[str], doc_ids: list[str], scores: list[float]
+) -> list[int | None]:
+    """1-based rank of each pair in its query by score desc, then doc_id; None for NaN scores."""
+    order = sorted(
+        (i for i, s in enumerate(scores) if not math.isnan(s)),
+        key=lambda i: (query_ids[i], -scores[i], doc_ids[i]),
+    )
+    ranks: list[int | None] = [None] * len(scores)
+    prev, r = None, 0
+    for i in order:
+        r = r + 1 if query_ids[i] == prev else 1
+        prev = query_ids[i]
+        ranks[i] = r
+    return ranks
+
+
+def build_tables(
+    pairs: pa.Table, judgements: list[rank1.Judgement], engine: Rank1Engine, prompt_id: str
+) -> tuple[pa.Table, pa.Table]:
+    qids = pairs.column("query_id").to_pylist()
+    dids = pairs.column("doc_id").to_pylist()
+    scores = [j.score for j in judgements]
+    n = len(qids)
+    scores_table = pa.table(
+        {
+            "query_id": qids,
+            "doc_id": dids,
+            "score": scores,
+            "logit": [j.logit for j in judgements],
+            "status": [j.status for j in judgements],
+            "error": [j.error for j in judgements],
+            "prompt_tokens": [j.prompt_tokens for j in judgements],
+            "reasoning_tokens": [j.reasoning_tokens for j in judgements],
+            "truncated": [j.truncated for j in judgements],
+            "rank": ranks_within_query(qids, dids, scores),
+            "model": [engine.model_id] * n,
+            "model_revision": [engine.model_revision] * n,
+            "prompt_id": [prompt_id] * n,
+        },
+        schema=SCORES_SCHEMA,
+    )
+    traces = pa.table(
+        {
+            "query_id": qids,
+            "doc_id": dids,
+            "reasoning": [j.reasoning for j in judgements],
+            "finish_reason": [j.finish_reason for j in judgements],
+        },
+        schema=TRACES_SCHEMA,
+    )
+    return scores_table, traces
+
+
+def stats_of(judgements: list[rank1.Judgement], seconds: float) -> commit.ShardStats:
+    stats = commit.ShardStats(pairs=len(judgements), seconds=seconds)
+    for j in judgements:
+        stats.count(j.status)
+        stats.truncated += int(j.truncated)
+        stats.prompt_tokens += j.prompt_tokens
+        stats.reasoning_tokens += j.reasoning_tokens
+    return stats
+
+
+def _verify(data: bytes, rows: int, what: str) -> None:
+    n = pq.read_metadata(io.BytesIO(data)).num_rows
+    if n != rows:
+        raise RuntimeError(f"{what}: file holds {n} rows, expected {rows}")
+
+
+def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
+    """Score one shard and commit it; return its marker (the existing one if already done)."""
+    if store.exists(commit.marker_path(shard)):
+        return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
+    start = time.perf_counter()
+    pairs = store.read_parquet(commit.pairs_path(shard))
+    judgements = engine.judge(requests_for(pairs, spec))
+    scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
+    seconds = time.perf_counter() - start
+    ours = parquet_bytes(scores)
+    scores_data = store.publish(commit.scores_path(shard), ours)
+    traces_data = store.publish(commit.traces_path(shard), parquet_bytes(traces))
+    _verify(scores_data, pairs.num_rows, commit.scores_path(shard))
+    _verify(traces_data, pairs.num_rows, commit.traces_path(shard))
+    stats = stats_of(judgements, seconds)
+    if scores_data is not ours:
+        # An earlier (killed) attempt published this shard's scores: describe those, not ours.
+        stats = _stats_from_scores(pq.read_table(io.BytesIO(scores_data)), seconds)
+    marker = commit.Marker(
+        shard=shard,
+        rows=pairs.num_rows,
+        scores_sha256=sha256(scores_data),
+        traces_sha256=sha256(traces_data),
+        stats=stats,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    if not store.create_json(commit.marker_path(shard), marker.to_dict()):
+        log.info("%s: already committed by another attempt; discarding this one", shard)
+        return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
+    return marker
+
+
+def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:
+    stats = commit.ShardStats(pairs=table.num_rows, seconds=seconds)
+    counts = pc.value_counts(table.column("status")).to_pylist()
+    for entry in counts:
+        setattr(stats, entry["values"], int(entry["counts"]))
+    stats.truncated = int(pc.sum(pc.cast(table.column("truncated"), pa.int64())).as_py() or 0)
+    stats.prompt_tokens = int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
+    stats.reasoning_tokens = int(pc.sum(table.column("reasoning_tokens")).as_py() or 0)
+    return stats
