@@ -66,7 +66,7 @@ def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
 class ShardWorker:
     """A Ray Data actor: loads one engine, then scores whole shards (batch_size=1)."""
 
-    def __init__(self, spec: JobSpec, store: Store, path: str, threads: int) -> None:
+    def __init__(self, spec: JobSpec, store: Store, threads: int) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         try:
             import torch
@@ -75,7 +75,8 @@ class ShardWorker:
         except ImportError:  # engines without torch
             pass
         self.spec, self.store = spec, store
-        self.engine = build_engine(spec, path)
+        # Resolved here, not on the driver: on a cluster the worker's node has its own copy.
+        self.engine = build_engine(spec, model_path(spec))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "pairs": [], "stats": []}
@@ -116,7 +117,7 @@ def worker_cpus(spec: JobSpec, cluster_cpus: float) -> float:
     return max(0.25, min(share, 8.0))
 
 
-def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]], path: str) -> None:
+def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) -> None:
     """Score pending shards in an actor pool, showing shards, pairs, pairs/s and ETA."""
     import ray
 
@@ -126,7 +127,7 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]], pa
     items = [{"shard": s["id"]} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker,
-        fn_constructor_kwargs={"spec": spec, "store": store, "path": path, "threads": threads},
+        fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus,
@@ -183,7 +184,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)
         return done
-    path = model_path(spec)
+    model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
     init_ray(spec)
     from rank1_batch.prepare import prepare
 
@@ -199,5 +200,5 @@ def run(spec: JobSpec) -> dict[str, Any]:
     if pending:
         for folder in ("scores", "traces", commit.COMMITS):
             store.remove_temp_leftovers(folder)
-        score_pending(spec, store, pending, path)
+        score_pending(spec, store, pending)
     return finalize(store, manifest, time.perf_counter() - start)

@@ -227,3 +227,52 @@ def test_sigkill_mid_score_then_resume_gives_identical_output(demo_out, tmp_path
         )
     )
     assert len(keys) == len(set(keys))
+
+
+def test_messy_input_all_statuses_and_every_row_accounted(tmp_path):
+    """Int ids, nulls, blank text, duplicates, an over-long passage and an over-long query,
+    with a tiny reasoning budget so pass 1 never completes; two workers in parallel."""
+    from rank1_batch.toy_data import make_ir_collection
+
+    coll = make_ir_collection(7, 6, 5)
+    rows = [
+        {"qid": i // 5, "q": c.query, "did": 100 + i, "text": c.passage}
+        for i, c in enumerate(coll.candidates)
+    ]
+    rows += [
+        {"qid": 0, "q": rows[0]["q"], "did": 100, "text": rows[0]["text"]},  # duplicate
+        {"qid": 0, "q": rows[0]["q"], "did": 900, "text": "   "},  # blank passage
+        {"qid": None, "q": "x", "did": 901, "text": "y"},  # null query id
+        {"qid": 1, "q": rows[5]["q"], "did": None, "text": "z"},  # null doc id
+        {"qid": 2, "q": rows[10]["q"], "did": 902, "text": "ocean " * 400},  # truncated
+        {"qid": 9, "q": "galaxy " * 300, "did": 903, "text": "comet star"},  # cannot fit
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"input: {{path: {tmp_path / 'in.parquet'}, columns: {{query_id: qid, query: q, "
+        "doc_id: did, passage: text}}\n"
+        f"output: {{path: {tmp_path / 'out'}, shard_size: 8}}\n"
+        "model: {name: toy, engine: transformers, max_model_len: 256}\n"
+        "reasoning: {max_tokens: 4, min_reserve: 16}\n"
+        "compute: {workers: 2, batch_size: 8}\n"
+    )
+    cli("run", str(job))
+    out = tmp_path / "out"
+    success = json.loads((out / commit.SUCCESS).read_text())
+    assert success["input_rows"] == len(rows)
+    assert success["duplicates"] == 1 and success["rejected"] == 3
+    assert success["scored"] + success["rejected"] + success["duplicates"] == len(rows)
+    assert success["statuses"]["forced"] == success["scored"] - 1
+    assert success["statuses"]["error"] == 1 and success["truncated"] == 1
+    scores = {(r["query_id"], r["doc_id"]): r for r in committed_scores(out).to_pylist()}
+    assert scores[("9", "903")]["error"] == "prompt_too_long"
+    assert scores[("9", "903")]["rank"] is None
+    assert scores[("2", "902")]["truncated"] and scores[("2", "902")]["prompt_tokens"] <= 240
+    rejected = pa.concat_tables(pq.read_table(p) for p in (out / "rejected").glob("*.parquet"))
+    assert sorted(rejected.column("reason").to_pylist()) == [
+        "empty_passage",
+        "null_doc_id",
+        "null_query_id",
+    ]
+    assert ("0", "100") in scores and scores[("0", "100")]["status"] == "forced"
