@@ -310,7 +310,7 @@ def test_model_revision_and_options(random_model: Path, random_engine: Recording
         "tiny",
         "transformers",
     )
-    with pytest.raises(NotImplementedError, match="vLLM engine"):
+    with pytest.raises(RuntimeError, match="vLLM engine"):
         make_engine("vllm", str(random_model), RANDOM_OPTS)
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("onnx", str(random_model), RANDOM_OPTS)

@@ -21,7 +21,7 @@ def make_engine(kind: str, model_path: str, options: EngineOptions, **kwargs: An
 
         return TransformersEngine(model_path, options, **kwargs)
     if kind == "vllm":
-        raise NotImplementedError(
-            "engine 'vllm': the vLLM engine module is not available yet; use 'transformers'"
-        )
+        from rank1_batch.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, options, **kwargs)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
