@@ -10,6 +10,12 @@ Three ways to write, each matching a rule of the resume protocol:
   at most once. A later attempt that finds the name taken adopts what is there; it was
   complete when it appeared.
 * :meth:`Store.create_exclusive` - commit markers and ``job.json``: create-only.
+
+On object stores every call is retried with backoff on transient errors (throttling, 5xx,
+connection resets, timeouts) on top of botocore's own retries; permanent ones (no such
+bucket, access denied) raise :class:`StorageError` at once, naming the URI. A retried
+exclusive create whose first try landed sees its own object and reports "exists": callers
+then read what is there, which is what they wrote, so that is safe.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
+import random
 import tempfile
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -30,17 +40,46 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rank1_batch.spec import StorageSpec
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Environment variables botocore reads for the endpoint (we read them too, so the endpoint
+# is explicit in the client and the same on every worker that inherits the environment).
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+RETRIES = 6  # Store-level attempts on top of botocore's own (standard mode, 5 attempts)
+
+
+class StorageError(RuntimeError):
+    """Storage failed in a way retrying cannot fix (no such bucket, access denied)."""
+
+
+def endpoint_from_env() -> str | None:
+    for name in ENDPOINT_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
 
 def storage_options(uri: str, storage: StorageSpec | None) -> dict[str, Any]:
-    """fsspec options for ``uri`` from the job's storage section (never credentials)."""
-    if storage is None or not uri.startswith(("s3://", "s3a://")):
+    """fsspec options for ``uri`` from the job's storage section (never credentials).
+
+    Credentials come from botocore's usual chain (env vars, profile files, instance or pod
+    roles) on whichever machine opens the filesystem; nothing here carries them.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
         return {}
-    opts: dict[str, Any] = {}
+    storage = storage or StorageSpec()
     client_kwargs: dict[str, Any] = {}
-    if storage.endpoint_url:
-        client_kwargs["endpoint_url"] = storage.endpoint_url
+    endpoint = storage.endpoint_url or endpoint_from_env()
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
     if storage.region:
         client_kwargs["region_name"] = storage.region
+    opts: dict[str, Any] = {
+        # Commit scans must see other workers' markers: no listing cache at all.
+        "use_listings_cache": False,
+        "config_kwargs": {"retries": {"mode": "standard", "max_attempts": 5}},
+    }
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
     if storage.profile:
@@ -56,6 +95,32 @@ def filesystem(
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        FileNotFoundError
+        | FileExistsError
+        | PermissionError
+        | IsADirectoryError
+        | NotADirectoryError
+        | StorageError,
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if _is_permanent(exc):
+        return False
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, FileNotFoundError) and ("bucket" in text and "not exist" in text)
 
 
 def sha256(data: bytes) -> str:
@@ -84,11 +149,42 @@ class Store:
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel) if not self.local else os.path.join(self.root, rel)
 
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one storage operation: retry transient errors with backoff (object stores),
+        turn permanent ones into a :class:`StorageError` that names the URI."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if isinstance(exc, PermissionError) or _missing_bucket(exc):
+                    raise StorageError(f"{self.uri}: {what} failed: {exc}") from exc
+                attempt += 1
+                if self.local or attempt >= RETRIES or not _is_transient(exc):
+                    raise
+                delay = min(0.2 * 2**attempt, 10.0) * (0.5 + random.random())
+                log.warning(
+                    "%s: %s: transient error (%s: %s); retry %d/%d in %.1fs",
+                    self.uri, what, type(exc).__name__, exc, attempt, RETRIES - 1, delay,
+                )  # fmt: skip
+                time.sleep(delay)
+
+    def check_access(self) -> None:
+        """Fail fast (before any model loads) when the output location cannot be used."""
+        if self.local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            self._call(f"opening bucket {bucket}", lambda: self.fs.info(bucket, refresh=True))
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.uri}: no such bucket {bucket!r} ({exc})") from exc
+        self.exists("job.json")
+
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.path(rel)))
+        return bool(self._call(f"checking {rel}", lambda: self.fs.exists(self.path(rel))))
 
     def read_bytes(self, rel: str) -> bytes:
-        data: bytes = self.fs.cat_file(self.path(rel))
+        data: bytes = self._call(f"reading {rel}", lambda: self.fs.cat_file(self.path(rel)))
         return data
 
     def read_json(self, rel: str) -> Any:
@@ -100,12 +196,19 @@ class Store:
     def list(self, rel_dir: str) -> list[str]:
         """File names in ``rel_dir`` (sorted), fresh from storage, not from a listing cache."""
         path = self.path(rel_dir)
-        if hasattr(self.fs, "invalidate_cache"):
-            self.fs.invalidate_cache(path)
-        try:
-            entries = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
+
+        def ls() -> list[Any]:
+            if hasattr(self.fs, "invalidate_cache"):
+                self.fs.invalidate_cache(path)
+            try:
+                found: list[Any] = self.fs.ls(path, detail=False)
+            except FileNotFoundError as exc:
+                if _missing_bucket(exc):
+                    raise
+                return []
+            return found
+
+        entries = self._call(f"listing {rel_dir}", ls)
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
     # -- writes -------------------------------------------------------------------------------
@@ -117,7 +220,7 @@ class Store:
             os.replace(tmp, final)
             _fsync_dir(os.path.dirname(final))
         else:
-            self.fs.pipe_file(self.path(rel), data)
+            self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_atomic(rel, _json_bytes(obj))
@@ -136,7 +239,8 @@ class Store:
             _fsync_dir(os.path.dirname(final))
             return True
         try:
-            self.fs.pipe_file(final, data, mode="create")
+            # s3fs >= 2025.7: a conditional PUT (If-None-Match: *), exclusive for any size.
+            self._call(f"creating {rel}", lambda: self.fs.pipe_file(final, data, mode="create"))
         except FileExistsError:
             return False
         return True

@@ -1,0 +1,95 @@
+"""Shared fixtures: a loopback S3 server (moto, its own process) with a planted credential."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from s3_server import MotoServer, s3_env
+
+
+@dataclass
+class S3:
+    """One fresh bucket on the loopback server; ``env`` is what subprocesses should get."""
+
+    endpoint: str
+    port: int
+    bucket: str
+    env: dict[str, str]
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2")
+        return [
+            o["Key"]
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    pytest.importorskip("moto.server")
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A new bucket; this process uses the planted credential and no listing/instance cache."""
+    import s3fs
+
+    env = s3_env(moto_server.url)
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"rank1-{uuid.uuid4().hex[:12]}"
+    s3 = S3(moto_server.url, moto_server.port, bucket, env)
+    s3.client().create_bucket(Bucket=bucket)
+    return s3
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "jobs" / "demo.yaml"
+CLI = [sys.executable, "-m", "rank1_batch.cli"]
+QUIET = {"RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, **QUIET}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*CLI, *args],
+        cwd=ROOT,
+        env=ENV if env is None else {**env, **QUIET},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo job run once, uninterrupted, on local disk: what other runs must equal."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    run_cli("run", str(DEMO), "--output", str(out))
+    return out

@@ -1,0 +1,204 @@
+"""A real S3-compatible server on loopback for tests (moto's server, its own process), and
+a fault-injecting HTTP proxy in front of it.
+
+No mocked filesystem: s3fs talks HTTP to moto exactly as it talks to S3.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+# A planted credential: tests grep every artefact of an S3 run for it.
+ACCESS_KEY = "AKIARANK1PLANTED0001"
+SECRET_KEY = "rank1-planted-secret-7f3c9e2a41d8b605"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1 and a free port, started and stopped by tests."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.url} in {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Environment for code under test: the planted credential, no profile, no real AWS."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
+
+
+SLOW_DOWN = (
+    503,
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+    b"<Message>Please reduce your request rate.</Message></Error>",
+)
+INTERNAL = (
+    500,
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>",
+)
+DENIED = (
+    403,
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+    b"<Message>Access Denied</Message></Error>",
+)
+
+
+@dataclass
+class FaultPlan:
+    """Which requests fail: the first ``first`` ones, then each with probability ``rate``
+    (seeded), or every one with ``deny``. ``resets`` drops the connection instead of answering
+    for that share of the random failures."""
+
+    first: int = 0
+    rate: float = 0.0
+    seed: int = 0
+    deny: bool = False
+    resets: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self._seen = 0
+
+    def decide(self) -> str:
+        with self._lock:
+            self._seen += 1
+            if self.deny:
+                out = "deny"
+            elif self._seen <= self.first:
+                out = "slowdown"
+            elif self._rng.random() < self.rate:
+                r = self._rng.random()
+                out = "reset" if r < self.resets else ("slowdown" if r < 0.7 else "internal")
+            else:
+                out = "pass"
+            self.counts[out] = self.counts.get(out, 0) + 1
+            return out
+
+
+class FaultProxy:
+    """A threaded HTTP proxy to the moto server that injects faults per :class:`FaultPlan`."""
+
+    def __init__(self, target_port: int, plan: FaultPlan) -> None:
+        self.plan = plan
+        target = target_port
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                body = self._body()
+                action = plan.decide()
+                if action == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if action in ("slowdown", "internal", "deny"):
+                    status, err = {"slowdown": SLOW_DOWN, "internal": INTERNAL, "deny": DENIED}[
+                        action
+                    ]
+                    self._reply(status, err, [("Content-Type", "application/xml")])
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", target, timeout=60)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"
+                }
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self._reply(resp.status, data, resp.getheaders())
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,219 @@
+"""The commit protocol's building blocks on a real S3 server (moto on loopback): exclusive
+create, racing attempts of one shard, fresh listings, retried transient faults, permanent
+faults that fail fast naming the URI."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+from s3_server import FaultPlan, FaultProxy
+
+from rank1_batch import commit, rank1
+from rank1_batch.score import process_shard
+from rank1_batch.spec import StorageSpec, spec_from_mapping
+from rank1_batch.storage import StorageError, Store, parquet_bytes
+
+pytestmark = pytest.mark.s3
+
+
+def store_of(s3, prefix: str = "out", endpoint: str | None = None) -> Store:
+    return Store(f"s3://{s3.bucket}/{prefix}", StorageSpec(endpoint_url=endpoint or s3.endpoint))
+
+
+def test_s3fs_create_is_exclusive_for_small_files(s3):
+    store = store_of(s3)
+    assert store.create_exclusive("_commits/a.json", b"first")
+    assert not store.create_exclusive("_commits/a.json", b"second")
+    assert store.read_bytes("_commits/a.json") == b"first"
+    wins = []
+
+    def attempt(i: int) -> None:
+        if store.create_exclusive("_commits/race.json", f"attempt {i}".encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.read_bytes("_commits/race.json") == f"attempt {wins[0]}".encode()
+
+
+def test_list_sees_objects_written_by_others(s3):
+    store = store_of(s3)
+    assert store.list("_commits") == []
+    store.create_exclusive("_commits/a.json", b"x")
+    assert store.list("_commits") == ["a.json"]
+    # Another writer (another worker) adds a marker: the next listing must show it.
+    s3.client().put_object(Bucket=s3.bucket, Key="out/_commits/b.json", Body=b"y")
+    assert store.list("_commits") == ["a.json", "b.json"]
+    assert store.exists("_commits/b.json")
+
+
+def test_endpoint_from_environment(s3, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
+    store = Store(f"s3://{s3.bucket}/env")
+    store.write_json("x.json", {"a": 1})
+    assert store.read_json("x.json") == {"a": 1}
+
+
+def test_job_json_holds_no_credentials(s3):
+    spec = spec_from_mapping(
+        {
+            "input": {"path": f"s3://{s3.bucket}/in.parquet"},
+            "output": {"path": f"s3://{s3.bucket}/out"},
+            "model": {"name": "toy"},
+            "storage": {"endpoint_url": s3.endpoint, "region": "us-east-1"},
+        }
+    )
+    store = store_of(s3)
+    commit.claim_output(store, commit.job_record(spec, []))
+    text = store.read_bytes(commit.JOB_FILE).decode()
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in text
+    assert s3.env["AWS_ACCESS_KEY_ID"] not in text
+
+
+class EchoEngine:
+    """A deterministic stand-in for a model (the engine is not under test here): the score is
+    a function of the passage text. ``gate`` holds every attempt until all have scored."""
+
+    model_id = "echo"
+    model_revision = "0"
+
+    def __init__(self, gate: threading.Barrier | None = None) -> None:
+        self.gate = gate
+
+    def judge(self, requests):
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        return [
+            rank1.Judgement(
+                score=(sum(r.passage.encode()) % 97) / 97,
+                logit=0.0,
+                status="complete",
+                reasoning=f"about {r.passage[:10]}",
+            )
+            for r in requests
+        ]
+
+
+def _job_and_shard(s3, prefix: str, n: int = 40) -> tuple[object, Store]:
+    spec = spec_from_mapping(
+        {
+            "input": {"path": "unused.parquet"},
+            "output": {"path": f"s3://{s3.bucket}/{prefix}"},
+            "model": {"name": "echo"},
+        }
+    )
+    store = store_of(s3, prefix)
+    pairs = pa.table(
+        {
+            "query_id": [f"q{i // 5}" for i in range(n)],
+            "doc_id": [f"d{i}" for i in range(n)],
+            "query": [f"query {i // 5}" for i in range(n)],
+            "passage": [f"passage number {i}" for i in range(n)],
+            "title": pa.nulls(n, pa.string()),
+            "instruction": pa.nulls(n, pa.string()),
+        }
+    )
+    store.write_atomic(commit.pairs_path("shard-00000"), parquet_bytes(pairs))
+    return spec, store
+
+
+def test_two_racing_attempts_of_one_shard_commit_once(s3):
+    spec, store = _job_and_shard(s3, "race")
+    gate = threading.Barrier(2)
+    markers: list[commit.Marker] = []
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        # Each attempt has its own Store, as two Ray workers would.
+        try:
+            own = store_of(s3, "race")
+            markers.append(process_shard("shard-00000", EchoEngine(gate), own, spec))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.list(commit.COMMITS) == ["shard-00000.json"]
+    on_disk = commit.Marker.from_dict(store.read_json(commit.marker_path("shard-00000")))
+    # Both attempts report the one committed marker, and it describes the published files.
+    assert [m.scores_sha256 for m in markers] == [on_disk.scores_sha256] * 2
+    assert store.list("scores") == ["shard-00000.parquet"]
+    scores = store.read_parquet(commit.scores_path("shard-00000"))
+    keys = list(zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) == 40
+    from rank1_batch.storage import sha256
+
+    assert sha256(store.read_bytes(commit.scores_path("shard-00000"))) == on_disk.scores_sha256
+
+
+def test_transient_faults_are_retried_and_output_is_identical(s3):
+    spec, clean = _job_and_shard(s3, "clean")
+    reference = process_shard("shard-00000", EchoEngine(), clean, spec)
+    plan = FaultPlan(first=6, rate=0.2, seed=1234, resets=0.2)
+    with FaultProxy(s3.port, plan) as proxy:
+        spec, _ = _job_and_shard(s3, "faulty")
+        faulty = store_of(s3, "faulty", endpoint=proxy.url)
+        marker = process_shard("shard-00000", EchoEngine(), faulty, spec)
+        for i in range(10):
+            faulty.write_json(f"extra/{i}.json", {"i": i})
+        assert faulty.list("extra") == sorted(f"{i}.json" for i in range(10))
+    assert plan.counts.get("slowdown", 0) >= 6 and plan.counts.get("pass", 0) > 0
+    assert marker.scores_sha256 == reference.scores_sha256
+    assert marker.traces_sha256 == reference.traces_sha256
+    direct = store_of(s3, "faulty")
+    assert direct.read_bytes(commit.scores_path("shard-00000")) == clean.read_bytes(
+        commit.scores_path("shard-00000")
+    )
+    assert direct.list(commit.COMMITS) == ["shard-00000.json"]
+    print("fault counts:", plan.counts)
+
+
+def test_no_such_bucket_fails_fast_naming_the_uri(s3):
+    spec = _run_spec(s3, output=f"s3://no-such-bucket-{s3.bucket}/out")
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=f"s3://no-such-bucket-{s3.bucket}/out"):
+        _run(spec)
+    assert time.monotonic() - start < 10
+
+
+def test_access_denied_fails_fast_naming_the_uri(s3):
+    with FaultProxy(s3.port, FaultPlan(deny=True)) as proxy:
+        spec = _run_spec(s3, output=f"s3://{s3.bucket}/denied", endpoint=proxy.url)
+        start = time.monotonic()
+        with pytest.raises(StorageError, match=f"s3://{s3.bucket}/denied"):
+            _run(spec)
+        assert time.monotonic() - start < 10
+
+
+def _run_spec(s3, output: str, endpoint: str | None = None):
+    return spec_from_mapping(
+        {
+            "input": {"path": f"s3://{s3.bucket}/in/x.parquet"},
+            "output": {"path": output},
+            "model": {"name": "toy"},
+            "storage": {"endpoint_url": endpoint or s3.endpoint},
+        }
+    )
+
+
+def _run(spec) -> None:
+    """``runner.run`` must fail before Ray starts or a model loads."""
+    import ray
+
+    from rank1_batch import runner
+
+    try:
+        runner.run(spec)
+    finally:
+        assert not ray.is_initialized(), "storage error surfaced only after Ray started"
