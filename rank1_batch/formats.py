@@ -1,0 +1,323 @@
+"""IR input formats converted to Parquet pairs on the driver: TREC / JSON runs + text, HF data.
+
+``input.format: trec | json-run | hf`` is turned into one normalised Parquet file,
+``OUTPUT/input/pairs-00000.parquet`` (columns query_id, query, doc_id, passage, title and a
+preset reason), written atomically before prepare runs; prepare then reads it as ordinary
+``pairs`` input. Rows of the run whose query or document has no text become ``rejected/``
+rows with reason ``missing_query`` / ``missing_doc``. The job's fingerprint records the
+*original* files (names and sizes), not the converted one.
+
+Memory: the run, the queries and the text of the documents the run names are held in driver
+memory (documents the run does not name are skipped while streaming the corpus). That suits
+runs up to a few million pairs; beyond, convert to Parquet pairs first.
+
+Text sources (``input.queries`` / ``input.corpus``):
+
+* a BEIR folder as ``corpus``: ``corpus.jsonl`` ({_id, title, text}) and, unless
+  ``queries`` is given, ``queries.jsonl`` ({_id, text});
+* JSONL files of those shapes (``.jsonl``, optionally ``.gz``);
+* MS MARCO TSVs: ``collection.tsv`` (``pid<TAB>text``, or ``pid<TAB>title<TAB>text``) and
+  ``queries.*.tsv`` (``qid<TAB>text``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rank1_batch.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON, InputError
+from rank1_batch.spec import Columns, InputSpec, JobSpec, StorageSpec
+from rank1_batch.storage import Store, filesystem
+
+CONVERTED = ("trec", "json-run", "hf")
+CONVERTED_PATH = "input/pairs-00000.parquet"
+ROW_GROUP = 20_000
+
+CONVERTED_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("doc_id", pa.string()),
+        ("passage", pa.string()),
+        ("title", pa.string()),
+        (PRESET_REASON, pa.string()),
+    ]
+)
+
+
+class FormatError(InputError):
+    """An input file of a converted format cannot be read (the message names it)."""
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def parse_trec_run(text: str, source: str = "<run>") -> list[tuple[str, str, float]]:
+    """``qid Q0 docid rank score tag`` or ``qid docid score`` lines, in run order per query:
+    score descending, ties kept in file order (a stable sort)."""
+    rows: list[tuple[str, str, float]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or line.startswith("#"):
+            continue
+        try:
+            if len(parts) == 6:
+                rows.append((parts[0], parts[2], float(parts[4])))
+            elif len(parts) == 3:
+                rows.append((parts[0], parts[1], float(parts[2])))
+            else:
+                raise ValueError(f"expected 6 or 3 columns, got {len(parts)}")
+        except ValueError as exc:
+            raise FormatError(f"{source}: line {n}: {exc}") from None
+    return _run_order(rows)
+
+
+def parse_json_run(obj: Any, source: str = "<run>") -> list[tuple[str, str, float]]:
+    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+        raise FormatError(f"{source}: expected a JSON object {{qid: {{docid: score}}}}")
+    try:
+        rows = [(str(q), str(d), float(s)) for q, docs in obj.items() for d, s in docs.items()]
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{source}: a score is not a number ({exc})") from None
+    return _run_order(rows)
+
+
+def _run_order(rows: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    first: dict[str, int] = {}
+    for q, _, _ in rows:
+        first.setdefault(q, len(first))
+    order = sorted(range(len(rows)), key=lambda i: (first[rows[i][0]], -rows[i][2]))
+    return [rows[i] for i in order]
+
+
+def cut_top_k(rows: list[tuple[str, str, float]], top_k: int | None) -> list[tuple[str, str]]:
+    out, seen = [], {}  # type: list[tuple[str, str]], dict[str, int]
+    for q, d, _ in rows:
+        seen[q] = seen.get(q, 0) + 1
+        if top_k is None or seen[q] <= top_k:
+            out.append((q, d))
+    return out
+
+
+# -- text sources -----------------------------------------------------------------------------
+
+
+def _read_text(uri: str, storage: StorageSpec | None) -> str:
+    fs, path = filesystem(uri, storage)
+    try:
+        with fs.open(path, "rt", encoding="utf-8", compression="infer") as fh:
+            text: str = fh.read()
+            return text
+    except (FileNotFoundError, IsADirectoryError):
+        raise FormatError(f"input {uri}: no such file") from None
+
+
+def _lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
+    fs, path = filesystem(uri, storage)
+    try:
+        fh = fs.open(path, "rt", encoding="utf-8", compression="infer")
+    except FileNotFoundError:
+        raise FormatError(f"input {uri}: no such file") from None
+    with fh:
+        yield from fh
+
+
+def _is_jsonl(uri: str) -> bool:
+    return uri.removesuffix(".gz").endswith((".jsonl", ".json"))
+
+
+def read_queries(uri: str, storage: StorageSpec | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n, line in enumerate(_lines(uri, storage), 1):
+        if not line.strip():
+            continue
+        if _is_jsonl(uri):
+            try:
+                obj = json.loads(line)
+                out[str(obj["_id"])] = obj["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise FormatError(f"{uri}: line {n}: expected {{_id, text}} ({exc})") from None
+        else:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise FormatError(f"{uri}: line {n}: expected qid<TAB>text")
+            out[parts[0]] = parts[-1]
+    return out
+
+
+def read_corpus(
+    uri: str, wanted: set[str], storage: StorageSpec | None = None
+) -> dict[str, tuple[str | None, str]]:
+    """(title, text) of the ``wanted`` documents only, streaming the corpus once."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for n, line in enumerate(_lines(uri, storage), 1):
+        if not line.strip():
+            continue
+        if _is_jsonl(uri):
+            try:
+                obj = json.loads(line)
+                did = str(obj["_id"])
+                if did in wanted:
+                    out[did] = (obj.get("title") or None, obj["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise FormatError(
+                    f"{uri}: line {n}: expected {{_id, title, text}} ({exc})"
+                ) from None
+        else:
+            parts = line.rstrip("\n").split("\t")
+            if parts[0] not in wanted:
+                continue
+            if len(parts) == 2:
+                out[parts[0]] = (None, parts[1])
+            elif len(parts) == 3:
+                out[parts[0]] = (parts[1] or None, parts[2])
+            else:
+                raise FormatError(
+                    f"{uri}: line {n}: expected pid<TAB>text or pid<TAB>title<TAB>text"
+                )
+    return out
+
+
+def text_sources(spec: InputSpec, storage: StorageSpec | None = None) -> tuple[str, str]:
+    """(queries file, corpus file) from ``input.queries`` / ``input.corpus``."""
+    if spec.corpus is None:
+        raise FormatError(
+            f"input.format {spec.format}: input.corpus is required (file or BEIR folder)"
+        )
+    corpus, queries = spec.corpus, spec.queries
+    fs, path = filesystem(corpus, storage)
+    if fs.isdir(path):
+        queries = queries or posixpath.join(corpus.rstrip("/"), "queries.jsonl")
+        corpus = posixpath.join(corpus.rstrip("/"), "corpus.jsonl")
+    if queries is None:
+        raise FormatError(f"input.format {spec.format}: input.queries is required")
+    return queries, corpus
+
+
+def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[dict[str, Any]]:
+    """What the fingerprint records about a converted input: original names and sizes."""
+    if spec.format == "hf":
+        fs, path = filesystem(spec.path, storage)
+        if not fs.exists(path) and not any(c in path for c in "*?["):
+            return [{"path": spec.path, "hub": True, "split": spec.split}]  # a hub id
+        files = fs.glob(path) if any(c in path for c in "*?[") else [path]
+        if fs.isdir(path):
+            files = fs.find(path)
+        return [{"path": f, "size": int(fs.size(f) or 0)} for f in sorted(files)]
+    out = []
+    for uri in (spec.path, *text_sources(spec, storage)):
+        fs, path = filesystem(uri, storage)
+        if not fs.exists(path):
+            raise FormatError(f"input {uri}: no such file")
+        out.append({"path": uri, "size": int(fs.size(path) or 0)})
+    return out
+
+
+# -- conversion -------------------------------------------------------------------------------
+
+
+def run_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` rows in run order."""
+    text = _read_text(spec.path, storage)
+    if spec.format == "trec":
+        rows = parse_trec_run(text, spec.path)
+    else:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{spec.path}: not valid JSON ({exc})") from None
+        rows = parse_json_run(obj, spec.path)
+    pairs = cut_top_k(rows, spec.top_k)
+    queries_uri, corpus_uri = text_sources(spec, storage)
+    queries = read_queries(queries_uri, storage)
+    corpus = read_corpus(corpus_uri, {d for _, d in pairs}, storage)
+    cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
+    for q, d in pairs:
+        query = queries.get(q)
+        title, passage = corpus.get(d, (None, None))
+        reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
+        for name, value in zip(
+            CONVERTED_SCHEMA.names, (q, query, d, passage, title, reason), strict=True
+        ):
+            cols[name].append(value)
+    return pa.table(cols, schema=CONVERTED_SCHEMA)
+
+
+def _load_hf(spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
+    import datasets
+
+    fs, path = filesystem(spec.path, storage)
+    is_local = fs.exists(path) or any(c in path for c in "*?[")
+    if (
+        is_local
+        and fs.isdir(path)
+        and (
+            fs.exists(posixpath.join(path, "state.json"))
+            or fs.exists(posixpath.join(path, "dataset_dict.json"))
+        )
+    ):
+        ds = datasets.load_from_disk(spec.path)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[spec.split]
+    elif is_local and not fs.isdir(path):
+        builder = "json" if _is_jsonl(path) else "csv" if path.endswith(".csv") else "parquet"
+        ds = datasets.load_dataset(builder, data_files=spec.path, split="train")
+    else:  # a folder with data files / a dataset card, or a hub id
+        ds = datasets.load_dataset(spec.path, spec.hf_config, split=spec.split)
+    table: pa.Table = ds.with_format("arrow")[:]
+    return table
+
+
+def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """A ``datasets`` dataset with pair columns named by ``input.columns``."""
+    table = _load_hf(spec, storage)
+    cols = spec.columns
+    out: dict[str, pa.Array] = {}
+    for target, source in (
+        ("query_id", cols.query_id),
+        ("query", cols.query),
+        ("doc_id", cols.doc_id),
+        ("passage", cols.passage),
+        ("title", cols.title),
+    ):
+        if source is None:
+            out[target] = pa.nulls(table.num_rows, pa.string())
+            continue
+        if source not in table.column_names:
+            raise FormatError(
+                f"input {spec.path}: missing column {source!r} (columns: "
+                f"{', '.join(table.column_names)}); map it under input.columns"
+            )
+        try:
+            out[target] = table.column(source).cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise FormatError(f"input {spec.path}: column {source!r} is not text or id") from None
+    out[PRESET_REASON] = pa.nulls(table.num_rows, pa.string())
+    return pa.table(out, schema=CONVERTED_SCHEMA)
+
+
+def converted_spec(spec: JobSpec, store: Store) -> InputSpec:
+    """The ``pairs`` input spec that reads the converted file."""
+    uri = store.uri.rstrip("/") + "/" + CONVERTED_PATH
+    return InputSpec(path=uri, format="pairs", columns=Columns(title="title"))
+
+
+def convert(spec: JobSpec, store: Store) -> InputSpec:
+    """Write ``OUTPUT/input/pairs-00000.parquet`` once (atomically); return its pairs spec."""
+    if not store.exists(CONVERTED_PATH):
+        if spec.input.format == "hf":
+            table = hf_pairs(spec.input, spec.storage)
+        else:
+            table = run_pairs(spec.input, spec.storage)
+        if table.num_rows == 0:
+            raise FormatError(f"input {spec.input.path}: no pairs")
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
+        store.write_atomic(CONVERTED_PATH, sink.getvalue())
+    return converted_spec(spec, store)
