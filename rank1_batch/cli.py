@@ -9,11 +9,15 @@ import sys
 from collections.abc import Sequence
 
 from rank1_batch import __version__
+from rank1_batch.cli_io import COMMANDS as IO_COMMANDS
+from rank1_batch.cli_io import add_parsers as add_io_parsers
 
 EPILOG = """examples:
   rank1-batch run jobs/demo.yaml
   rank1-batch run jobs/demo.yaml --output out/demo2 --set compute.workers=2
   rank1-batch status out/demo
+  rank1-batch eval out/demo --qrels jobs/data/demo.qrels
+  rank1-batch export out/demo --format trec
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -51,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="progress of a job, read from its output folder")
     st.add_argument("output", help="output folder (local path or URI)")
     st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)",
+    )
+    st.add_argument("--region", help="S3 region (default: the AWS environment / profile)")
+    st.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
+
+    _cluster_parsers(sub)
+    add_io_parsers(sub)
 
     toy = sub.add_parser(
         "toy-model",
@@ -61,6 +75,101 @@ def _parser() -> argparse.ArgumentParser:
     )
     toy.add_argument("--out", required=True, help="folder to write the model to")
     return p
+
+
+def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
+    address = {
+        "metavar": "URL",
+        "help": "Ray dashboard/Jobs address, e.g. http://HEAD:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)",
+    }
+    sm = sub.add_parser(
+        "submit",
+        help="submit a job to a Ray cluster (Ray Jobs API, token auth)",
+        description="Submit JOB.yaml to a Ray cluster. The resolved job file travels with the "
+        "submission, the package as a runtime_env py_module; torch/vllm come from the cluster "
+        "image. The submission id is derived from the job and its output, so submitting a "
+        "running job again reports it instead of starting a twin; after a failure a new "
+        "attempt resumes from the output folder. Token auth is on by default "
+        "(RAY_AUTH_MODE=token; token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+        "~/.ray/auth_token). Flow: submit -> jobs/logs -> status OUTPUT -> results in OUTPUT.",
+    )
+    sm.add_argument("job", help="job file (YAML)")
+    sm.add_argument("--address", **address)
+    sm.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job field (repeatable)",
+    )
+    sm.add_argument("--output", metavar="URI", help="override output.path")
+    sm.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the logs to the end; exit 0 only if the job succeeded",
+    )
+    sm.add_argument(
+        "--entrypoint-num-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs reserved for the driver (default 1)",
+    )
+    jl = sub.add_parser("jobs", help="list rank1-batch jobs submitted to a cluster")
+    jl.add_argument("--address", **address)
+    lg = sub.add_parser("logs", help="print a submitted job's logs")
+    lg.add_argument("submission_id")
+    lg.add_argument("--address", **address)
+    lg.add_argument("--follow", action="store_true", help="follow until the job ends")
+    sp = sub.add_parser("stop", help="stop a submitted job (its output stays resumable)")
+    sp.add_argument("submission_id")
+    sp.add_argument("--address", **address)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from rank1_batch import submit
+
+    submit.default_auth()
+    try:
+        return _cluster_command(args)
+    except Exception as exc:
+        # What Ray's client raises for a refused, unreachable or failing cluster: one line,
+        # not a traceback (and never the token). Anything else is a bug: let it surface.
+        expected = (ConnectionError, RuntimeError, ValueError)
+        if not isinstance(exc, expected) and "Authentication" not in type(exc).__name__:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"rank1-batch: error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 2
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    from rank1_batch import submit
+
+    if args.command == "jobs":
+        for job in submit.list_jobs(args.address):
+            print(f"{job['submission_id']}  {job['status']:<9}  {job['output']}")
+        return 0
+    if args.command == "logs":
+        if args.follow:
+            state = submit.follow(args.address, args.submission_id)
+            return 0 if state == "SUCCEEDED" else 1
+        print(submit.logs(args.address, args.submission_id), end="")
+        return 0
+    if args.command == "stop":
+        print("stopped" if submit.stop(args.address, args.submission_id) else "not running")
+        return 0
+    from rank1_batch.spec import load_job
+
+    spec = load_job(args.job, overrides=args.overrides, output=args.output)
+    sid, new = submit.submit(spec, args.address, entrypoint_num_cpus=args.entrypoint_num_cpus)
+    print(f"{'submitted' if new else 'already running'}: {sid}")
+    if not args.wait:
+        return 0
+    state = submit.follow(args.address, sid)
+    print(f"job {sid}: {state}")
+    return 0 if state == "SUCCEEDED" else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -74,10 +183,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from rank1_batch.spec import StorageSpec
     from rank1_batch.status import format_status, read_status
     from rank1_batch.storage import Store
 
-    status = read_status(Store(args.output))
+    storage = StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    status = read_status(Store(args.output, storage))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
@@ -98,12 +209,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from rank1_batch.commit import FingerprintMismatch
     from rank1_batch.inputs import InputError
+    from rank1_batch.results import ResultsError
     from rank1_batch.spec import JobError
+    from rank1_batch.storage import StorageError
 
     commands = {"run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
+    commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
+    commands.update(IO_COMMANDS)
     try:
         return commands[args.command](args)
-    except (JobError, InputError, FingerprintMismatch, FileNotFoundError) as exc:
+    except (
+        JobError,
+        InputError,
+        FingerprintMismatch,
+        FileNotFoundError,
+        StorageError,
+        ResultsError,
+    ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,11 @@ NULL_DOC_ID = "null_doc_id"
 EMPTY_QUERY = "empty_query"
 EMPTY_PASSAGE = "empty_passage"
 NO_CANDIDATES = "no_candidates"
+MISSING_QUERY = "missing_query"
+MISSING_DOC = "missing_doc"
+# A column written by rank1_batch.formats when it converts a run + corpus to pairs: a reason
+# decided at conversion (missing_query, missing_doc) that takes precedence over the checks here.
+PRESET_REASON = "_rank1_reason"
 
 NORMALISED = pa.schema(
     [
@@ -242,6 +247,9 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
         (pc.is_null(qid), NULL_QUERY_ID),
     ):
         reason = pc.if_else(mask, pa.scalar(code, pa.string()), reason)
+    if spec.format == "pairs" and PRESET_REASON in table.column_names:
+        preset = _as_string(table.column(PRESET_REASON), n)
+        reason = pc.if_else(pc.is_valid(preset), preset, reason)
     out = pa.table([qid, doc_id, query, passage, title, instr, order, reason], schema=NORMALISED)
     if len(empty_lists):
         rows = pc.take(table.select([cols.query_id, cols.query]), empty_lists)

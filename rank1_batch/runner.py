@@ -7,6 +7,7 @@ sums shard stats. Scoring runs in a Ray Data actor pool over the shards not yet 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -15,11 +16,12 @@ from typing import Any
 
 from rank1_batch import commit
 from rank1_batch.engines.base import EngineOptions, Rank1Engine
-from rank1_batch.inputs import listing, scan_inputs
+from rank1_batch.formats import CONVERTED
+from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
 from rank1_batch.progress import Progress
 from rank1_batch.score import process_shard
 from rank1_batch.spec import JobSpec
-from rank1_batch.storage import Store
+from rank1_batch.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,27 @@ def model_path(spec: JobSpec) -> str:
     return spec.model.name
 
 
+def vllm_usable() -> bool:
+    """vllm is installed and this process sees a CUDA GPU (checked where the engine runs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def engine_kind(spec: JobSpec) -> str:
-    """``auto`` means the transformers engine: the only engine this release ships."""
-    return "transformers" if spec.model.engine == "auto" else spec.model.engine
+    """``auto`` is vLLM where vllm is installed and a CUDA GPU is visible, else transformers.
+
+    Resolved inside the scoring actor: it sees the GPUs Ray gave it, not the driver's.
+    """
+    if spec.model.engine != "auto":
+        return spec.model.engine
+    return "vllm" if vllm_usable() else "transformers"
 
 
 def engine_options(spec: JobSpec) -> EngineOptions:
@@ -52,15 +72,23 @@ def engine_options(spec: JobSpec) -> EngineOptions:
 def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
     from rank1_batch.engines import make_engine
 
-    return make_engine(
-        engine_kind(spec),
-        path,
-        engine_options(spec),
-        revision=spec.model.revision,
-        dtype=spec.model.dtype,
-        device=spec.model.device,
-        model_id=spec.model.name,
-    )
+    kind = engine_kind(spec)
+    m = spec.model
+    kwargs: dict[str, Any] = {
+        "revision": m.revision,
+        "dtype": m.dtype,
+        "device": m.device,
+        "model_id": m.name,
+    }
+    if kind == "vllm":
+        kwargs.update(
+            quantization=m.quantization,
+            tensor_parallel_size=m.tensor_parallel_size,
+            gpu_memory_utilization=m.gpu_memory_utilization,
+            enforce_eager=m.enforce_eager,
+            engine_args=m.engine_args,
+        )
+    return make_engine(kind, path, engine_options(spec), **kwargs)
 
 
 class ShardWorker:
@@ -106,12 +134,51 @@ def init_ray(spec: JobSpec) -> None:
     )
 
 
+def worker_gpus(spec: JobSpec) -> float:
+    """GPUs per scoring actor: explicit, else ``tensor_parallel_size`` for engine vllm (or
+    auto with tensor parallelism).
+
+    A vLLM actor holding all its tensor-parallel GPUs (one node) runs vLLM's default "mp"
+    executor: vLLM spawns one worker process per GPU inside the actor. With
+    ``engine_args.distributed_executor_backend: ray`` the GPUs come from a placement group
+    instead (:func:`vllm_placement_args`) and the actor itself holds none.
+    """
+    if vllm_ray_backend(spec):
+        return 0.0
+    if spec.compute.gpus_per_worker > 0:
+        return spec.compute.gpus_per_worker
+    if spec.model.engine == "vllm" or spec.model.tensor_parallel_size > 1:
+        return float(spec.model.tensor_parallel_size)
+    return 0.0
+
+
+def vllm_ray_backend(spec: JobSpec) -> bool:
+    return spec.model.engine_args.get("distributed_executor_backend") == "ray"
+
+
+def vllm_placement_args(tensor_parallel_size: int) -> dict[str, Any]:
+    """Remote args placing one actor in a fresh PACK placement group of ``{GPU: 1, CPU: 1}``
+    bundles; vLLM's Ray executor puts its workers in the actor's (captured) group, as Ray
+    Data's own vLLM stage does."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundles = [{"GPU": 1, "CPU": 1} for _ in range(tensor_parallel_size)]
+    group = ray.util.placement_group(bundles, strategy="PACK")
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            group, placement_group_capture_child_tasks=True
+        )
+    }
+
+
 def worker_cpus(spec: JobSpec, cluster_cpus: float) -> float:
-    """CPUs per scoring actor: explicit, else share the cluster but leave room for Ray Data's
-    own tasks (a 2-core box deadlocks when actors hold every CPU)."""
+    """CPUs per scoring actor: explicit, else share the free CPUs but leave room for Ray
+    Data's own tasks (a 2-core box deadlocks when actors hold every CPU). Free, not total: in
+    a Ray job the driver (entrypoint) already holds some."""
     if spec.compute.cpus_per_worker is not None:
         return spec.compute.cpus_per_worker
-    if spec.compute.gpus_per_worker > 0:
+    if worker_gpus(spec) > 0 or vllm_ray_backend(spec):
         return 1.0
     share = (cluster_cpus - 0.5) / spec.compute.workers
     return max(0.25, min(share, 8.0))
@@ -121,17 +188,26 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
     """Score pending shards in an actor pool, showing shards, pairs, pairs/s and ETA."""
     import ray
 
-    cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
-    threads = spec.compute.torch_threads or max(1, math.ceil(cpus - 1e-9))
+    cpus = worker_cpus(spec, float(ray.available_resources().get("CPU", 1)))
+    # Threads from the cluster's total, not the momentarily free CPUs: torch's CPU results
+    # depend on the thread count, and a resumed run must reproduce the scores exactly.
+    total_cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
+    threads = spec.compute.torch_threads or max(1, math.ceil(total_cpus - 1e-9))
     workers = min(spec.compute.workers, len(pending))
     items = [{"shard": s["id"]} for s in pending]
+    placement: dict[str, Any] = {}
+    if vllm_ray_backend(spec):
+        placement["ray_remote_args_fn"] = functools.partial(
+            vllm_placement_args, spec.model.tensor_parallel_size
+        )
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker,
         fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus,
-        num_gpus=spec.compute.gpus_per_worker or None,
+        num_gpus=worker_gpus(spec) or None,
+        **placement,
     )
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
     for row in ds.iter_rows():
@@ -174,12 +250,36 @@ def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, A
     return result
 
 
+def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
+    """Run/corpus and HF inputs: claim the output with the *original* files' listing, then
+    convert them once to Parquet pairs in the output folder and read those as ``pairs``."""
+    from rank1_batch import formats
+
+    commit.claim_output(
+        store, commit.job_record(spec, formats.source_listing(spec.input, spec.storage))
+    )
+    converted = spec.model_copy(update={"input": formats.convert(spec, store)})
+    return converted, scan_inputs(converted.input, spec.storage)
+
+
 def run(spec: JobSpec) -> dict[str, Any]:
     """Run (or resume) a job to completion; return the contents of ``_SUCCESS.json``."""
     start = time.perf_counter()
     store = Store(spec.output.path, spec.storage)
-    files = scan_inputs(spec.input, spec.storage)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    store.check_access()  # no such bucket / access denied: fail now, before input or model
+    if spec.input.format in CONVERTED:
+        spec, files = convert_input(spec, store)
+    else:
+        try:
+            files = scan_inputs(spec.input, spec.storage)
+        except PermissionError as exc:
+            raise StorageError(f"input {spec.input.path}: access denied ({exc})") from exc
+        if not any(f.rows for f in files):
+            # Refused before anything is written: an empty input is almost always a mistake.
+            raise InputError(
+                f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
+            )
+        commit.claim_output(store, commit.job_record(spec, listing(files)))
     if store.exists(commit.SUCCESS):
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)

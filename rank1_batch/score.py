@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 
 import pyarrow as pa
@@ -142,6 +143,15 @@ def _verify(data: bytes, rows: int, what: str) -> None:
         raise RuntimeError(f"{what}: file holds {n} rows, expected {rows}")
 
 
+def worker_name() -> str:
+    """``host:pid``, plus the Ray node id when running inside Ray (which node scored what)."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        name += f":{ray.get_runtime_context().get_node_id()[:12]}"
+    return name
+
+
 def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
     """Score one shard and commit it; return its marker (the existing one if already done)."""
     if store.exists(commit.marker_path(shard)):
@@ -166,7 +176,7 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
         scores_sha256=sha256(scores_data),
         traces_sha256=sha256(traces_data),
         stats=stats,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker_name(),
     )
     if not store.create_json(commit.marker_path(shard), marker.to_dict()):
         log.info("%s: already committed by another attempt; discarding this one", shard)

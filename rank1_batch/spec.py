@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rank1_batch import rank1
 
@@ -46,12 +54,24 @@ class InputSpec(_Section):
     ``format: pairs`` has one row per (query, passage); ``format: candidates`` has one row per
     query with a list column (``candidates_column``) of structs holding doc_id and passage
     (and optionally title), named by ``columns``.
+
+    ``trec`` (a TREC or 3-column run) and ``json-run`` (``{qid: {docid: score}}``) take the
+    text from ``queries`` and ``corpus`` (a BEIR folder, ``corpus.jsonl``/``queries.jsonl``, or
+    MS MARCO TSVs), keeping the first ``top_k`` documents of each query in the run's order.
+    ``hf`` reads a local ``datasets`` folder, Parquet data files or a hub id (``split``) with
+    ``columns`` naming its pair columns. These three are converted on the driver to Parquet
+    pairs under ``OUTPUT/input/`` (see :mod:`rank1_batch.formats`).
     """
 
     path: str
-    format: Literal["pairs", "candidates"] = "pairs"
+    format: Literal["pairs", "candidates", "trec", "json-run", "hf"] = "pairs"
     columns: Columns = Columns()
     candidates_column: str = "candidates"
+    queries: str | None = None
+    corpus: str | None = None
+    top_k: int | None = Field(default=None, ge=1)
+    split: str = "train"
+    hf_config: str | None = None
 
 
 class OutputSpec(_Section):
@@ -59,8 +79,32 @@ class OutputSpec(_Section):
     shard_size: int = Field(default=2000, ge=1)
 
 
+# Quantization methods whose kernels run in float16 only (AWQ checkpoints).
+FLOAT16_ONLY_QUANTIZATION = ("awq", "awq_marlin")
+# vLLM engine arguments set from first-class fields, or fixed by the engine for correctness;
+# ``model.engine_args`` may not set them.
+RESERVED_ENGINE_ARGS = {
+    "model": "model.name",
+    "revision": "model.revision",
+    "tokenizer_revision": "model.revision",
+    "dtype": "model.dtype",
+    "quantization": "model.quantization",
+    "max_model_len": "model.max_model_len",
+    "tensor_parallel_size": "model.tensor_parallel_size",
+    "gpu_memory_utilization": "model.gpu_memory_utilization",
+    "enforce_eager": "model.enforce_eager",
+    "logprobs_mode": "(fixed: the forced pass must read processed logprobs)",
+    "skip_tokenizer_init": "(fixed: the engine tokenises with the model's own tokenizer)",
+}
+
+
 class ModelSpec(_Section):
-    """The model and how to load it. ``name: toy`` is the built-in toy model (demos, tests)."""
+    """The model and how to load it. ``name: toy`` is the built-in toy model (demos, tests).
+
+    ``dtype``, ``quantization``, ``revision`` and ``max_model_len`` decide results and enter the
+    fingerprint; ``tensor_parallel_size``, ``gpu_memory_utilization``, ``enforce_eager`` and
+    ``engine_args`` (extra ``vllm.LLM`` arguments) are tuning knobs of the vLLM engine.
+    """
 
     name: str
     revision: str | None = None
@@ -69,6 +113,37 @@ class ModelSpec(_Section):
     quantization: str | None = None
     max_model_len: int = Field(default=16000, ge=16)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_dtype(cls, v: str | None, info: ValidationInfo) -> str | None:
+        dtype = info.data.get("dtype", "auto")
+        awq = v is not None and v.lower() in FLOAT16_ONLY_QUANTIZATION
+        if awq and dtype not in ("auto", "float16"):
+            raise ValueError(
+                f"{v} checkpoints run in float16 only; set model.dtype to float16 "
+                f"(or auto), not {dtype}"
+            )
+        return v
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _tensor_parallel_needs_vllm(cls, v: int, info: ValidationInfo) -> int:
+        if v > 1 and info.data.get("engine") == "transformers":
+            raise ValueError("tensor parallelism needs engine vllm (or auto)")
+        return v
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args_not_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in RESERVED_ENGINE_ARGS:
+                raise ValueError(f"{key!r} cannot be set here; use {RESERVED_ENGINE_ARGS[key]}")
+        return v
 
 
 class ReasoningSpec(_Section):
@@ -105,6 +180,8 @@ class StorageSpec(_Section):
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    # Lift the path-safety rules of rank1_batch.paths (other schemes, '..', '::' chaining).
+    allow_unsafe_paths: bool = False
 
 
 class JobSpec(_Section):
@@ -115,6 +192,29 @@ class JobSpec(_Section):
     reasoning: ReasoningSpec = ReasoningSpec()
     compute: ComputeSpec = ComputeSpec()
     storage: StorageSpec = StorageSpec()
+
+    @field_validator("compute")
+    @classmethod
+    def _gpus_cover_tensor_parallel(cls, v: ComputeSpec, info: ValidationInfo) -> ComputeSpec:
+        model = info.data.get("model")
+        tp = model.tensor_parallel_size if model is not None else 1
+        if 0 < v.gpus_per_worker < tp:
+            raise ValueError(
+                f"gpus_per_worker ({v.gpus_per_worker:g}) is less than "
+                f"model.tensor_parallel_size ({tp}); leave it unset to reserve {tp} GPUs"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _paths_are_safe(self) -> JobSpec:
+        from rank1_batch.paths import check_uri
+
+        allow = self.storage.allow_unsafe_paths
+        check_uri(self.output.path, "output.path", output=True, allow_unsafe=allow)
+        for name, value in self.input:
+            if isinstance(value, str) and (name == "path" or name.endswith("_path")):
+                check_uri(value, f"input.{name}", output=False, allow_unsafe=allow)
+        return self
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that determine results (the fingerprint's job half)."""
@@ -133,6 +233,15 @@ class JobSpec(_Section):
                 "format": self.input.format,
                 "columns": self.input.columns.model_dump(),
                 "candidates_column": self.input.candidates_column,
+                **(
+                    {
+                        "top_k": self.input.top_k,
+                        "split": self.input.split,
+                        "hf_config": self.input.hf_config,
+                    }
+                    if self.input.format in ("trec", "json-run", "hf")
+                    else {}
+                ),
             },
             "shard_size": self.output.shard_size,
         }
@@ -186,6 +295,10 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
+        if not err["loc"] and err["type"] == "value_error":
+            # Whole-job checks (path safety) name their own field in the message.
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":

@@ -67,10 +67,9 @@ def read_qrels() -> dict[str, dict[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "out"
-    cli("run", str(DEMO), "--output", str(out))
-    return out
+def demo_out(demo_reference) -> Path:
+    """The uninterrupted demo run (shared with the S3 tests through conftest)."""
+    return demo_reference
 
 
 def test_demo_writes_the_layout(demo_out):
