@@ -70,6 +70,22 @@ def resolve_answer_ids(encode: rank1.Encode) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def _answered(
+    verdict: tuple[float, float], status: str, fp: rank1.FittedPrompt, gen: Generation
+) -> rank1.Judgement:
+    """A judgement with a score (complete or forced): the pass-1 trace and counts kept."""
+    return rank1.Judgement(
+        score=verdict[0],
+        logit=verdict[1],
+        status=status,
+        prompt_tokens=len(fp.token_ids),
+        reasoning_tokens=gen.token_count,
+        truncated=fp.truncated,
+        reasoning=gen.text,
+        finish_reason=gen.finish_reason,
+    )
+
+
 class Rank1Engine(abc.ABC):
     """Base class: subclasses implement the primitives, ``judge`` is shared."""
 
@@ -153,16 +169,7 @@ class Rank1Engine(abc.ABC):
             if verdict is None:
                 incomplete.append((i, gen))
                 continue
-            results[i] = rank1.Judgement(
-                score=verdict[0],
-                logit=verdict[1],
-                status=rank1.COMPLETE,
-                prompt_tokens=len(fp.token_ids),
-                reasoning_tokens=gen.token_count,
-                truncated=fp.truncated,
-                reasoning=gen.text,
-                finish_reason=gen.finish_reason,
-            )
+            results[i] = _answered(verdict, rank1.COMPLETE, fp, gen)
         if incomplete:
             forced = [
                 self.encode_prompt(
@@ -188,16 +195,7 @@ class Rank1Engine(abc.ABC):
                         gen.finish_reason,
                     )
                 else:
-                    results[i] = rank1.Judgement(
-                        score=verdict[0],
-                        logit=verdict[1],
-                        status=rank1.FORCED,
-                        prompt_tokens=len(fp.token_ids),
-                        reasoning_tokens=gen.token_count,
-                        truncated=fp.truncated,
-                        reasoning=gen.text,
-                        finish_reason=gen.finish_reason,
-                    )
+                    results[i] = _answered(verdict, rank1.FORCED, fp, gen)
         out = [r for r in results if r is not None]
         assert len(out) == len(requests)
         return out
