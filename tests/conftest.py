@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from s3_server import MotoServer, s3_env
 
+from rank1_batch.spec import StorageSpec
+from rank1_batch.storage import Store
+
 
 @dataclass
 class S3:
@@ -27,6 +30,21 @@ class S3:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def demo_run(self, uri: str) -> tuple[list[str], Store]:
+        """CLI args running the demo job from ``in/demo-pairs.parquet`` in this bucket into
+        ``uri``, and a Store reading that output."""
+        args = [
+            "run",
+            str(DEMO),
+            "--output",
+            uri,
+            "--set",
+            f"input.path=s3://{self.bucket}/in/demo-pairs.parquet",
+            "--set",
+            f"storage.endpoint_url={self.endpoint}",
+        ]
+        return args, Store(uri, StorageSpec(endpoint_url=self.endpoint))
 
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2")

@@ -23,7 +23,6 @@ import pytest
 from conftest import CLI, DEMO, ROOT, run_cli
 
 from rank1_batch import commit
-from rank1_batch.spec import StorageSpec
 from rank1_batch.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -147,17 +146,7 @@ def test_kill_anywhere_s3(s3, demo_reference):
     hits: dict[str, int] = {}
     for seed in range(6):
         uri = f"s3://{s3.bucket}/out{seed}"
-        args = [
-            "run",
-            str(DEMO),
-            "--output",
-            uri,
-            "--set",
-            f"input.path=s3://{s3.bucket}/in/demo-pairs.parquet",
-            "--set",
-            f"storage.endpoint_url={s3.endpoint}",
-        ]
-        store = Store(uri, StorageSpec(endpoint_url=s3.endpoint))
+        args, store = s3.demo_run(uri)
         got = kill_loop(args, env, store, total, 100 + seed)
         for k, v in got.items():
             hits[k] = hits.get(k, 0) + v

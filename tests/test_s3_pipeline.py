@@ -19,11 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, DEMO, ROOT, S3, run_cli
+from conftest import CLI, ROOT, S3, run_cli
 from s3_server import SECRET_KEY, s3_env
 
 from rank1_batch import commit
-from rank1_batch.spec import StorageSpec
 from rank1_batch.storage import Store
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
@@ -62,17 +61,7 @@ def s3_run(moto_server, demo_reference):
             str(ROOT / "jobs/data/demo-pairs.parquet"), s3.bucket, "in/demo-pairs.parquet"
         )
         uri = f"s3://{s3.bucket}/demo"
-        args = [
-            "run",
-            str(DEMO),
-            "--output",
-            uri,
-            "--set",
-            f"input.path=s3://{s3.bucket}/in/demo-pairs.parquet",
-            "--set",
-            f"storage.endpoint_url={s3.endpoint}",
-        ]
-        store = Store(uri, StorageSpec(endpoint_url=s3.endpoint))
+        args, store = s3.demo_run(uri)
         total = len(json.loads((demo_reference / commit.MANIFEST).read_text())["shards"])
         with open(logs / "killed.out", "w") as out, open(logs / "killed.err", "w") as err:
             proc = subprocess.Popen(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
+from commit_checks import assert_exclusive_create
 
 from rank1_batch import commit
 from rank1_batch.spec import spec_from_mapping
@@ -14,29 +14,10 @@ from rank1_batch.storage import Store
 MINIMAL = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": {"name": "toy"}}
 
 
-def test_create_exclusive_only_once(tmp_path):
+def test_create_exclusive_only_once_and_racing_creates_have_one_winner(tmp_path):
     store = Store(str(tmp_path))
-    assert store.create_exclusive("_commits/a.json", b"first")
-    assert not store.create_exclusive("_commits/a.json", b"second")
-    assert store.read_bytes("_commits/a.json") == b"first"
-    assert store.list("_commits") == ["a.json"]  # no temp leftovers
-
-
-def test_racing_creates_have_exactly_one_winner(tmp_path):
-    store = Store(str(tmp_path))
-    wins = []
-
-    def attempt(i):
-        if store.create_exclusive("_commits/shard.json", f"attempt {i}".encode()):
-            wins.append(i)
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-    assert store.read_bytes("_commits/shard.json") == f"attempt {wins[0]}".encode()
+    assert_exclusive_create(store)
+    assert store.list("_commits") == ["a.json", "race.json"]  # no temp leftovers
 
 
 def test_publish_adopts_what_an_earlier_attempt_published(tmp_path):

@@ -9,6 +9,7 @@ import time
 
 import pyarrow as pa
 import pytest
+from commit_checks import assert_exclusive_create
 from s3_server import FaultPlan, FaultProxy
 
 from rank1_batch import commit, rank1
@@ -24,23 +25,7 @@ def store_of(s3, prefix: str = "out", endpoint: str | None = None) -> Store:
 
 
 def test_s3fs_create_is_exclusive_for_small_files(s3):
-    store = store_of(s3)
-    assert store.create_exclusive("_commits/a.json", b"first")
-    assert not store.create_exclusive("_commits/a.json", b"second")
-    assert store.read_bytes("_commits/a.json") == b"first"
-    wins = []
-
-    def attempt(i: int) -> None:
-        if store.create_exclusive("_commits/race.json", f"attempt {i}".encode()):
-            wins.append(i)
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-    assert store.read_bytes("_commits/race.json") == f"attempt {wins[0]}".encode()
+    assert_exclusive_create(store_of(s3))
 
 
 def test_list_sees_objects_written_by_others(s3):

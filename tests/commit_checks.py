@@ -1,0 +1,28 @@
+"""Checks of the commit primitives shared by the local-disk and the S3 tests."""
+
+from __future__ import annotations
+
+import threading
+
+from rank1_batch.storage import Store
+
+
+def assert_exclusive_create(store: Store, attempts: int = 16) -> None:
+    """A second create of a name fails and keeps the first content; of many racing creates
+    exactly one wins, and its content is what readers find."""
+    assert store.create_exclusive("_commits/a.json", b"first")
+    assert not store.create_exclusive("_commits/a.json", b"second")
+    assert store.read_bytes("_commits/a.json") == b"first"
+    wins: list[int] = []
+
+    def attempt(i: int) -> None:
+        if store.create_exclusive("_commits/race.json", f"attempt {i}".encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(attempts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.read_bytes("_commits/race.json") == f"attempt {wins[0]}".encode()
