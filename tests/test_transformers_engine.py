@@ -316,10 +316,10 @@ def test_model_revision_and_options(random_model: Path, random_engine: Recording
         make_engine("onnx", str(random_model), RANDOM_OPTS)
 
 
-def test_package_import_does_not_pull_torch() -> None:
+def test_package_import_does_not_pull_torch_vllm_or_ray() -> None:
     code = (
-        "import sys, rank1_batch, rank1_batch.engines, rank1_batch.rank1\n"
-        "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
+        "import sys, rank1_batch, rank1_batch.engines, rank1_batch.rank1, rank1_batch.cli\n"
+        "heavy = [m for m in ('torch', 'transformers', 'vllm', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
