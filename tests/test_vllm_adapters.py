@@ -425,24 +425,12 @@ def test_error_classification() -> None:
     assert not ve.is_request_error(RuntimeError("x"))
 
 
-def test_engine_error_marking() -> None:
-    marked = rank1.Judgement(
-        0.5,
-        0.0,
-        rank1.FALLBACK,
-        prompt_tokens=9,
-        truncated=True,
-        finish_reason=ve.FINISH_ENGINE_ERROR,
-    )
-    j = ve.as_engine_error(marked)
-    assert (j.status, j.error, j.prompt_tokens, j.truncated) == (
-        rank1.ERROR,
-        rank1.ENGINE_ERROR,
-        9,
-        True,
-    )
-    fine = rank1.Judgement(0.9, 2.0, rank1.COMPLETE, finish_reason="stop")
-    assert ve.as_engine_error(fine) is fine
+def test_refused_prompt_is_marked_as_an_engine_error() -> None:
+    for failed in (RequestOutput("0", None, [1], None, []), completion("", [], [], "abort")):
+        gen = ve.generation_from_output(failed)
+        assert (gen.finish_reason, gen.error) == (ve.FINISH_ENGINE_ERROR, rank1.ENGINE_ERROR)
+    fine = ve.generation_from_output(completion("ok.", [OTHER], None, "length"))
+    assert fine.error is None
 
 
 # -- configuration ---------------------------------------------------------------------------

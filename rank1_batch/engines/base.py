@@ -43,7 +43,8 @@ class Generation:
 
     ``text`` is the reasoning with the matched stop string removed (special tokens kept);
     ``last_top`` the top logprobs at the last generated position (the answer token when a stop
-    string fired); ``stopped`` whether a stop string fired.
+    string fired); ``stopped`` whether a stop string fired. ``error`` is an error code when
+    the engine could not run this prompt at all (it becomes an ``error`` row, not forced).
     """
 
     text: str
@@ -51,6 +52,7 @@ class Generation:
     last_top: Mapping[int, float] | None
     stopped: bool
     finish_reason: str
+    error: str | None = None
 
 
 def resolve_answer_ids(encode: rank1.Encode) -> tuple[int, int]:
@@ -159,6 +161,11 @@ class Rank1Engine(abc.ABC):
         incomplete: list[tuple[int, Generation]] = []
         for i, gen in zip(order, gens, strict=True):
             fp = fitted[i]
+            if gen.error is not None:
+                results[i] = rank1.error_judgement(
+                    gen.error, prompt_tokens=len(fp.token_ids), truncated=fp.truncated
+                )
+                continue
             verdict = rank1.complete_or_none(
                 gen.last_top,
                 true_id=self.true_id,

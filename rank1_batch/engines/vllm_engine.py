@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from rank1_batch import rank1
-from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+from rank1_batch.engines.base import EngineOptions, Generation, Rank1Engine
 from rank1_batch.spec import RESERVED_ENGINE_ARGS
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,11 @@ def generation_from_output(output: Any) -> Generation:
     """
     completions = getattr(output, "outputs", None) or []
     if not completions:
-        return Generation("", 0, None, stopped=False, finish_reason=FINISH_ENGINE_ERROR)
+        return failed_generation()
     comp = completions[0]
     finish, stopped = finish_of(comp.finish_reason, comp.stop_reason)
+    if finish == FINISH_ENGINE_ERROR:
+        return failed_generation()
     count = len(comp.token_ids or ())
     last = last_position_logprobs(comp.logprobs) if count else None
     return Generation(comp.text or "", count, last, stopped=stopped, finish_reason=finish)
@@ -131,12 +133,10 @@ def answer_from_output(output: Any, true_id: int, false_id: int) -> dict[int, fl
     return {true_id: top[true_id], false_id: top[false_id]}
 
 
-def as_engine_error(judgement: rank1.Judgement) -> rank1.Judgement:
-    """A judgement whose prompt vLLM refused becomes an ``error`` row (``engine_error``)."""
-    if judgement.finish_reason != FINISH_ENGINE_ERROR:
-        return judgement
-    return rank1.error_judgement(
-        rank1.ENGINE_ERROR, prompt_tokens=judgement.prompt_tokens, truncated=judgement.truncated
+def failed_generation() -> Generation:
+    """A prompt vLLM refused or aborted: the shared protocol makes it an ``error`` row."""
+    return Generation(
+        "", 0, None, stopped=False, finish_reason=FINISH_ENGINE_ERROR, error=rank1.ENGINE_ERROR
     )
 
 
@@ -395,7 +395,7 @@ class VLLMEngine(Rank1Engine):
         ]
         for i, result in zip(todo, self._submit(requests), strict=True):
             if isinstance(result, ItemFailure):
-                out[i] = Generation("", 0, None, stopped=False, finish_reason=FINISH_ENGINE_ERROR)
+                out[i] = failed_generation()
                 continue
             out[i] = generation_from_output(result)
             self.prompt_tokens_submitted += len(prompts[i])
@@ -412,10 +412,6 @@ class VLLMEngine(Rank1Engine):
             else answer_from_output(r, self.true_id, self.false_id)
             for r in results
         ]
-
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        """The shared protocol (:meth:`Rank1Engine.judge`); refused prompts become errors."""
-        return [as_engine_error(j) for j in super().judge(requests)]
 
     def close(self) -> None:
         """Shut the engine core down and free GPU memory."""
