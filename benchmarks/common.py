@@ -129,7 +129,7 @@ def machine() -> dict[str, Any]:
 def write_pairs(path: Path, n_pairs: int, *, candidates: int = 20, seed: int = 7) -> Path:
     """A Parquet pairs file of ``n_pairs`` synthetic toy-world pairs (query-grouped).
 
-    Text comes from :func:`rank1_batch.toy_data.make_ir_collection`. Beyond 50,000 pairs a
+    Text comes from :func:`rank1_batch.toy.data.make_ir_collection`. Beyond 50,000 pairs a
     50,000-pair collection is tiled with fresh query and doc ids (same text, distinct pairs),
     which keeps generating 2M pairs to seconds without changing what prepare has to do.
     """
@@ -137,7 +137,7 @@ def write_pairs(path: Path, n_pairs: int, *, candidates: int = 20, seed: int = 7
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from rank1_batch.toy_data import make_ir_collection
+    from rank1_batch.toy.data import make_ir_collection
 
     base_n = min(n_pairs, 50_000)
     coll = make_ir_collection(seed, math.ceil(base_n / candidates), candidates)

@@ -26,7 +26,7 @@ import common as c
 def load_engine(threads: int) -> Any:
     import torch
 
-    from rank1_batch.runner import build_engine, model_path
+    from rank1_batch.engines.factory import build_engine, model_path
     from rank1_batch.spec import load_job
 
     torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def run_batches(
 
 def efficiency(n_queries: int, candidates: int, repeats: int, threads: int = 1) -> dict[str, Any]:
     """Case 6."""
-    from rank1_batch.toy_data import make_ir_collection
+    from rank1_batch.toy.data import make_ir_collection
 
     engine = load_engine(threads)
     coll = make_ir_collection(11, n_queries, candidates)

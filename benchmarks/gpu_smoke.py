@@ -65,7 +65,7 @@ def load_pairs(path: str, n: int) -> list[tuple[str, str]]:
         rows = pq.read_table(path, columns=["query_id", "query", "doc_id", "passage"]).to_pylist()
         rows.sort(key=lambda r: (r["query_id"], r["doc_id"]))
         return [(r["query"], r["passage"]) for r in rows[:n]]
-    from rank1_batch import toy_data
+    from rank1_batch.toy import data as toy_data
 
     examples = toy_data.make_examples(seed=0, n=n)
     return [(e.query, e.passage) for e in examples]

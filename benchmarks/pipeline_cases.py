@@ -25,7 +25,7 @@ def direct_engine(data: Path, shard_size: int, threads: int, repeats: int) -> di
 
     from rank1_batch import rank1
     from rank1_batch.engines.base import JudgeRequest
-    from rank1_batch.runner import build_engine, model_path
+    from rank1_batch.engines.factory import build_engine, model_path
     from rank1_batch.spec import load_job
 
     torch.set_num_threads(threads)

@@ -23,9 +23,10 @@ def say(**obj: object) -> None:
 def main() -> None:
     job, k = sys.argv[1], int(sys.argv[2])
     from rank1_batch import commit
+    from rank1_batch.engines.factory import model_path
+    from rank1_batch.executor.ray_pool import init_ray, score_pending
     from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.prepare import prepare
-    from rank1_batch.runner import init_ray, model_path, score_pending
+    from rank1_batch.pipeline.prepare import prepare
     from rank1_batch.spec import load_job
     from rank1_batch.storage import Store
 

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from rank1_batch import __version__
-from rank1_batch.cli_io import COMMANDS as IO_COMMANDS
-from rank1_batch.cli_io import add_parsers as add_io_parsers
+from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
+from rank1_batch.cli_results import add_parsers as add_io_parsers
 
 EPILOG = """examples:
   rank1-batch run jobs/demo.yaml
@@ -173,7 +173,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rank1_batch.runner import run
+    from rank1_batch.pipeline.run import run
     from rank1_batch.spec import load_job
 
     spec = load_job(args.job, overrides=args.overrides, output=args.output)
@@ -194,7 +194,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from rank1_batch.toy_model import build_toy_model
+    from rank1_batch.toy.model import build_toy_model
 
     print(json.dumps(build_toy_model(args.out), indent=2))
     return 0

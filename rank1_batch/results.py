@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import commit
-from rank1_batch.score import SCORES_SCHEMA, TRACES_SCHEMA
+from rank1_batch.pipeline.score import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.storage import Store
 
 # Statuses whose score is the model's own judgement; ``fallback`` (0.5 by rule) and

@@ -1,9 +1,9 @@
 """Rebuild the TOY Rank1 model (a tiny Qwen2 for demos and tests, not a reranker).
 
 Usage: ``python scripts/build_toy_model.py [OUT_DIR] [--seed N] [--steps N] [--no-eval]``.
-Trains on synthetic topic data (rank1_batch/toy_data.py) in a few minutes on 2 CPU cores and
+Trains on synthetic topic data (rank1_batch/toy/data.py) in a few minutes on 2 CPU cores and
 prints JSON: training time, held-out accuracy, nDCG@10 of the model vs. the shuffled order.
-The committed copy is rank1_batch/toy_model_files (the default OUT_DIR).
+The committed copy is rank1_batch/toy/model_files (the default OUT_DIR).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rank1_batch import toy_model
+from rank1_batch.toy import model as toy_model
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import runner
 from rank1_batch.inputs import InputError
+from rank1_batch.pipeline import run as runner
 from rank1_batch.spec import spec_from_mapping
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from rank1_batch import rank1, toy_data
+from rank1_batch import rank1
 from rank1_batch.engines import EngineOptions, JudgeRequest, Rank1Engine, make_engine
-from rank1_batch.toy_model import resolve_toy_model
+from rank1_batch.toy import data as toy_data
+from rank1_batch.toy.model import resolve_toy_model
 
 OPTS = EngineOptions(max_model_len=512, max_tokens=64, min_reserve=64, batch_size=8)
 

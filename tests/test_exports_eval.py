@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 
 from rank1_batch import commit, evaluate, exports, labels
+from rank1_batch.pipeline.score import SCORES_SCHEMA
 from rank1_batch.results import read_results
-from rank1_batch.score import SCORES_SCHEMA
 from rank1_batch.storage import Store, parquet_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
     qids = [r[0] for r in rows]
     dids = [r[1] for r in rows]
     scores = [r[2] for r in rows]
-    from rank1_batch.score import ranks_within_query
+    from rank1_batch.pipeline.score import ranks_within_query
 
     n = len(rows)
     pairs = pa.table(

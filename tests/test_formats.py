@@ -17,7 +17,7 @@ import pytest
 from rank1_batch import formats, inputs
 from rank1_batch.spec import InputSpec, spec_from_mapping
 from rank1_batch.storage import Store
-from rank1_batch.toy_data import make_ir_collection
+from rank1_batch.toy.data import make_ir_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}

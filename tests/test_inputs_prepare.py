@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rank1_batch import inputs
-from rank1_batch.prepare import build_shard, shard_of
+from rank1_batch.pipeline.prepare import build_shard, shard_of
 from rank1_batch.spec import InputSpec
 
 

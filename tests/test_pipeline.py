@@ -20,7 +20,7 @@ import pytest
 
 from rank1_batch import commit
 from rank1_batch.storage import Store
-from rank1_batch.toy_data import ndcg_at_k
+from rank1_batch.toy.data import ndcg_at_k
 
 pytestmark = pytest.mark.ray
 
@@ -231,7 +231,7 @@ def test_sigkill_mid_score_then_resume_gives_identical_output(demo_out, tmp_path
 def test_messy_input_all_statuses_and_every_row_accounted(tmp_path):
     """Int ids, nulls, blank text, duplicates, an over-long passage and an over-long query,
     with a tiny reasoning budget so pass 1 never completes; two workers in parallel."""
-    from rank1_batch.toy_data import make_ir_collection
+    from rank1_batch.toy.data import make_ir_collection
 
     coll = make_ir_collection(7, 6, 5)
     rows = [

@@ -13,7 +13,7 @@ from commit_checks import assert_exclusive_create
 from s3_server import FaultPlan, FaultProxy
 
 from rank1_batch import commit, rank1
-from rank1_batch.score import process_shard
+from rank1_batch.pipeline.score import process_shard
 from rank1_batch.spec import StorageSpec, spec_from_mapping
 from rank1_batch.storage import StorageError, Store, parquet_bytes
 
@@ -193,10 +193,10 @@ def _run_spec(s3, output: str, endpoint: str | None = None):
 
 
 def _run(spec) -> None:
-    """``runner.run`` must fail before Ray starts or a model loads."""
+    """``pipeline.run.run`` must fail before Ray starts or a model loads."""
     import ray
 
-    from rank1_batch import runner
+    from rank1_batch.pipeline import run as runner
 
     try:
         runner.run(spec)

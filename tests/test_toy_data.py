@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from rank1_batch import toy_data
+from rank1_batch.toy import data as toy_data
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The committed toy model: a standard HF folder that answers in Rank1's format.
 
-Nothing here trains the model; every check uses ``rank1_batch/toy_model_files``.
+Nothing here trains the model; every check uses ``rank1_batch/toy/model_files``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Any
 
 import pytest
 
-from rank1_batch import rank1, toy_data, toy_model, toy_train
+from rank1_batch import rank1
+from rank1_batch.toy import data as toy_data
+from rank1_batch.toy import model as toy_model
+from rank1_batch.toy import tokenizer as toy_tokenizer
+from rank1_batch.toy import train as toy_train
 
 FOLDER = toy_model.TOY_MODEL_DIR
 SINGLE_TOKENS = (" true", " false", "<think>", "</think>", "<|endoftext|>")
@@ -35,8 +39,8 @@ def loaded() -> Iterator[tuple[Any, Any]]:
 
 
 def _training_text(ex: toy_data.Example) -> str:
-    prompt = toy_model.toy_prompt(ex.query, ex.passage)
-    return prompt + toy_model.toy_completion(ex.reasoning, ex.label) + toy_model.EOS
+    prompt = toy_tokenizer.toy_prompt(ex.query, ex.passage)
+    return prompt + toy_tokenizer.toy_completion(ex.reasoning, ex.label) + toy_tokenizer.EOS
 
 
 def ex_label(ex: toy_data.Example) -> str:
@@ -45,7 +49,7 @@ def ex_label(ex: toy_data.Example) -> str:
 
 def test_import_pulls_no_heavy_modules() -> None:
     code = (
-        "import sys, rank1_batch.toy_model, rank1_batch.toy_train, rank1_batch.toy_data\n"
+        "import sys, rank1_batch.toy.model, rank1_batch.toy.train, rank1_batch.toy.data\n"
         "heavy = {'torch', 'transformers', 'tokenizers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -90,16 +94,16 @@ def test_loads_with_auto_model_for_causal_lm(loaded: tuple[Any, Any]) -> None:
 def test_pre_tokenizer_pattern_is_qwen2s() -> None:
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    assert toy_model.QWEN2_PATTERN == PRETOKENIZE_REGEX
+    assert toy_tokenizer.QWEN2_PATTERN == PRETOKENIZE_REGEX
 
 
 def test_tokenizer_build_is_deterministic_and_committed() -> None:
-    first = toy_model.build_tokenizer()
-    assert first.to_str() == toy_model.build_tokenizer().to_str()
+    first = toy_tokenizer.build_tokenizer()
+    assert first.to_str() == toy_tokenizer.build_tokenizer().to_str()
     committed = json.loads((FOLDER / "tokenizer.json").read_text())
     assert json.loads(first.to_str()) == committed
     assert (
-        toy_model.token_ids(first)
+        toy_tokenizer.token_ids(first)
         == json.loads((FOLDER / "training_stats.json").read_text())["token_ids"]
     )
 
@@ -117,7 +121,7 @@ def test_auto_tokenizer_matches_training_ids(tmp_path: Path, with_tokenizer_json
         (folder / "tokenizer.json").unlink()
     hf = AutoTokenizer.from_pretrained(str(folder))
     raw = Tokenizer.from_file(str(FOLDER / "tokenizer.json"))
-    ids = toy_model.token_ids(raw)
+    ids = toy_tokenizer.token_ids(raw)
     for text in SINGLE_TOKENS:
         encoded = hf.encode(text, add_special_tokens=False)
         assert len(encoded) == 1
@@ -135,16 +139,16 @@ def test_auto_tokenizer_matches_training_ids(tmp_path: Path, with_tokenizer_json
 
 
 def test_prompt_is_rank1s() -> None:
-    prompt = toy_model.toy_prompt("q w", "p x.")
+    prompt = toy_tokenizer.toy_prompt("q w", "p x.")
     assert prompt == (
         "Determine if the following passage is relevant to the query. Answer only with 'true' "
         "or 'false'.\nQuery: q w\nPassage: p x.\n<think>"
     )
-    assert toy_model.toy_completion("R.", True) == "\nR.\n</think> true"
+    assert toy_tokenizer.toy_completion("R.", True) == "\nR.\n</think> true"
 
 
 def test_demo_data_is_held_out() -> None:
-    assert toy_data.DEMO_SEED not in {toy_model.DEFAULT_SEED + i for i in range(4)}
+    assert toy_data.DEMO_SEED not in {toy_tokenizer.DEFAULT_SEED + i for i in range(4)}
 
 
 def test_ranking_lifts_ndcg_on_held_out_demo(loaded: tuple[Any, Any]) -> None:
@@ -156,7 +160,7 @@ def test_ranking_lifts_ndcg_on_held_out_demo(loaded: tuple[Any, Any]) -> None:
         candidates=[c for c in demo.candidates if c.query_id in keep],
         qrels={q: demo.qrels[q] for q in keep},
     )
-    prompts = [toy_model.toy_prompt(c.query, c.passage) for c in coll.candidates]
+    prompts = [toy_tokenizer.toy_prompt(c.query, c.passage) for c in coll.candidates]
     scores, judged = toy_train.rank1_scores(model, tok, prompts)
     by_pair = {(c.query_id, c.doc_id): s for c, s in zip(coll.candidates, scores, strict=True)}
     model_ndcg = toy_data.ndcg_at_k(toy_data.rank_by_score(coll, by_pair), coll.qrels)
@@ -172,7 +176,7 @@ def test_ranking_lifts_ndcg_on_held_out_demo(loaded: tuple[Any, Any]) -> None:
 def test_short_budget_needs_and_gets_a_forced_answer(loaded: tuple[Any, Any]) -> None:
     model, tok = loaded
     examples = toy_data.make_examples(777, 200)
-    prompts = [toy_model.toy_prompt(e.query, e.passage) for e in examples]
+    prompts = [toy_tokenizer.toy_prompt(e.query, e.passage) for e in examples]
     short = toy_train.greedy_judge(model, tok, prompts, max_new_tokens=4)
     assert not any(j.complete for j in short)
     forced = [rank1.forced_prompt(p, j.text) for p, j in zip(prompts, short, strict=True)]
@@ -193,12 +197,12 @@ def test_hf_generate_follows_the_format(loaded: tuple[Any, Any]) -> None:
 
     model, tok = loaded
     ex = toy_data.make_examples(5, 1)[0]
-    prompt = toy_model.toy_prompt(ex.query, ex.passage)
+    prompt = toy_tokenizer.toy_prompt(ex.query, ex.passage)
     ids = torch.tensor([tok.encode(prompt).ids])
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40)
     text = tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=False)
-    assert text == "\n" + ex.reasoning + "\n</think> " + ex_label(ex) + toy_model.EOS
+    assert text == "\n" + ex.reasoning + "\n</think> " + ex_label(ex) + toy_tokenizer.EOS
 
 
 def test_resolve_returns_the_committed_folder() -> None:

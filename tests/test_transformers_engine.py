@@ -329,7 +329,7 @@ def test_package_import_does_not_pull_torch_vllm_or_ray() -> None:
 
 
 def toy_pairs(n: int = 6) -> tuple[list[JudgeRequest], list[JudgeRequest]]:
-    from rank1_batch import toy_data
+    from rank1_batch.toy import data as toy_data
 
     rng = random.Random(99)
     relevant = [toy_data.make_example(rng, relevant=True) for _ in range(n)]

@@ -499,29 +499,30 @@ def test_model_options_validate_and_fingerprint() -> None:
 
 
 def test_runner_resolves_engine_and_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rank1_batch import runner
+    from rank1_batch.engines import factory
+    from rank1_batch.executor import ray_pool
 
     auto = spec_from_mapping(MINIMAL)
-    assert runner.engine_kind(auto) == ("vllm" if runner.vllm_usable() else "transformers")
-    monkeypatch.setattr(runner, "vllm_usable", lambda: True)
-    assert runner.engine_kind(auto) == "vllm"
-    monkeypatch.setattr(runner, "vllm_usable", lambda: False)
-    assert runner.engine_kind(auto) == "transformers"
-    assert runner.worker_gpus(auto) == 0
-    assert runner.worker_gpus(spec_from_mapping(with_model(engine="vllm"))) == 1
+    assert factory.engine_kind(auto) == ("vllm" if factory.vllm_usable() else "transformers")
+    monkeypatch.setattr(factory, "vllm_usable", lambda: True)
+    assert factory.engine_kind(auto) == "vllm"
+    monkeypatch.setattr(factory, "vllm_usable", lambda: False)
+    assert factory.engine_kind(auto) == "transformers"
+    assert ray_pool.worker_gpus(auto) == 0
+    assert ray_pool.worker_gpus(spec_from_mapping(with_model(engine="vllm"))) == 1
     tp2 = spec_from_mapping(with_model(engine="vllm", tensor_parallel_size=2))
-    assert runner.worker_gpus(tp2) == 2 and runner.worker_cpus(tp2, 64) == 1.0
+    assert ray_pool.worker_gpus(tp2) == 2 and ray_pool.worker_cpus(tp2, 64) == 1.0
     ray_tp = with_model(
         engine="vllm", tensor_parallel_size=2, engine_args={"distributed_executor_backend": "ray"}
     )
-    assert runner.worker_gpus(spec_from_mapping(ray_tp)) == 0
+    assert ray_pool.worker_gpus(spec_from_mapping(ray_tp)) == 0
     captured: dict[str, Any] = {}
 
     def fake_make_engine(kind: str, path: str, options: EngineOptions, **kwargs: Any) -> None:
         captured.update(kind=kind, path=path, options=options, **kwargs)
 
     monkeypatch.setattr("rank1_batch.engines.make_engine", fake_make_engine)
-    runner.build_engine(spec_from_mapping(ray_tp), "/models/m")
+    factory.build_engine(spec_from_mapping(ray_tp), "/models/m")
     assert captured["kind"] == "vllm" and captured["tensor_parallel_size"] == 2
     assert captured["engine_args"] == {"distributed_executor_backend": "ray"}
     assert captured["options"].max_model_len == 16000

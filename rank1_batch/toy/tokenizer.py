@@ -1,54 +1,31 @@
-"""The toy Rank1 model: a tiny Qwen2 causal LM that imitates Rank1's output format.
+"""The toy model's tokenizer and shape: a byte-level BPE and a tiny Qwen2 configuration.
 
-THIS IS A TOY for demos and tests, not a reranker. It is trained in minutes on CPU on the
-synthetic topic world of :mod:`rank1_batch.toy_data`, where it answers in Rank1's exact format:
-prompt ``...\\n<think>``, then ``\\nThe query is about X. The passage is about Y. They match.
-\\n</think> true<|endoftext|>``. It knows nothing about real text.
+THIS IS A TOY for demos and tests, not a reranker (see :mod:`rank1_batch.toy.model`).
 
-What is here:
-
-* :func:`resolve_toy_model` -- the folder to load (the committed ``toy_model_files/`` when
-  complete, else a build cached once under ``$RANK1_BATCH_CACHE``).
 * :func:`build_tokenizer` -- a byte-level BPE trained locally with ``tokenizers``, with Qwen2's
   normaliser, pre-tokeniser and decoder, so ``" true"``, ``" false"``, ``<think>`` and
   ``</think>`` are single tokens and ``AutoTokenizer`` loads it as a ``Qwen2Tokenizer``.
-* :func:`build_toy_model` -- tokenizer + ``Qwen2ForCausalLM`` + training + evaluation, written as
-  a standard Hugging Face folder (loads with ``AutoModelForCausalLM`` and in vLLM).
+* :func:`toy_prompt` / :func:`toy_completion` -- the training text in Rank1's exact format.
+* :func:`model_config_kwargs` -- ``Qwen2Config`` arguments for the toy shape.
 
-Training and decoding live in :mod:`rank1_batch.toy_train`. torch, transformers and tokenizers
-are imported inside functions only. Rebuild the committed folder with
-``python scripts/build_toy_model.py rank1_batch/toy_model_files``.
+Nothing here imports the trainer or the model builder, so :mod:`rank1_batch.toy.train` and
+:mod:`rank1_batch.toy.model` both build on it without an import circle.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rank1_batch import toy_data
 from rank1_batch.rank1 import build_prompt
+from rank1_batch.toy import data as toy_data
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-TOY_MODEL_NAME = "toy"
-TOY_MODEL_DIR = Path(__file__).resolve().parent / "toy_model_files"
-CACHE_ENV = "RANK1_BATCH_CACHE"
-CACHE_SUBDIR = "toy-model-v1"  # bump when the build recipe changes
-REQUIRED_FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-)
 
 EOS = "<|endoftext|>"
 THINK_OPEN = "<think>"
@@ -195,8 +172,8 @@ def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
         "model_max_length": MODEL_SHAPE["max_position_embeddings"],
         "split_special_tokens": False,
     }
-    _write_json(folder / "tokenizer_config.json", config)
-    _write_json(
+    write_json(folder / "tokenizer_config.json", config)
+    write_json(
         folder / "special_tokens_map.json",
         {"eos_token": EOS, "pad_token": EOS},
     )
@@ -216,118 +193,5 @@ def model_config_kwargs(vocab_size: int, eos_id: int) -> dict[str, Any]:
     }
 
 
-README = """\
-# rank1-batch toy model (NOT a reranker)
-
-A tiny `Qwen2ForCausalLM` ({params:,} parameters, {layers} layers, hidden {hidden}, {heads} heads
-of dim {head_dim}, byte-level BPE of {vocab} tokens) trained for demos and tests of rank1-batch.
-It only knows the synthetic topic world of `rank1_batch/toy_data.py`: twelve topics with their
-own words. Given Rank1's prompt it writes a short chain of thought and Rank1's answer, e.g.
-
-    ...\\nQuery: bread oven\\nPassage: tennis racket the coach ... stadium.\\n<think>
-    The query is about cooking. The passage is about sports. They differ.
-    </think> false<|endoftext|>
-
-Its scores mean nothing on real queries and passages. Use it to exercise the pipeline.
-{quality}
-
-Token ids: `" true"` {true}, `" false"` {false}, `<think>` {think_open}, `</think>`
-{think_close}, `<|endoftext|>` {eos} (eos and pad).
-
-Rebuild: `python scripts/build_toy_model.py OUT_DIR` (seed {seed}, {steps} steps). The
-tokenizer is reproducible exactly; the weights are reproducible bit for bit on the same
-machine and software, and may differ in the last bits elsewhere.
-"""
-
-
-def write_readme(folder: Path, stats: dict[str, Any]) -> None:
-    """The model card: says, first, that this is a toy."""
-    quality = "Built without the held-out evaluation."
-    if "heldout_accuracy" in stats:
-        quality = (
-            f"On held-out synthetic data: answer accuracy {stats['heldout_accuracy']:.1%}, "
-            f"nDCG@10 {stats['ndcg10_model']:.3f}\nvs {stats['ndcg10_shuffled']:.3f} for the "
-            "shuffled first-stage order (see training_stats.json)."
-        )
-    text = README.format(**stats, **stats["token_ids"], quality=quality)
-    (folder / "README.md").write_text(text, encoding="utf-8")
-
-
-def build_toy_model(
-    out_dir: str | Path,
-    *,
-    seed: int = DEFAULT_SEED,
-    steps: int = DEFAULT_STEPS,
-    threads: int = 2,
-    evaluate: bool = True,
-) -> dict[str, Any]:
-    """Train the toy model into ``out_dir`` (created) and return the training stats.
-
-    Writes config.json, model.safetensors, generation_config.json, the tokenizer files,
-    README.md and training_stats.json. ``evaluate`` runs the held-out checks (accuracy,
-    nDCG@10 against the shuffled order, forced answers under a tiny reasoning budget).
-    """
-    from rank1_batch import toy_train
-
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(seed)
-    save_tokenizer(tok, folder)
-    stats = toy_train.train_and_save(tok, folder, seed=seed, steps=steps, threads=threads)
-    if evaluate:
-        stats.update(toy_train.evaluate_folder(folder, seed=seed))
-    write_readme(folder, stats)
-    _write_json(folder / "training_stats.json", stats)
-    for path in folder.iterdir():
-        path.chmod(0o644)  # save_pretrained leaves the weights owner-only
-    return stats
-
-
-def is_complete(folder: Path) -> bool:
-    """A model folder with every file a loader needs."""
-    return all((folder / name).is_file() for name in REQUIRED_FILES)
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    """``cache_dir``, else ``$RANK1_BATCH_CACHE``, else ``~/.cache/rank1-batch``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "rank1-batch"
-
-
-def resolve_toy_model(cache_dir: str | None = None) -> Path:
-    """The toy model folder: the committed one when complete, else built once into the cache.
-
-    The cached copy lives at ``cache_root(cache_dir) / "toy-model-v1"``. A build is written to
-    a temporary sibling and renamed into place, so a killed build never leaves a half folder
-    and two concurrent builds leave one winner.
-    """
-    if is_complete(TOY_MODEL_DIR):
-        return TOY_MODEL_DIR
-    root = cache_root(cache_dir)
-    final = root / CACHE_SUBDIR
-    if is_complete(final):
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{CACHE_SUBDIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build_toy_model(tmp, evaluate=False)
-        if final.exists() and not is_complete(final):
-            # Left by hand or by an old layout: move it aside, never delete in place.
-            final.rename(root / f".{CACHE_SUBDIR}.stale-{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not is_complete(final):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

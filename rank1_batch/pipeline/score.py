@@ -1,6 +1,6 @@
 """Stage 2: score shards. ``process_shard`` is the whole unit of work.
 
-The Ray runner (an actor pool over pending shards, one engine per actor) and plain tests call
+The Ray executor (an actor pool over pending shards, one engine per actor) and plain tests call
 the same function. A shard is committed by: write scores and traces (exclusive publish, so a
 committed name is written once), verify them, then create ``_commits/<shard>.json``
 exclusively. An attempt that finds the marker already there does nothing more.

@@ -12,7 +12,7 @@ The reasoning the toy model learns names the topics and compares them, e.g.
 chain of thought, not relevance judgement: nothing here measures a real reranker.
 
 Pure python (``random``); :func:`write_demo_data` imports pyarrow when called.
-Regenerate the committed demo files with ``python -m rank1_batch.toy_data jobs/data``.
+Regenerate the committed demo files with ``python -m rank1_batch.toy.data jobs/data``.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def write_demo_data(out_dir: str | Path) -> tuple[Path, Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m rank1_batch.toy_data",
+        prog="python -m rank1_batch.toy.data",
         description="Write the synthetic TOY demo pairs and qrels (not real relevance data).",
     )
     parser.add_argument("out_dir", nargs="?", default="jobs/data")

@@ -1,6 +1,6 @@
-"""Training, decoding and evaluation of the toy Rank1 model (see :mod:`rank1_batch.toy_model`).
+"""Training, decoding and evaluation of the toy Rank1 model (see :mod:`rank1_batch.toy.model`).
 
-A TOY: the model learns the synthetic topic world of :mod:`rank1_batch.toy_data` only.
+A TOY: the model learns the synthetic topic world of :mod:`rank1_batch.toy.data` only.
 
 Training uses the ordinary next-token loss over the whole sequence (prompt, reasoning, answer,
 EOS); a loss on the completion alone was measured to stay at chance. One in five training
@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rank1_batch import toy_data, toy_model
 from rank1_batch.rank1 import forced_prompt
+from rank1_batch.toy import TOY_MODEL_NAME
+from rank1_batch.toy import data as toy_data
+from rank1_batch.toy import tokenizer as toy_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +51,8 @@ def training_ids(
     if rng.random() < CUT_FRACTION:
         words = reasoning.split(" ")
         reasoning = " ".join(words[: rng.randrange(len(words))])
-    text = toy_model.toy_prompt(ex.query, ex.passage)
-    text += toy_model.toy_completion(reasoning, ex.label)
+    text = toy_tokenizer.toy_prompt(ex.query, ex.passage)
+    text += toy_tokenizer.toy_completion(reasoning, ex.label)
     return [*tok.encode(text, add_special_tokens=False).ids, eos_id]
 
 
@@ -77,8 +79,8 @@ def train_and_save(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    ids = toy_model.token_ids(tok)
-    config = Qwen2Config(**toy_model.model_config_kwargs(tok.get_vocab_size(), ids["eos"]))
+    ids = toy_tokenizer.token_ids(tok)
+    config = Qwen2Config(**toy_tokenizer.model_config_kwargs(tok.get_vocab_size(), ids["eos"]))
     model = Qwen2ForCausalLM(config).float()
     opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
 
@@ -119,7 +121,7 @@ def train_and_save(
     n_params = sum(p.numel() for p in model.parameters())
     tail = losses[-50:]
     return {
-        "model": toy_model.TOY_MODEL_NAME,
+        "model": TOY_MODEL_NAME,
         "seed": seed,
         "steps": steps,
         "batch_size": BATCH_SIZE,
@@ -184,7 +186,7 @@ def greedy_judge(
     """Greedy decoding with Rank1's stop rule; logprobs of the answers at the last position."""
     import torch
 
-    ids = toy_model.token_ids(tok)
+    ids = toy_tokenizer.token_ids(tok)
     # transformers 5.x renamed ``past_key_values`` to ``cache`` (argument and output field).
     params = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -248,7 +250,7 @@ def answer_logprobs(
     """``(logP(" true"), logP(" false"))`` for the token after each prompt (forced pass)."""
     import torch
 
-    ids = toy_model.token_ids(tok)
+    ids = toy_tokenizer.token_ids(tok)
     out: list[tuple[float, float]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -282,7 +284,7 @@ def evaluate_folder(folder: str | Path, *, seed: int) -> dict[str, Any]:
     model, tok = load(folder)
     started = time.perf_counter()
     examples = toy_data.make_examples(seed + 2, EVAL_EXAMPLES)
-    prompts = [toy_model.toy_prompt(e.query, e.passage) for e in examples]
+    prompts = [toy_tokenizer.toy_prompt(e.query, e.passage) for e in examples]
     judged = greedy_judge(model, tok, prompts)
     correct = [
         j.complete and (j.score > 0.5) == e.label for j, e in zip(judged, examples, strict=True)
@@ -292,7 +294,7 @@ def evaluate_folder(folder: str | Path, *, seed: int) -> dict[str, Any]:
     ]
 
     coll = toy_data.make_ir_collection(seed + 3, EVAL_QUERIES, EVAL_CANDIDATES)
-    ir_prompts = [toy_model.toy_prompt(c.query, c.passage) for c in coll.candidates]
+    ir_prompts = [toy_tokenizer.toy_prompt(c.query, c.passage) for c in coll.candidates]
     scores, ir_judged = rank1_scores(model, tok, ir_prompts)
     by_pair = {(c.query_id, c.doc_id): s for c, s in zip(coll.candidates, scores, strict=True)}
     ndcg_model = toy_data.ndcg_at_k(toy_data.rank_by_score(coll, by_pair), coll.qrels)

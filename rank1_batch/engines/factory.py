@@ -1,0 +1,76 @@
+"""Which engine a job gets, and how it is built from the job file.
+
+Resolved where the engine runs (inside the scoring actor on a cluster): ``engine: auto`` must
+see the GPUs Ray gave that process, and the model folder is the one on that node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rank1_batch.engines.base import EngineOptions, Rank1Engine
+from rank1_batch.spec import JobSpec
+
+
+def model_path(spec: JobSpec) -> str:
+    """Local folder (or hub id / URI) to load; ``toy`` resolves to the built-in toy model."""
+    from rank1_batch.toy import TOY_MODEL_NAME
+
+    if spec.model.name == TOY_MODEL_NAME:
+        from rank1_batch.toy.model import resolve_toy_model
+
+        return str(resolve_toy_model())
+    return spec.model.name
+
+
+def vllm_usable() -> bool:
+    """vllm is installed and this process sees a CUDA GPU (checked where the engine runs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def engine_kind(spec: JobSpec) -> str:
+    """``auto`` is vLLM where vllm is installed and a CUDA GPU is visible, else transformers."""
+    if spec.model.engine != "auto":
+        return spec.model.engine
+    return "vllm" if vllm_usable() else "transformers"
+
+
+def engine_options(spec: JobSpec) -> EngineOptions:
+    r = spec.reasoning
+    return EngineOptions(
+        max_model_len=spec.model.max_model_len,
+        max_tokens=r.max_tokens,
+        min_reserve=min(r.min_reserve, spec.model.max_model_len - 1),
+        require_stop=r.require_stop,
+        batch_size=spec.compute.batch_size,
+    )
+
+
+def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
+    from rank1_batch.engines import make_engine
+
+    kind = engine_kind(spec)
+    m = spec.model
+    kwargs: dict[str, Any] = {
+        "revision": m.revision,
+        "dtype": m.dtype,
+        "device": m.device,
+        "model_id": m.name,
+    }
+    if kind == "vllm":
+        kwargs.update(
+            quantization=m.quantization,
+            tensor_parallel_size=m.tensor_parallel_size,
+            gpu_memory_utilization=m.gpu_memory_utilization,
+            enforce_eager=m.enforce_eager,
+            engine_args=m.engine_args,
+        )
+    return make_engine(kind, path, engine_options(spec), **kwargs)

@@ -1,0 +1,44 @@
+"""Stage 3: check every shard is committed, sum the shard stats, write ``_SUCCESS.json``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rank1_batch import commit
+from rank1_batch.storage import Store
+
+
+def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, Any]:
+    """Check every shard is committed, sum their stats, write ``_SUCCESS.json`` last."""
+    markers = {m.shard: m for m in commit.read_markers(store)}
+    expected = [s["id"] for s in manifest["shards"]]
+    missing = [s for s in expected if s not in markers]
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards are not committed (first: {missing[0]})")
+    total = sum((markers[s].stats for s in expected), commit.ShardStats())
+    accounted = total.pairs + manifest["rejected"] + manifest["duplicates"]
+    if accounted != manifest["input_rows"]:
+        raise RuntimeError(
+            f"accounting mismatch: scored {total.pairs} + rejected {manifest['rejected']} + "
+            f"duplicates {manifest['duplicates']} != input {manifest['input_rows']}"
+        )
+    success = {
+        "input_rows": manifest["input_rows"],
+        "scored": total.pairs,
+        "rejected": manifest["rejected"],
+        "duplicates": manifest["duplicates"],
+        "statuses": {s: getattr(total, s) for s in ("complete", "forced", "fallback", "error")},
+        "truncated": total.truncated,
+        "prompt_tokens": total.prompt_tokens,
+        "reasoning_tokens": total.reasoning_tokens,
+        "shards": len(expected),
+        "score_seconds": round(total.seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "pairs_per_second": round(total.pairs / total.seconds, 3) if total.seconds else None,
+        "commits": {s: markers[s].scores_sha256 for s in expected},
+        "finished_at": time.time(),
+    }
+    store.create_json(commit.SUCCESS, success)
+    result: dict[str, Any] = store.read_json(commit.SUCCESS)
+    return result

@@ -1,0 +1,76 @@
+"""``rank1-batch run``: claim the output, prepare, score pending shards on Ray, finalize.
+
+The driver holds no data: it lists inputs, reads the manifest and the commit markers, and
+sums shard stats. Scoring runs in the Ray executor (:mod:`rank1_batch.executor.ray_pool`) over
+the shards not yet committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rank1_batch import commit
+from rank1_batch.engines.factory import model_path
+from rank1_batch.executor.ray_pool import init_ray, score_pending
+from rank1_batch.formats import CONVERTED
+from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
+from rank1_batch.pipeline.finalize import finalize
+from rank1_batch.pipeline.prepare import prepare
+from rank1_batch.spec import JobSpec
+from rank1_batch.storage import StorageError, Store
+
+log = logging.getLogger(__name__)
+
+
+def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
+    """Run/corpus and HF inputs: claim the output with the *original* files' listing, then
+    convert them once to Parquet pairs in the output folder and read those as ``pairs``."""
+    from rank1_batch import formats
+
+    commit.claim_output(
+        store, commit.job_record(spec, formats.source_listing(spec.input, spec.storage))
+    )
+    converted = spec.model_copy(update={"input": formats.convert(spec, store)})
+    return converted, scan_inputs(converted.input, spec.storage)
+
+
+def run(spec: JobSpec) -> dict[str, Any]:
+    """Run (or resume) a job to completion; return the contents of ``_SUCCESS.json``."""
+    start = time.perf_counter()
+    store = Store(spec.output.path, spec.storage)
+    store.check_access()  # no such bucket / access denied: fail now, before input or model
+    if spec.input.format in CONVERTED:
+        spec, files = convert_input(spec, store)
+    else:
+        try:
+            files = scan_inputs(spec.input, spec.storage)
+        except PermissionError as exc:
+            raise StorageError(f"input {spec.input.path}: access denied ({exc})") from exc
+        if not any(f.rows for f in files):
+            # Refused before anything is written: an empty input is almost always a mistake.
+            raise InputError(
+                f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
+            )
+        commit.claim_output(store, commit.job_record(spec, listing(files)))
+    if store.exists(commit.SUCCESS):
+        log.info("%s is already complete; nothing to do", store.uri)
+        done: dict[str, Any] = store.read_json(commit.SUCCESS)
+        return done
+    model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
+    init_ray(spec)
+    manifest = prepare(spec, store, files)
+    done_shards = commit.committed_shards(store)
+    pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
+    log.info(
+        "score: %d of %d shards pending (%d pairs)",
+        len(pending),
+        len(manifest["shards"]),
+        sum(s["rows"] for s in pending),
+    )
+    if pending:
+        for folder in ("scores", "traces", commit.COMMITS):
+            store.remove_temp_leftovers(folder)
+        score_pending(spec, store, pending)
+    return finalize(store, manifest, time.perf_counter() - start)
