@@ -117,6 +117,11 @@ class ModelSpec(_Section):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enforce_eager: bool = False
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # vLLM: batch-invariant kernels (VLLM_BATCH_INVARIANT), so a retried or resumed shard
+    # reproduces an uninterrupted run's scores exactly; slower (README "Reproducible scores").
+    batch_invariant: bool = False
+    # vllm-cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; unset: vLLM's own default).
+    cpu_kv_cache_gib: int | None = Field(default=None, ge=1)
 
     @field_validator("quantization")
     @classmethod
@@ -230,6 +235,8 @@ class JobSpec(_Section):
                 "dtype": self.model.dtype,
                 "quantization": self.model.quantization,
                 "max_model_len": self.model.max_model_len,
+                # Only when on: other fingerprints stay as they were before the option.
+                **({"batch_invariant": True} if self.model.batch_invariant else {}),
             },
             "reasoning": self.reasoning.model_dump(),
             "prompt_id": self.prompt_id,

