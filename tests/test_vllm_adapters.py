@@ -657,3 +657,37 @@ def test_gpu_smoke_help_works_without_vllm() -> None:
         check=True,
     )
     assert "--model" in proc.stdout and "prefix" in proc.stdout
+
+
+def test_vllm_on_cpu_asks_no_gpu_and_too_many_gpus_fail_at_once() -> None:
+    from rank1_batch.executor import ray_pool
+
+    cpu = spec_from_mapping(with_model(engine="vllm", device="cpu", cpu_kv_cache_gib=2))
+    assert ray_pool.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 2
+    assert ray_pool.check_gpus(0, [], can_scale=False) is None
+    assert ray_pool.check_gpus(2, [4.0, 1.0], can_scale=False) is None
+    fixed = ray_pool.check_gpus(1, [0.0], can_scale=False)
+    assert fixed is not None and "needs 1 GPU(s)" in fixed and "model.device: cpu" in fixed
+    assert "\n" not in fixed
+    scaling = ray_pool.check_gpus(2, [1.0], can_scale=True)
+    assert scaling is not None and scaling.startswith("waiting")
+    transformers = spec_from_mapping(with_model(engine="transformers"))
+    assert ray_pool.shards_per_actor(transformers) == 1
+
+
+def test_engine_kwargs_on_cpu() -> None:
+    kw = ve.engine_kwargs("/m", max_model_len=512, cpu=True)
+    assert kw["dtype"] == "float32" and kw["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in kw and kw["distributed_executor_backend"] == "uni"
+    assert ve.engine_kwargs("/m", max_model_len=512, cpu=True, dtype="bfloat16")["dtype"] == (
+        "bfloat16"
+    )
+    gpu = ve.engine_kwargs("/m", max_model_len=512)
+    assert gpu["dtype"] == "float16" and "distributed_executor_backend" not in gpu
+
+
+def test_batch_invariant_enters_the_fingerprint_only_when_on() -> None:
+    base = spec_from_mapping(with_model(engine="vllm"))
+    on = spec_from_mapping(with_model(engine="vllm", batch_invariant=True))
+    assert "batch_invariant" not in base.result_settings()["model"]
+    assert on.result_settings()["model"]["batch_invariant"] is True

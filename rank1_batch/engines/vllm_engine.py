@@ -125,7 +125,11 @@ def engine_kwargs(
         "logprobs_mode": "processed_logprobs",
         "disable_log_stats": True,
     }
-    if not cpu:
+    if cpu:
+        if tensor_parallel_size == 1:
+            # The model runs inside the engine-core process: one process fewer to start.
+            kwargs["distributed_executor_backend"] = "uni"
+    else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     if model_path.startswith(OBJECT_STORE_SCHEMES):
         # vLLM streams s3:// and gs:// checkpoints with the Run:ai streamer (vllm[runai]).
@@ -310,8 +314,12 @@ class VLLMEngine(StreamEngine):
         """Shut the engine core down (frees GPU memory) and stop the engine's loop."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            try:
-                llm.shutdown()
+            try:  # on its own loop, where its output handler task runs
+                self.run_sync(_shutdown(llm))
             except Exception as exc:  # closing must not mask the caller's own error
                 log.warning("vLLM engine shutdown failed: %s", exc)
         self.stop_sync_loop()
+
+
+async def _shutdown(llm: Any) -> None:
+    llm.shutdown()
