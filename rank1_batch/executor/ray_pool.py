@@ -207,8 +207,13 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
         ShardWorker,
         fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=in_flight),
-        max_concurrency=in_flight,
+        # Several shards in flight per actor: Ray Data keeps that many tasks at the actor and
+        # runs them concurrently on its event loop (as ray.data.llm's vLLM stage does).
+        compute=ray.data.ActorPoolStrategy(
+            size=workers,
+            max_tasks_in_flight_per_actor=in_flight,
+            max_concurrent_calls_per_actor=in_flight,
+        ),
         num_cpus=cpus,
         num_gpus=worker_gpus(spec) or None,
         **placement,
