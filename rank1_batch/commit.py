@@ -1,20 +1,31 @@
 """Output layout, the job fingerprint, shard stats and commit markers.
 
 A reader trusts ``_commits/`` and ``_SUCCESS.json`` only, never a listing of data files.
-Every name below is a pure function of (job, shard).
+
+Whole-attempt commits: each attempt of a shard writes its scores and traces under names unique
+to the attempt (``scores/<shard>.<attempt>.parquet``, create-only), then creates the marker
+exclusively. The marker names the two files it commits with their checksums, so one marker
+always binds one attempt's scores to the same attempt's traces. Every reader resolves a shard's
+files through :func:`read_committed` (the marker's names, checksum verified); markers written
+before this change name no files and resolve to the old deterministic names. Files of attempts
+that lost the marker race are removed by :func:`remove_losing_files` at the end of the job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from rank1_batch import __version__, rank1
 from rank1_batch.spec import JobSpec
-from rank1_batch.storage import Store
+from rank1_batch.storage import Store, sha256
+
+log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 MANIFEST = "pairs/_manifest.json"
@@ -30,12 +41,19 @@ def rejected_path(shard: str) -> str:
     return f"rejected/{shard}.parquet"
 
 
-def scores_path(shard: str) -> str:
-    return f"scores/{shard}.parquet"
+def scores_path(shard: str, attempt: str = "") -> str:
+    """The attempt's scores file; without an attempt, the name used before whole-attempt
+    commits (markers that name no file)."""
+    return f"scores/{shard}.{attempt}.parquet" if attempt else f"scores/{shard}.parquet"
 
 
-def traces_path(shard: str) -> str:
-    return f"traces/{shard}.parquet"
+def traces_path(shard: str, attempt: str = "") -> str:
+    return f"traces/{shard}.{attempt}.parquet" if attempt else f"traces/{shard}.parquet"
+
+
+def new_attempt_id() -> str:
+    """A fresh attempt id: unique across workers, nodes and runs."""
+    return uuid.uuid4().hex[:16]
 
 
 def marker_path(shard: str) -> str:
@@ -81,7 +99,10 @@ class ShardStats:
 
 @dataclass
 class Marker:
-    """What ``_commits/<shard>.json`` holds: the committed files, checksums and stats."""
+    """What ``_commits/<shard>.json`` holds: the committed files, checksums and stats.
+
+    ``scores_file`` / ``traces_file`` are the one place a shard's data file names come from.
+    """
 
     shard: str
     rows: int
@@ -90,6 +111,14 @@ class Marker:
     stats: ShardStats
     committed_at: float = field(default_factory=time.time)
     worker: str = ""
+    attempt: str = ""
+    scores_file: str = ""
+    traces_file: str = ""
+
+    def __post_init__(self) -> None:
+        # Markers written before whole-attempt commits name no files: the old names.
+        self.scores_file = self.scores_file or scores_path(self.shard)
+        self.traces_file = self.traces_file or traces_path(self.shard)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,7 +135,59 @@ class Marker:
             stats=ShardStats.from_dict(data["stats"]),
             committed_at=data.get("committed_at", 0.0),
             worker=data.get("worker", ""),
+            attempt=data.get("attempt", ""),
+            scores_file=data.get("scores_file", ""),
+            traces_file=data.get("traces_file", ""),
         )
+
+
+class CommitError(RuntimeError):
+    """A committed file is missing or does not match its marker's checksum."""
+
+
+def read_marker(store: Store, shard: str) -> Marker:
+    return Marker.from_dict(store.read_json(marker_path(shard)))
+
+
+def read_committed(store: Store, marker: Marker, kind: str) -> bytes:
+    """The bytes of a committed shard's ``scores`` or ``traces`` file, checksum verified."""
+    if kind not in ("scores", "traces"):
+        raise ValueError(f"kind must be 'scores' or 'traces', not {kind!r}")
+    rel = marker.scores_file if kind == "scores" else marker.traces_file
+    expected = marker.scores_sha256 if kind == "scores" else marker.traces_sha256
+    try:
+        data = store.read_bytes(rel)
+    except FileNotFoundError as exc:
+        raise CommitError(
+            f"{store.uri}: {rel} (committed by {marker_path(marker.shard)}) is missing"
+        ) from exc
+    if sha256(data) != expected:
+        raise CommitError(
+            f"{store.uri}: {rel} does not match the checksum in {marker_path(marker.shard)} "
+            f"(sha256 {sha256(data)[:12]}..., marker {expected[:12]}...)"
+        )
+    return data
+
+
+def remove_losing_files(store: Store, markers: list[Marker]) -> list[str]:
+    """Delete data files in ``scores/`` and ``traces/`` that no marker names (attempts that
+    were killed or lost the marker race); return their names. Run when every shard is
+    committed: a file no marker names can then never be committed."""
+    named = {m.scores_file for m in markers} | {m.traces_file for m in markers}
+    removed = []
+    for folder in ("scores", "traces"):
+        for name in store.list(folder):
+            rel = f"{folder}/{name}"
+            if name.startswith(".") or rel in named:
+                continue
+            try:
+                store.remove(rel)
+                removed.append(rel)
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("%s: removed %d file(s) of losing attempts", store.uri, len(removed))
+    return removed
 
 
 def committed_shards(store: Store) -> set[str]:
@@ -119,9 +200,7 @@ def committed_shards(store: Store) -> set[str]:
 
 
 def read_markers(store: Store) -> list[Marker]:
-    return [
-        Marker.from_dict(store.read_json(marker_path(s))) for s in sorted(committed_shards(store))
-    ]
+    return [read_marker(store, s) for s in sorted(committed_shards(store))]
 
 
 class FingerprintMismatch(RuntimeError):

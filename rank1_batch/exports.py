@@ -168,12 +168,10 @@ def counts_dict(meta: dict[str, Any]) -> dict[str, Any]:
 def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]:
     """Parquet shards (configs ``scores`` and ``traces``) plus a dataset card."""
     for shard in results.shards:
-        target.folder.write_atomic(
-            f"scores/{shard}.parquet", store.read_bytes(commit.scores_path(shard))
-        )
-        target.folder.write_atomic(
-            f"traces/{shard}.parquet", store.read_bytes(commit.traces_path(shard))
-        )
+        marker = commit.read_marker(store, shard)
+        for kind in ("scores", "traces"):
+            data = commit.read_committed(store, marker, kind)
+            target.folder.write_atomic(f"{kind}/{shard}.parquet", data)
     spec = results.job.get("spec", {})
     statuses = {
         s["values"]: int(s["counts"])

@@ -2,17 +2,21 @@
 
 Only shards named by ``_commits/`` markers are read, never a listing of ``scores/``: a
 scores file without a marker may belong to an attempt that was killed before it committed.
+Each shard's files come from its marker (:func:`rank1_batch.commit.read_committed`, checksum
+verified).
 A committed shard's scores file holds exactly the rows of its pairs file, in the same order
 (``process_shard`` builds one from the other), so the two are zipped, not joined.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from rank1_batch import commit
 from rank1_batch.pipeline.score import SCORES_SCHEMA, TRACES_SCHEMA
@@ -74,9 +78,16 @@ def committed(store: Store) -> list[str]:
     return sorted(commit.committed_shards(store))
 
 
+def shard_table(store: Store, shard: str, kind: str) -> pa.Table:
+    """A committed shard's ``scores`` or ``traces`` table: the file its marker names,
+    checksum verified."""
+    data = commit.read_committed(store, commit.read_marker(store, shard), kind)
+    return pq.read_table(io.BytesIO(data))
+
+
 def read_shard(store: Store, shard: str) -> pa.Table:
     """One committed shard: its scores with the pair's text and first-stage rank."""
-    scores = store.read_parquet(commit.scores_path(shard))
+    scores = shard_table(store, shard, "scores")
     pairs = store.read_parquet(commit.pairs_path(shard))
     if scores.num_rows != pairs.num_rows or not (
         scores.column("query_id").equals(pairs.column("query_id"))
@@ -114,7 +125,7 @@ def read_results(store: Store, *, require_complete: bool = False) -> Results:
 
 def read_traces(store: Store) -> pa.Table:
     """Reasoning traces of every committed shard."""
-    tables = [store.read_parquet(commit.traces_path(s)) for s in committed(store)]
+    tables = [shard_table(store, s, "traces") for s in committed(store)]
     return pa.concat_tables(tables).cast(TRACES_SCHEMA) if tables else TRACES_SCHEMA.empty_table()
 
 

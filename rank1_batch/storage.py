@@ -250,6 +250,13 @@ class Store:
         else:
             self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
 
+    def remove(self, rel: str) -> None:
+        """Delete one file (FileNotFoundError when it is not there)."""
+        if self.local:
+            os.unlink(self.path(rel))
+        else:
+            self._call(f"removing {rel}", lambda: self.fs.rm_file(self.path(rel)))
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_atomic(rel, _json_bytes(obj))
 

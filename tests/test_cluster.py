@@ -262,6 +262,7 @@ def test_two_nodes_spread_and_losing_one_mid_score_ends_exact(two_nodes, tmp_pat
     """Workers run on both nodes; SIGKILL of the worker node's raylet mid-score costs only its
     in-flight shards and the job still ends with exactly the uninterrupted output."""
     from rank1_batch import commit
+    from rank1_batch.results import shard_table
     from rank1_batch.storage import Store
 
     out, ref = tmp_path / "out", tmp_path / "ref"
@@ -305,7 +306,7 @@ def test_two_nodes_spread_and_losing_one_mid_score_ends_exact(two_nodes, tmp_pat
         s = Store(str(folder))
         rows = []
         for shard in sorted(commit.committed_shards(s)):
-            rows += s.read_parquet(commit.scores_path(shard)).to_pylist()
+            rows += shard_table(s, shard, "scores").to_pylist()
         return {(r["query_id"], r["doc_id"]): r["score"] for r in rows}, len(rows)
 
     got, n = scores(out)

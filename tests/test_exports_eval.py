@@ -18,7 +18,7 @@ import pytest
 from rank1_batch import commit, evaluate, exports, labels
 from rank1_batch.pipeline.score import SCORES_SCHEMA
 from rank1_batch.results import read_results
-from rank1_batch.storage import Store, parquet_bytes
+from rank1_batch.storage import Store, parquet_bytes, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +80,14 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
         {"query_id": qids, "doc_id": dids, "reasoning": ["r"] * n, "finish_reason": ["stop"] * n}
     )
     store.write_atomic(commit.pairs_path(shard), parquet_bytes(pairs))
-    store.write_atomic(commit.scores_path(shard), parquet_bytes(table))
-    store.write_atomic(commit.traces_path(shard), parquet_bytes(traces))
+    scores_data, traces_data = parquet_bytes(table), parquet_bytes(traces)
+    # Deterministic names and a marker naming no files: the layout before whole-attempt commits.
+    store.write_atomic(commit.scores_path(shard), scores_data)
+    store.write_atomic(commit.traces_path(shard), traces_data)
     if marker:
-        m = commit.Marker(shard, n, "x", "y", commit.ShardStats(pairs=n))
+        m = commit.Marker(
+            shard, n, sha256(scores_data), sha256(traces_data), commit.ShardStats(pairs=n)
+        )
         store.create_json(commit.marker_path(shard), m.to_dict())
 
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, DEMO, ROOT, run_cli
 
 from rank1_batch import commit
+from rank1_batch.results import shard_table
 from rank1_batch.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -41,7 +41,7 @@ def phase_of(store: Store, total: int) -> str:
 
 def reference_scores(reference: Path) -> dict[tuple[str, str], float]:
     shards = sorted(commit.committed_shards(Store(str(reference))))
-    table = pa.concat_tables(pq.read_table(reference / commit.scores_path(s)) for s in shards)
+    table = pa.concat_tables(shard_table(Store(str(reference)), s, "scores") for s in shards)
     return _score_map(table)
 
 
@@ -52,7 +52,7 @@ def _score_map(table: pa.Table) -> dict[tuple[str, str], float]:
 
 def check_final(store: Store, reference: Path) -> None:
     shards = sorted(commit.committed_shards(store))
-    table = pa.concat_tables(store.read_parquet(commit.scores_path(s)) for s in shards)
+    table = pa.concat_tables(shard_table(store, s, "scores") for s in shards)
     keys = list(zip(*(table.column(c).to_pylist() for c in ("query_id", "doc_id")), strict=True))
     assert len(keys) == len(set(keys)), "duplicate pairs"
     assert _score_map(table) == reference_scores(reference)

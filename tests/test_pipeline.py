@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rank1_batch import commit
+from rank1_batch.results import shard_table
 from rank1_batch.storage import Store
 from rank1_batch.toy.data import ndcg_at_k
 
@@ -43,7 +44,7 @@ def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.Comp
 def committed_scores(out: Path) -> pa.Table:
     """Scores as a reader sees them: only the files that commit markers name."""
     shards = sorted(commit.committed_shards(Store(str(out))))
-    return pa.concat_tables(pq.read_table(out / commit.scores_path(s)) for s in shards)
+    return pa.concat_tables(shard_table(Store(str(out)), s, "scores") for s in shards)
 
 
 def score_map(table: pa.Table) -> dict[tuple[str, str], float]:
@@ -81,12 +82,10 @@ def test_demo_writes_the_layout(demo_out):
     for s in shards:
         for rel in (
             commit.pairs_path(s),
-            commit.scores_path(s),
-            commit.traces_path(s),
             commit.marker_path(s),
         ):
             assert (demo_out / rel).is_file(), rel
-    scores = pq.read_table(demo_out / commit.scores_path(shards[0]))
+    scores = shard_table(Store(str(demo_out)), shards[0], "scores")
     assert scores.schema.names == [
         "query_id",
         "doc_id",
@@ -102,7 +101,7 @@ def test_demo_writes_the_layout(demo_out):
         "model_revision",
         "prompt_id",
     ]
-    traces = pq.read_table(demo_out / commit.traces_path(shards[0]))
+    traces = shard_table(Store(str(demo_out)), shards[0], "traces")
     assert traces.column_names == ["query_id", "doc_id", "reasoning", "finish_reason"]
     assert "The query is about" in traces.column("reasoning")[0].as_py()
 

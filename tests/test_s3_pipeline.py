@@ -17,12 +17,12 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, ROOT, S3, run_cli
 from s3_server import SECRET_KEY, s3_env
 
 from rank1_batch import commit
+from rank1_batch.results import shard_table
 from rank1_batch.storage import Store
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.ray]
 def scores_of(store: Store) -> pa.Table:
     """Scores as a reader sees them: only the files commit markers name."""
     shards = sorted(commit.committed_shards(store))
-    return pa.concat_tables(store.read_parquet(commit.scores_path(s)) for s in shards)
+    return pa.concat_tables(shard_table(store, s, "scores") for s in shards)
 
 
 def score_map(table: pa.Table) -> dict[tuple[str, str], float]:
@@ -114,7 +114,7 @@ def test_s3_demo_killed_mid_score_resumes_to_the_exact_output(s3_run, demo_refer
     assert "state    complete" in s3_run["done"]
     resumed = s3_run["scores"]
     reference = pa.concat_tables(
-        pq.read_table(demo_reference / commit.scores_path(s))
+        shard_table(Store(str(demo_reference)), s, "scores")
         for s in sorted(commit.committed_shards(Store(str(demo_reference))))
     )
     keys = list(zip(*(resumed.column(c).to_pylist() for c in ("query_id", "doc_id")), strict=True))

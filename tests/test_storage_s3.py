@@ -14,6 +14,7 @@ from s3_server import FaultPlan, FaultProxy
 
 from rank1_batch import commit, rank1
 from rank1_batch.pipeline.score import process_shard
+from rank1_batch.results import shard_table
 from rank1_batch.spec import StorageSpec, spec_from_mapping
 from rank1_batch.storage import StorageError, Store, parquet_bytes
 
@@ -133,13 +134,14 @@ def test_two_racing_attempts_of_one_shard_commit_once(s3):
     on_disk = commit.Marker.from_dict(store.read_json(commit.marker_path("shard-00000")))
     # Both attempts report the one committed marker, and it describes the published files.
     assert [m.scores_sha256 for m in markers] == [on_disk.scores_sha256] * 2
-    assert store.list("scores") == ["shard-00000.parquet"]
-    scores = store.read_parquet(commit.scores_path("shard-00000"))
+    # The losing attempt removed its own files: only the committed attempt's remain.
+    assert store.list("scores") == [on_disk.scores_file.split("/")[-1]]
+    scores = shard_table(store, "shard-00000", "scores")
     keys = list(zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 40
     from rank1_batch.storage import sha256
 
-    assert sha256(store.read_bytes(commit.scores_path("shard-00000"))) == on_disk.scores_sha256
+    assert sha256(store.read_bytes(on_disk.scores_file)) == on_disk.scores_sha256
 
 
 def test_transient_faults_are_retried_and_output_is_identical(s3):
@@ -157,8 +159,8 @@ def test_transient_faults_are_retried_and_output_is_identical(s3):
     assert marker.scores_sha256 == reference.scores_sha256
     assert marker.traces_sha256 == reference.traces_sha256
     direct = store_of(s3, "faulty")
-    assert direct.read_bytes(commit.scores_path("shard-00000")) == clean.read_bytes(
-        commit.scores_path("shard-00000")
+    assert shard_table(direct, "shard-00000", "scores") == shard_table(
+        clean, "shard-00000", "scores"
     )
     assert direct.list(commit.COMMITS) == ["shard-00000.json"]
     print("fault counts:", plan.counts)

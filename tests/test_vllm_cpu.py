@@ -26,6 +26,7 @@ import pytest
 from conftest import CLI, DEMO, ROOT, run_cli
 
 from rank1_batch import commit
+from rank1_batch.results import shard_table
 from rank1_batch.storage import Store
 
 
@@ -51,7 +52,7 @@ def rows(out: Path) -> dict[tuple[str, str], tuple[str, float]]:
     """(query_id, doc_id) -> (status, score) over committed shards; fails on duplicates."""
     store = Store(str(out))
     shards = sorted(commit.committed_shards(store))
-    table = pa.concat_tables(pq.read_table(out / commit.scores_path(s)) for s in shards)
+    table = pa.concat_tables(shard_table(store, s, "scores") for s in shards)
     cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "status", "score")]
     found = {(q, d): (st, sc) for q, d, st, sc in zip(*cols, strict=True)}
     assert len(found) == table.num_rows, "a pair was committed twice"

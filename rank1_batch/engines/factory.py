@@ -6,10 +6,15 @@ see the GPUs Ray gave that process, and the model folder is the one on that node
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rank1_batch.engines.base import EngineOptions, Rank1Engine
 from rank1_batch.spec import JobSpec
+
+# Test-only hook: ``module:function`` building a test double from the engine options (the
+# chaos suite's fault-injecting engine). A job file cannot select it; nothing sets it but tests.
+TEST_ENGINE_ENV = "RANK1_BATCH_TEST_ENGINE"
 
 
 def model_path(spec: JobSpec) -> str:
@@ -57,6 +62,15 @@ def engine_options(spec: JobSpec) -> EngineOptions:
 def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
     from rank1_batch.engines import make_engine
 
+    test_engine = os.environ.get(TEST_ENGINE_ENV)
+    if test_engine:
+        import importlib
+
+        module, _, function = test_engine.partition(":")
+        built: Rank1Engine = getattr(importlib.import_module(module), function)(
+            engine_options(spec)
+        )
+        return built
     kind = engine_kind(spec)
     m = spec.model
     kwargs: dict[str, Any] = {

@@ -79,7 +79,7 @@ class ShardStreamer:
             finally:
                 self.in_flight -= 1
 
-    async def score_shard(self, shard: str) -> commit.Marker:
+    async def score_shard(self, shard: str, attempt: str = "") -> commit.Marker:
         """Judge every pair of ``shard`` and commit it; the existing marker if already done."""
         done = await asyncio.to_thread(committed_marker, shard, self.store)
         if done is not None:
@@ -95,7 +95,15 @@ class ShardStreamer:
         judgements = [t.result() for t in tasks]
         seconds = time.perf_counter() - start
         return await asyncio.to_thread(
-            commit_shard, shard, pairs, judgements, self.engine, self.store, self.spec, seconds
+            commit_shard,
+            shard,
+            pairs,
+            judgements,
+            self.engine,
+            self.store,
+            self.spec,
+            seconds,
+            attempt,
         )
 
 

@@ -1,4 +1,5 @@
-"""Stage 3: check every shard is committed, sum the shard stats, write ``_SUCCESS.json``."""
+"""Stage 3: check every shard is committed, sum the shard stats, write ``_SUCCESS.json``,
+remove the data files of losing attempts (files no marker names)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, A
         "commits": {s: markers[s].scores_sha256 for s in expected},
         "finished_at": time.time(),
     }
+    success["removed_losing_files"] = len(commit.remove_losing_files(store, list(markers.values())))
     store.create_json(commit.SUCCESS, success)
     result: dict[str, Any] = store.read_json(commit.SUCCESS)
     return result

@@ -1,9 +1,10 @@
 """Stage 2: score shards. ``process_shard`` is the whole unit of work.
 
 The Ray executor (an actor pool over pending shards, one engine per actor) and plain tests call
-the same function. A shard is committed by: write scores and traces (exclusive publish, so a
-committed name is written once), verify them, then create ``_commits/<shard>.json``
-exclusively. An attempt that finds the marker already there does nothing more.
+the same function. A shard is committed by one attempt as a whole: write scores and traces
+under names unique to the attempt (create-only), then create ``_commits/<shard>.json``
+exclusively, naming those two files and their checksums. An attempt that finds the marker
+already there does nothing more; one that loses the marker race removes its own files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rank1_batch import commit, rank1
@@ -171,34 +171,47 @@ def commit_shard(
     store: Store,
     spec: JobSpec,
     seconds: float,
+    attempt: str = "",
 ) -> commit.Marker:
-    """The one commit body: publish scores and traces, verify, create the marker exclusively;
-    return the marker that holds (an earlier attempt's, if one won)."""
+    """The one commit body: write this attempt's scores and traces under its own names,
+    create the marker exclusively; return the marker that holds (another attempt's, if one
+    won)."""
+    attempt = attempt or commit.new_attempt_id()
     scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
-    ours = parquet_bytes(scores)
-    scores_data = store.publish(commit.scores_path(shard), ours)
-    traces_data = store.publish(commit.traces_path(shard), parquet_bytes(traces))
-    _verify(scores_data, pairs.num_rows, commit.scores_path(shard))
-    _verify(traces_data, pairs.num_rows, commit.traces_path(shard))
-    stats = stats_of(judgements, seconds)
-    if scores_data is not ours:
-        # An earlier (killed) attempt published this shard's scores: describe those, not ours.
-        stats = _stats_from_scores(pq.read_table(io.BytesIO(scores_data)), seconds)
+    files = {
+        commit.scores_path(shard, attempt): parquet_bytes(scores),
+        commit.traces_path(shard, attempt): parquet_bytes(traces),
+    }
+    for rel, data in files.items():
+        _verify(data, pairs.num_rows, rel)
+        if not store.create_exclusive(rel, data):
+            raise RuntimeError(f"{store.uri}: {rel} exists: attempt {attempt} is not unique")
+    (scores_rel, scores_data), (traces_rel, traces_data) = files.items()
     marker = commit.Marker(
         shard=shard,
         rows=pairs.num_rows,
         scores_sha256=sha256(scores_data),
         traces_sha256=sha256(traces_data),
-        stats=stats,
+        stats=stats_of(judgements, seconds),
         worker=worker_name(),
+        attempt=attempt,
+        scores_file=scores_rel,
+        traces_file=traces_rel,
     )
     if not store.create_json(commit.marker_path(shard), marker.to_dict()):
-        log.info("%s: already committed by another attempt; discarding this one", shard)
-        return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
+        log.info("%s: already committed by another attempt; discarding attempt %s", shard, attempt)
+        for rel in files:
+            try:
+                store.remove(rel)
+            except Exception as exc:  # finalize removes what is left
+                log.warning("%s: could not remove %s: %s", store.uri, rel, exc)
+        return commit.read_marker(store, shard)
     return marker
 
 
-def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
+def process_shard(
+    shard: str, engine: Rank1Engine, store: Store, spec: JobSpec, attempt: str = ""
+) -> commit.Marker:
     """Score one shard and commit it; return its marker (the existing one if already done).
 
     The synchronous unit of work (batch engines; stream engines through their sync adapter).
@@ -211,15 +224,5 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
     start = time.perf_counter()
     pairs = read_pairs(shard, store)
     judgements = engine.judge(requests_for(pairs, spec))
-    return commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
-
-
-def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:
-    stats = commit.ShardStats(pairs=table.num_rows, seconds=seconds)
-    counts = pc.value_counts(table.column("status")).to_pylist()
-    for entry in counts:
-        setattr(stats, entry["values"], int(entry["counts"]))
-    stats.truncated = int(pc.sum(pc.cast(table.column("truncated"), pa.int64())).as_py() or 0)
-    stats.prompt_tokens = int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
-    stats.reasoning_tokens = int(pc.sum(table.column("reasoning_tokens")).as_py() or 0)
-    return stats
+    seconds = time.perf_counter() - start
+    return commit_shard(shard, pairs, judgements, engine, store, spec, seconds, attempt)
