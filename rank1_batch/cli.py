@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from rank1_batch.commit import FingerprintMismatch
+    from rank1_batch.executor.attempts import EXIT_QUARANTINED, ShardQuarantined
     from rank1_batch.inputs import InputError
     from rank1_batch.results import ResultsError
     from rank1_batch.spec import JobError
@@ -228,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
+    except ShardQuarantined as exc:
+        print(f"rank1-batch: error: {exc}", file=sys.stderr)
+        return EXIT_QUARANTINED
 
 
 if __name__ == "__main__":

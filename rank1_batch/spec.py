@@ -181,6 +181,13 @@ class ComputeSpec(_Section):
     # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
     shards_in_flight: int = Field(default=2, ge=1)
     requests_in_flight: int | None = Field(default=None, ge=1)
+    # Failures (README "Failures"): attempts per shard before it is quarantined, what then
+    # (end the job, or commit its pairs as error rows), a time limit per shard attempt
+    # (seconds; none by default) and the pause before the first re-run round (doubling).
+    max_shard_attempts: int = Field(default=3, ge=1)
+    on_shard_failure: Literal["error", "error_rows"] = "error"
+    shard_timeout: float | None = Field(default=None, gt=0)
+    retry_backoff: float = Field(default=5.0, ge=0)
 
 
 class StorageSpec(_Section):

@@ -10,6 +10,15 @@ event loop per actor and ``ray.data.llm`` uses for vLLM. With a stream engine (v
 :class:`rank1_batch.executor.stream.ShardStreamer`, so the engine never drains between
 shards. A batch engine (transformers) runs :func:`rank1_batch.pipeline.score.process_shard` in
 a thread, one shard at a time, exactly as before.
+
+Failures (issue 11): the actor catches every exception of a shard attempt, records it
+(:mod:`rank1_batch.executor.attempts`) and returns it as a failed row, so one shard never fails
+the others. Ray's own retries are bounded: an actor that dies is restarted (a bounded number of
+times per round) but its task is not retried (``max_task_retries=0``), and the dataset keeps
+going past failed tasks (``DataContext.max_errored_blocks=-1``); a constructor that raises is
+retried in the actor (``actor_init_retry_on_errors``) and an actor that dies starting is
+replaced (``max_consecutive_actor_init_deaths``). The driver runs rounds over the shards still
+pending, with a doubling pause between them, until each is committed or quarantined.
 """
 
 from __future__ import annotations
@@ -19,13 +28,15 @@ import functools
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from rank1_batch import commit
 from rank1_batch.engines.base import StreamEngine
 from rank1_batch.engines.factory import build_engine, model_path
+from rank1_batch.executor import attempts
 from rank1_batch.executor.stream import ShardStreamer
-from rank1_batch.pipeline.score import process_shard
+from rank1_batch.pipeline.score import process_shard, worker_name
 from rank1_batch.progress import Progress
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
@@ -36,7 +47,7 @@ log = logging.getLogger(__name__)
 class ShardWorker:
     """A Ray Data actor: loads one engine, then scores whole shards (batch_size=1)."""
 
-    def __init__(self, spec: JobSpec, store: Store, threads: int) -> None:
+    def __init__(self, spec: JobSpec, store: Store, threads: int, run: str = "") -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         try:
             import torch
@@ -44,7 +55,7 @@ class ShardWorker:
             torch.set_num_threads(threads)
         except ImportError:  # engines without torch
             pass
-        self.spec, self.store = spec, store
+        self.spec, self.store, self.run = spec, store, run
         # Resolved here, not on the driver: on a cluster the worker's node has its own copy.
         self.engine = build_engine(spec, model_path(spec))
         self.streamer = (
@@ -54,21 +65,55 @@ class ShardWorker:
         )
         self._batch_lock = asyncio.Lock()
 
-    async def score(self, shard: str) -> commit.Marker:
+    def _start(self, shard: str, attempt: str) -> None:
+        attempts.start(self.store, shard, attempt, self.run, worker_name())
+
+    async def score(self, shard: str, attempt: str) -> commit.Marker:
+        timeout = self.spec.compute.shard_timeout
         if self.streamer is not None:
-            return await self.streamer.score_shard(shard)
+            await asyncio.to_thread(self._start, shard, attempt)
+            # cancellation reaches every request of the shard: nothing of it commits
+            return await asyncio.wait_for(self.streamer.score_shard(shard, attempt), timeout)
         # A batch engine blocks: run it off the actor's event loop, one shard at a time (an
         # `engine: auto` actor that resolved to transformers may be handed several at once).
         async with self._batch_lock:
-            return await asyncio.to_thread(process_shard, shard, self.engine, self.store, self.spec)
+            await asyncio.to_thread(self._start, shard, attempt)
+            work = asyncio.to_thread(
+                process_shard, shard, self.engine, self.store, self.spec, attempt
+            )
+            try:
+                return await asyncio.wait_for(work, timeout)
+            except TimeoutError:
+                # A thread cannot be stopped: record why, then end the process (Ray restarts
+                # the actor; this task is not retried).
+                attempts.fail(self.store, shard, attempt, f"timed out after {timeout:g}s")
+                log.error("%s: attempt %s timed out after %gs; exiting", shard, attempt, timeout)
+                os._exit(1)
 
     async def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "pairs": [], "stats": []}
-        for shard in batch["shard"]:
-            marker = await self.score(str(shard))
+        out: dict[str, list[Any]] = {"shard": [], "pairs": [], "error": []}
+        for shard in map(str, batch["shard"]):
+            attempt = commit.new_attempt_id()
+            try:
+                marker = await self.score(shard, attempt)
+            except Exception as exc:  # one shard's failure is that shard's, not the job's
+                error = (
+                    f"timed out after {self.spec.compute.shard_timeout:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                log.warning("%s: attempt %s failed: %s", shard, attempt, error)
+                try:
+                    await asyncio.to_thread(attempts.fail, self.store, shard, attempt, error)
+                except Exception as record_exc:  # the driver records it after the round
+                    log.warning("%s: could not record the failure: %s", shard, record_exc)
+                out["shard"].append(shard)
+                out["pairs"].append(0)
+                out["error"].append(error)
+                continue
             out["shard"].append(marker.shard)
             out["pairs"].append(marker.rows)
-            out["stats"].append(marker.stats.to_dict())
+            out["error"].append("")
         return out
 
 
@@ -184,11 +229,75 @@ def _ensure_gpus(spec: JobSpec) -> None:
     raise JobError(message)
 
 
-def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) -> None:
-    """Score pending shards in an actor pool, showing shards, pairs, pairs/s and ETA."""
-    import ray
+def score_pending(
+    spec: JobSpec, store: Store, pending: list[dict[str, Any]]
+) -> list[attempts.Quarantine]:
+    """Score pending shards in rounds of an actor pool, showing shards, pairs, pairs/s and
+    ETA; return the shards quarantined after ``compute.max_shard_attempts`` failed attempts.
 
+    Each round gives every pending shard one attempt. Between rounds the driver records the
+    attempts that died without a result, quarantines shards at the limit and pauses
+    (``compute.retry_backoff``, doubling, at most 5 minutes). A round that fails as a whole (the
+    pool could not start) is retried the same way; after ``max_shard_attempts + 2`` rounds the
+    shards still pending are quarantined.
+    """
     _ensure_gpus(spec)
+    run = commit.new_attempt_id()
+    limit = spec.compute.max_shard_attempts
+    progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
+    quarantined: list[attempts.Quarantine] = []
+    todo = _not_quarantined(store, pending, limit, quarantined)
+    rounds = 0
+    while todo:
+        rounds += 1
+        reason = attempts.DIED
+        try:
+            _score_round(spec, store, todo, run, progress)
+        except Exception as exc:  # the pool itself failed (e.g. no actor could start)
+            reason = f"the round failed: {type(exc).__name__}: {str(exc)[:500]}"
+            log.warning("scoring round %d failed: %s", rounds, reason)
+        done = commit.committed_shards(store)
+        todo = [s for s in todo if s["id"] not in done]
+        for s in todo:
+            attempts.close_orphans(store, s["id"], run, reason)
+        todo = _not_quarantined(store, todo, limit, quarantined)
+        if todo and rounds >= limit + 2:
+            for s in todo:
+                error = f"still pending after {rounds} scoring rounds ({reason})"
+                quarantined.append(
+                    attempts.Quarantine(s["id"], len(attempts.failed(store, s["id"])), error)
+                )
+            todo = []
+        if todo:
+            pause = min(spec.compute.retry_backoff * 2 ** (rounds - 1), 300.0)
+            log.warning(
+                "%d shard(s) to score again (round %d) in %.1fs: %s",
+                len(todo), rounds + 1, pause, ", ".join(s["id"] for s in todo[:5]),
+            )  # fmt: skip
+            time.sleep(pause)
+    progress.close()
+    return quarantined
+
+
+def _not_quarantined(
+    store: Store, shards: list[dict[str, Any]], limit: int, out: list[attempts.Quarantine]
+) -> list[dict[str, Any]]:
+    keep = []
+    for s in shards:
+        q = attempts.quarantine_of(store, s["id"], limit)
+        if q is None:
+            keep.append(s)
+        else:
+            log.error("quarantined %s", q.line())
+            out.append(q)
+    return keep
+
+
+def _score_round(
+    spec: JobSpec, store: Store, pending: list[dict[str, Any]], run: str, progress: Progress
+) -> None:
+    """One pass of an actor pool over ``pending``: each shard gets one attempt."""
+    import ray
 
     cpus = worker_cpus(spec, float(ray.available_resources().get("CPU", 1)))
     # Threads from the cluster's total, not the momentarily free CPUs: torch's CPU results
@@ -203,9 +312,14 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
         placement["ray_remote_args_fn"] = functools.partial(
             vllm_placement_args, spec.model.tensor_parallel_size
         )
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = -1  # a failed task (its actor died) costs its shard only
+    ctx.actor_init_retry_on_errors = True  # a constructor that raises: retried in the actor
+    ctx.actor_init_max_retries = 3
+    ctx.max_consecutive_actor_init_deaths = 3  # an actor that dies starting: replaced
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker,
-        fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
+        fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads, "run": run},
         batch_size=1,
         # Several shards in flight per actor: Ray Data keeps that many tasks at the actor and
         # runs them concurrently on its event loop (as ray.data.llm's vLLM stage does).
@@ -216,9 +330,14 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
         ),
         num_cpus=cpus,
         num_gpus=worker_gpus(spec) or None,
+        # Bounded: at most one restart per shard of the round (plus one per actor); a task
+        # whose actor died is not retried, the driver decides in the next round.
+        max_restarts=len(items) + workers,
+        max_task_retries=0,
         **placement,
     )
-    progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
     for row in ds.iter_rows():
-        progress.shard_done(str(row["shard"]), int(row["pairs"]))
-    progress.close()
+        if row["error"]:
+            log.warning("%s: attempt failed: %s", row["shard"], row["error"])
+        else:
+            progress.shard_done(str(row["shard"]), int(row["pairs"]))

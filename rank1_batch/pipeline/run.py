@@ -13,6 +13,7 @@ from typing import Any
 
 from rank1_batch import commit
 from rank1_batch.engines.factory import model_path
+from rank1_batch.executor.attempts import settle
 from rank1_batch.executor.ray_pool import init_ray, score_pending
 from rank1_batch.formats import CONVERTED
 from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
@@ -73,5 +74,5 @@ def run(spec: JobSpec) -> dict[str, Any]:
     if pending:
         for folder in ("scores", "traces", commit.COMMITS):
             store.remove_temp_leftovers(folder)
-        score_pending(spec, store, pending)
+        settle(spec, store, score_pending(spec, store, pending))
     return finalize(store, manifest, time.perf_counter() - start)
