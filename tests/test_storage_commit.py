@@ -86,3 +86,12 @@ def test_claim_output_refuses_changed_settings_and_names_them(tmp_path):
     other_input = [{"path": "in.parquet", "size": 11, "rows": 2}]
     with pytest.raises(commit.FingerprintMismatch, match="input changed"):
         commit.claim_output(store, commit.job_record(spec, other_input))
+
+
+def test_backend_without_exclusive_create_is_refused(tmp_path):
+    """Issue 11: fsspec's default create (memory://, gs://, az://) checks then writes."""
+    from rank1_batch.storage import StorageError
+
+    with pytest.raises(StorageError, match=r"memory://somewhere.*'memory' is not supported"):
+        Store("memory://somewhere").verify_exclusive_create()
+    Store(str(tmp_path / "out")).verify_exclusive_create()  # local disk: accepted

@@ -41,6 +41,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
     start = time.perf_counter()
     store = Store(spec.output.path, spec.storage)
     store.check_access()  # no such bucket / access denied: fail now, before input or model
+    store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
     if spec.input.format in CONVERTED:
         spec, files = convert_input(spec, store)
     else:
