@@ -47,8 +47,13 @@ def tame_ray(quiet: bool) -> None:
 def ray_bars_during_score() -> bool:
     """Ray Data's bars are on during scoring only when ours is not (stderr not a terminal)."""
     import ray
+    from ray.util.debug import log_once
 
     enabled = not sys.stderr.isatty()
+    if not enabled:
+        # Ray Data warns once per process that its bars are off; we switched them off on
+        # purpose (ours is on screen), so spend that "once" here.
+        log_once("ray_data_progress_manager_disabled")
     ray.data.DataContext.get_current().enable_progress_bars = enabled
     return enabled
 
