@@ -32,10 +32,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def session_processes(temp_dir: str, gcs_address: str | None = None) -> list:
-    """This test's Ray processes: those naming its temp dir, and those naming its GCS address
-    (the Ray client server, ``ray.util.client.server --address=HOST:PORT``, names no temp
-    dir and was left behind before)."""
+def session_processes(temp_dir: str, gcs_port: int | None = None) -> list:
+    """This test's Ray processes: those naming its temp dir, and those naming its GCS port in
+    ``--address=HOST:PORT`` (the Ray client server, ``ray.util.client.server``, names no temp
+    dir, and its HOST is the machine's address even with --node-ip-address=127.0.0.1: it was
+    left behind before)."""
     import psutil
 
     found = []
@@ -43,7 +44,11 @@ def session_processes(temp_dir: str, gcs_address: str | None = None) -> list:
         try:
             parts = proc.info["cmdline"] or ()
             if any(temp_dir in part for part in parts) or (
-                gcs_address is not None and any(part.endswith(gcs_address) for part in parts)
+                gcs_port is not None
+                and any(
+                    part.startswith("--address=") and part.endswith(f":{gcs_port}")
+                    for part in parts
+                )
             ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -51,11 +56,11 @@ def session_processes(temp_dir: str, gcs_address: str | None = None) -> list:
     return found
 
 
-def kill_session(temp_dir: str, gcs_address: str | None = None) -> None:
+def kill_session(temp_dir: str, gcs_port: int | None = None) -> None:
     """Stop only this test's Ray processes (``ray stop`` would stop every Ray on the box)."""
     import psutil
 
-    for proc in session_processes(temp_dir, gcs_address):
+    for proc in session_processes(temp_dir, gcs_port):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
 
@@ -164,7 +169,7 @@ class Head:
             if any(f"node_manager_port={p}" in cmd for p in self.node_ports):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-        kill_session(self.temp, f"127.0.0.1:{self.port}")
+        kill_session(self.temp, self.port)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -258,14 +263,13 @@ def test_stopping_a_head_leaves_no_process_behind():
 
     h = Head()
     h.start()
-    gcs = f"127.0.0.1:{h.port}"
     assert any(
         "ray.util.client.server" in " ".join(p.info["cmdline"] or ())
-        for p in session_processes(h.temp, gcs)
+        for p in session_processes(h.temp, h.port)
     ), "no client server started: nothing to check"
     h.stop()
     deadline = time.time() + 30
-    while (left := session_processes(h.temp, gcs)) and time.time() < deadline:
+    while (left := session_processes(h.temp, h.port)) and time.time() < deadline:
         time.sleep(0.5)
     names = []
     for p in left:
