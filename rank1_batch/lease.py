@@ -230,6 +230,12 @@ class Lease:
             except Exception as exc:  # a missed heartbeat must never stop the run
                 log.warning("%s: lease heartbeat failed: %s", self.store.uri, exc)
 
+    def others_running(self) -> bool:
+        """Whether another attempt (a joiner) looks alive now."""
+        return any(
+            a.attempt != self.me.attempt and stale_reason(a) is None for a in attempts(self.store)
+        )
+
     def total_seconds(self) -> float:
         """Wall time of every attempt so far, this one up to now (``_SUCCESS.json``)."""
         self.me.refreshed = time.time()

@@ -104,8 +104,13 @@ def test_join_scores_alongside_without_taking_the_lease(store):
     joiner = lease.Lease(store, join=True)
     joiner.acquire()
     assert joiner.me.role == "joiner" and not joiner.holder
-    joiner.release()
     assert lease.read_lease(store).attempt == holder.attempt  # untouched
+    other = lease.Lease(store, take_over=True)
+    other.acquire()
+    assert other.others_running()  # the live joiner: its temp files must not be swept
+    joiner.release()
+    assert not other.others_running()
+    other.release()
 
 
 def test_heartbeat_refreshes_and_notices_a_takeover(tmp_path, monkeypatch):

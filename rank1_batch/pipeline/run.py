@@ -92,7 +92,7 @@ def _run_held(
     if pending:
         if held.me.role == "joiner":
             pending = pending[::-1]  # from the other end: the two runs meet in the middle
-        else:
+        elif not held.others_running():  # a live joiner's temp files are still being written
             for folder in ("scores", "traces", commit.COMMITS):
                 store.remove_temp_leftovers(folder)
         console.ray_bars_during_score()
