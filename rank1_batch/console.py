@@ -82,7 +82,9 @@ def format_summary(done: dict[str, Any], output: str, spec_input: dict[str, Any]
         f"done: {done['scored']:,} pairs scored in {done['shards']} shards "
         f"({done['rejected']:,} rejected, {done['duplicates']:,} duplicates)",
         "statuses: "
-        + ", ".join(f"{k} {v:,}" for k, v in statuses.items())
+        + ", ".join(
+            f"{k} {statuses[k]:,}" for k in ("complete", "forced", "fallback", "error") if k in statuses
+        )
         + f"; truncated {done.get('truncated', 0):,}",
         f"time: {timing}" + (f"; {rate:g} pairs/s while scoring" if rate else ""),
         f"results: {output}  (scores/, traces/, _SUCCESS.json)",
