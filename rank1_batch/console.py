@@ -17,6 +17,7 @@ from typing import Any
 
 from rank1_batch.progress import format_eta
 
+STATUS_ORDER = ("complete", "forced", "fallback", "error")
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve")
 
 # Printed at ERROR level by Ray's core worker (C++, not filterable) for every scoring actor:
@@ -82,9 +83,7 @@ def format_summary(done: dict[str, Any], output: str, spec_input: dict[str, Any]
         f"done: {done['scored']:,} pairs scored in {done['shards']} shards "
         f"({done['rejected']:,} rejected, {done['duplicates']:,} duplicates)",
         "statuses: "
-        + ", ".join(
-            f"{k} {statuses[k]:,}" for k in ("complete", "forced", "fallback", "error") if k in statuses
-        )
+        + ", ".join(f"{k} {statuses[k]:,}" for k in STATUS_ORDER if k in statuses)
         + f"; truncated {done.get('truncated', 0):,}",
         f"time: {timing}" + (f"; {rate:g} pairs/s while scoring" if rate else ""),
         f"results: {output}  (scores/, traces/, _SUCCESS.json)",
