@@ -65,6 +65,8 @@ class InputSpec(_Section):
 
     path: str
     format: Literal["pairs", "candidates", "trec", "json-run", "hf"] = "pairs"
+    # pairs/candidates files: Parquet, CSV, TSV or JSON Lines; auto = from the extension
+    file_type: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
     columns: Columns = Columns()
     candidates_column: str = "candidates"
     queries: str | None = None
@@ -301,10 +303,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
+def _format_errors(source: str, exc: ValidationError, overrides: Iterable[str] = ()) -> str:
+    """One line per error, naming the job file, or the ``--set`` argument that set the field."""
+    by_field = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = source
+        for name, item in by_field.items():
+            if field == name or field.startswith(name + "."):
+                where = f"--set {item}"
         msg = err["msg"]
         if not err["loc"] and err["type"] == "value_error":
             # Whole-job checks (path safety) name their own field in the message.
@@ -315,7 +323,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required field is missing"
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
-        lines.append(f"{source}: {field}: {msg}{got}")
+        lines.append(f"{where}: {field}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -324,11 +332,12 @@ def spec_from_mapping(
 ) -> JobSpec:
     if not isinstance(raw, Mapping):
         raise JobError(f"{source}: a job file must be a mapping of sections")
+    overrides = list(overrides)
     data = apply_overrides(dict(raw), overrides)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise JobError(_format_errors(source, exc)) from None
+        raise JobError(_format_errors(source, exc, overrides)) from None
 
 
 def load_job(

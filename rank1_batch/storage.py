@@ -20,6 +20,7 @@ then read what is there, which is what they wrote, so that is safe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -339,6 +340,8 @@ class Store:
             dir=directory, prefix=f".{os.path.basename(final)}.", suffix=f".{uuid.uuid4().hex[:8]}"
         )
         try:
+            # mkstemp creates 0600; a published file gets what an ordinary open() would give.
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -347,6 +350,11 @@ class Store:
             os.unlink(tmp)
             raise
         return tmp
+
+    def delete(self, rel: str) -> None:
+        """Remove ``rel`` if it exists (leases only: data files are never deleted)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call(f"deleting {rel}", lambda: self.fs.rm_file(self.path(rel)))
 
     def remove_temp_leftovers(self, rel_dir: str) -> int:
         """Delete ``.name.xxxx`` temp files that killed attempts left in a local folder."""
@@ -362,6 +370,20 @@ class Store:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the set-and-restore fallback
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: str) -> None:

@@ -171,7 +171,7 @@ def test_beir_folder_run_eval_and_label_exports(tmp_path):
         )
     )
     out = tmp_path / "out"
-    done = json.loads(cli("run", str(job)).stdout)
+    done = json.loads(cli("run", str(job), "--json").stdout)
     assert done["scored"] == 12 and done["rejected"] == 2
     rejected = pq.read_table(out / "rejected" / "shard-00000.parquet")
     assert sorted(rejected.column("reason").to_pylist()) == ["missing_doc", "missing_query"]
