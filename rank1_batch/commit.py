@@ -42,8 +42,21 @@ def marker_path(shard: str) -> str:
     return f"{COMMITS}/{shard}.json"
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
+NAME_WIDTH = 5  # the width of every name before widths grew with the shard count
+
+
+def shard_name(index: int, count: int) -> str:
+    """Name of shard ``index`` of an output planned for at most ``count`` shards.
+
+    The number is zero-padded to the width of ``count - 1`` (at least 5 digits), so the names
+    of one output sort in shard order for any count; outputs of up to 100,000 shards get the
+    same 5-digit names as before. Readers take names from the manifest and the markers, never
+    by parsing them.
+    """
+    if not 0 <= index < max(count, 1):
+        raise ValueError(f"shard index {index} outside a plan of {count} shards")
+    width = max(NAME_WIDTH, len(str(max(count, 1) - 1)))
+    return f"shard-{index:0{width}d}"
 
 
 @dataclass

@@ -86,8 +86,8 @@ def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
     return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
 
 
-def _write_shard(rows: pa.Table, store: Store) -> pa.Table:
-    name = commit.shard_name(int(rows.column("shard")[0].as_py()))
+def _write_shard(rows: pa.Table, store: Store, n_shards: int) -> pa.Table:
+    name = commit.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
     data = parquet_bytes(pairs)
     if pairs.num_rows:
@@ -139,7 +139,9 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
         )
         .groupby("shard", num_partitions=min(n_shards, 64))
         .map_groups(
-            functools.partial(_write_shard, store=store), batch_format="pyarrow", num_cpus=0.5
+            functools.partial(_write_shard, store=store, n_shards=n_shards),
+            batch_format="pyarrow",
+            num_cpus=0.5,
         )
         .take_all()
     )
