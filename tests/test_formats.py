@@ -173,7 +173,8 @@ def test_beir_folder_run_eval_and_label_exports(tmp_path):
     out = tmp_path / "out"
     done = json.loads(cli("run", str(job)).stdout)
     assert done["scored"] == 12 and done["rejected"] == 2
-    rejected = pq.read_table(out / "rejected" / "shard-00000.parquet")
+    manifest = json.loads((out / "pairs" / "_manifest.json").read_text())
+    rejected = pa.concat_tables(pq.read_table(out / f) for f in manifest["rejected_files"])
     assert sorted(rejected.column("reason").to_pylist()) == ["missing_doc", "missing_query"]
     listing = json.loads((out / "job.json").read_text())["settings"]["input"]
     assert [Path(e["path"]).name for e in listing] == ["run.trec", "queries.jsonl", "corpus.jsonl"]
