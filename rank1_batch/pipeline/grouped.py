@@ -230,11 +230,14 @@ def split_unit(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
     if rejected.num_rows > 1:  # lists with no candidates come after a unit's exploded rows
         rejected = rejected.take(pc.sort_indices(rejected.column("input_order")))
     good = rows.filter(pc.invert(bad))
-    firsts = good.group_by(["query_id", "doc_id"], use_threads=False).aggregate(
-        [("input_order", "min")]
-    )
-    duplicates = good.num_rows - firsts.num_rows
+    # Fast check first (one hash pass over a joined key); the group-by only when needed.
+    keys = pc.binary_join_element_wise(good.column("query_id"), good.column("doc_id"), "\x1f")
+    duplicates = good.num_rows - (pc.count_distinct(keys).as_py() or 0)
     if duplicates:
+        firsts = good.group_by(["query_id", "doc_id"], use_threads=False).aggregate(
+            [("input_order", "min")]
+        )
+        duplicates = good.num_rows - firsts.num_rows  # exact (the joined key may collide)
         good = good.filter(pc.is_in(good.column("input_order"), firsts.column("input_order_min")))
     qid = good.column("query_id")
     n = good.num_rows
@@ -266,7 +269,7 @@ def run_unit(
         name = commit.shard_name(task.first_index + i, count)
         part = pairs.slice(offset, length)
         data = parquet_bytes(part)
-        store.write_atomic(commit.pairs_path(name), data)
+        store.write_atomic(commit.pairs_path(name), data, durable=False)
         shards.append(
             {
                 "id": name,
@@ -279,7 +282,7 @@ def run_unit(
     rejected_file = None
     if rejected.num_rows:
         rejected_file = f"rejected/unit-{task.ordinal:05d}.parquet"
-        store.write_atomic(rejected_file, parquet_bytes(rejected))
+        store.write_atomic(rejected_file, parquet_bytes(rejected), durable=False)
     marker = {
         "unit": task.ordinal,
         "input_rows": rows.num_rows,
@@ -289,6 +292,7 @@ def run_unit(
         "shards": shards,
         "rejected_file": rejected_file,
     }
+    store.sync()  # the unit's files are durable before the marker that vouches for them
     store.write_json(unit_marker_path(task.ordinal, n_units), marker)
     return marker
 
