@@ -210,7 +210,7 @@ def test_beir_folder_run_eval_and_label_exports(tmp_path):
     assert train["train"].num_rows >= 1
     side = json.loads((out / "exports" / "flagembedding.jsonl.labels.json").read_text())
     assert side["model"] == "toy" and side["prompt_id"].startswith("rank1-")
-    assert Store(str(out)).exists("input/pairs-00000.parquet")
+    assert Store(str(out)).exists(formats.CONVERTED_MARKER)  # converted parts, then marker
 
 
 def _run_files(tmp_path, lines):
