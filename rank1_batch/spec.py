@@ -74,6 +74,11 @@ class InputSpec(_Section):
     top_k: int | None = Field(default=None, ge=1)
     split: str = "train"
     hf_config: str | None = None
+    # Is every query's rows contiguous in the input? true: cut shards in one pass (refused,
+    # naming the query, if not); false: shuffle by query; auto: scan the query ids and choose.
+    # Not in the fingerprint: it changes the shard plan, not a pair's score, and prepare
+    # records the plan it chose (pairs/_plan.json) so a resumed prepare keeps it.
+    grouped: Literal["auto"] | bool = "auto"
 
 
 class OutputSpec(_Section):
