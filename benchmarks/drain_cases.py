@@ -59,6 +59,7 @@ class DrainSettings:
     passage_chars: int = 600
     sim: SimParams = field(default_factory=SimParams)
     rss: bool = True
+    rss_shards_in_flight: int = 2
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sim": self.sim.as_dict()}
@@ -290,16 +291,25 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
         "sizes": sizes,
     }
     if settings.rss:
-        k = max(settings.shards_in_flight)
+        k = settings.rss_shards_in_flight
         rss = {
             str(size): rss_in_subprocess(prepared[size], work / f"drain-rss-{size}", settings, k)
             for size in settings.shard_sizes
         }
-        peaks = [v["peak_rss_mib"] for v in rss.values()]
+        runs = list(rss.values())
+        lo, hi = settings.shard_sizes[0], settings.shard_sizes[-1]
+        held = k * (hi - lo)  # more pairs held (judged, not yet committed) at the largest size
         result["peak_rss"] = {
             "stream_per_shard_size": rss,
-            "growth_smallest_to_largest": round(peaks[-1] / peaks[0] - 1, 3),
+            "growth_smallest_to_largest": round(
+                runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"] - 1, 3
+            ),
             "target_growth": 0.10,
+            "kib_per_extra_pair_in_flight": round(
+                (runs[-1]["peak_rss_mib"] - runs[0]["peak_rss_mib"]) * 1024 / held, 2
+            )
+            if held
+            else None,
         }
     return result
 

@@ -5,9 +5,11 @@
     python benchmarks/run.py --out results/x.json    # default: benchmarks/results/latest.json
 
 Cases (see README "Performance"): 1 pipeline overhead, 2 scaling, 3 resume cost,
-4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics. Every case records
-its figures and settings; the document records the machine. Timings use the toy model on
-CPU: they measure the pipeline around the engine, not Rank1's quality or GPU speed.
+4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 drain (busy-slot
+fraction of a simulated continuous-batching engine under the old and the streaming policy).
+Every case records its figures and settings; the document records the machine. Timings use
+the toy model on CPU: they measure the pipeline around the engine, not Rank1's quality or GPU
+speed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 import data_cases
+import drain_cases
 import engine_cases
 import pipeline_cases
 
@@ -39,6 +42,7 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 20,
         "repeats": 3,
+        "drain": "quick",
     },
     "full": {
         "score_pairs": 20_000,
@@ -48,6 +52,7 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 100,
         "repeats": 3,
+        "drain": "full",
     },
 }
 CANDIDATES = 30
@@ -103,6 +108,8 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
     if "error" not in one:
         out = Path(one["rank1_batch_run"]["out"])
         guarded(cases, "7_token_economics", lambda: engine_cases.token_economics(out))
+    drain = drain_cases.QUICK if size["drain"] == "quick" else drain_cases.FULL
+    guarded(cases, "8_drain", lambda: drain_cases.drain(work, drain))
     return cases
 
 

@@ -101,20 +101,24 @@ class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 class WordTokenizer:
-    """A trivial tokenizer: each whitespace-led word is one token (ids assigned on first
-    sight), so ``decode(encode(text)) == text`` and ``" true"``/``" false"`` are one token."""
+    """A trivial tokenizer: each whitespace-led word is one token, so
+    ``decode(encode(text)) == text`` and ``" true"``/``" false"`` are one token each. A word's
+    id is a hash of the word, so ids (and the lengths drawn from them) do not depend on the
+    order in which prompts are seen."""
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
-        self._pieces: list[str] = []
+        self._pieces: dict[int, str] = {}
 
     def encode(self, text: str) -> list[int]:
         out = []
         for piece in _PIECE.findall(text):
             i = self._ids.get(piece)
             if i is None:
-                i = self._ids[piece] = len(self._pieces)
-                self._pieces.append(piece)
+                i = int.from_bytes(hashlib.blake2b(piece.encode(), digest_size=6).digest(), "big")
+                if self._pieces.setdefault(i, piece) != piece:
+                    raise RuntimeError(f"token id collision: {piece!r}, {self._pieces[i]!r}")
+                self._ids[piece] = i
             out.append(i)
         return out
 

@@ -105,3 +105,11 @@ def test_drain_case_end_to_end(tmp_path):
     assert set(rss) == {"20", "80"}
     assert all(v["peak_rss_mib"] >= v["rss_before_scoring_mib"] > 0 for v in rss.values())
     assert isinstance(result["peak_rss"]["growth_smallest_to_largest"], float)
+
+
+def test_token_ids_do_not_depend_on_what_was_seen_before():
+    a, b = _engine(TINY_SIM), _engine(TINY_SIM)
+    b.encode("some other words first")
+    text = "Determine if the passage is relevant.\nQuery: q1\n<think>"
+    assert a.encode(text) == b.encode(text)
+    assert a.decode(a.encode(text)) == text
