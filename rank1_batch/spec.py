@@ -172,6 +172,10 @@ class ComputeSpec(_Section):
     batch_size: int = Field(default=16, ge=1)
     num_cpus: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
+    # Stream engine (vLLM): shards each actor scores at once, and the cap on requests in
+    # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
+    shards_in_flight: int = Field(default=2, ge=1)
+    requests_in_flight: int | None = Field(default=None, ge=1)
 
 
 class StorageSpec(_Section):

@@ -7,9 +7,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+from rank1_batch.engines.base import (
+    EngineOptions,
+    Generation,
+    JudgeRequest,
+    Rank1Engine,
+    StreamEngine,
+)
 
-__all__ = ["ENGINES", "EngineOptions", "Generation", "JudgeRequest", "Rank1Engine", "make_engine"]
+__all__ = [
+    "ENGINES",
+    "EngineOptions",
+    "Generation",
+    "JudgeRequest",
+    "Rank1Engine",
+    "StreamEngine",
+    "make_engine",
+]
 
 ENGINES = ("transformers", "vllm")
 

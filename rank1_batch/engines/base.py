@@ -4,18 +4,29 @@ An engine supplies three primitives — tokenisation, a greedy reasoning pass, a
 answer pass restricted to the two answer ids. :meth:`Rank1Engine.judge` turns them into
 judgements with the shared rules of :mod:`rank1_batch.rank1`, so no engine re-implements
 prompt building, truncation, the completeness rule, the forced prompt or the fallback.
+
+Two shapes of engine share those steps (:meth:`Rank1Engine.fit`, ``budget``, ``after_pass1``,
+``forced_prompt``, ``after_forced``): a batch engine (transformers) implements ``generate`` and
+``answer`` over lists and is judged a batch at a time; a :class:`StreamEngine` (vLLM's
+``AsyncLLM``) implements ``generate_one``/``answer_one`` and each pair runs
+:meth:`StreamEngine.judge_one` on its own, its forced pass following its pass 1 at once.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from rank1_batch import rank1
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,8 @@ def _answered(
 
 
 class Rank1Engine(abc.ABC):
-    """Base class: subclasses implement the primitives, ``judge`` is shared."""
+    """Base class: subclasses implement the primitives; the Rank1 steps and the batch
+    ``judge`` are shared (and :class:`StreamEngine` reuses the same steps per pair)."""
 
     name: str = "base"
 
@@ -127,82 +139,175 @@ class Rank1Engine(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model (engines holding GPUs override this)."""
 
-    # -- the shared protocol ----------------------------------------------------------------
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        """Judge every request; the result list is aligned with ``requests``."""
+    # -- the shared protocol: Rank1 steps, used by the batch ``judge`` and the async ``judge_one``
+    def fit(self, request: JudgeRequest) -> rank1.FittedPrompt | rank1.Judgement:
+        """The prompt cut to leave the reasoning reserve, or an ``error`` row if it cannot fit."""
         opts = self.options
-        max_prompt = opts.max_model_len - opts.min_reserve
+        try:
+            return rank1.fit_prompt(
+                request.query,
+                request.passage,
+                encode=self.encode_prompt,
+                decode=self.decode,
+                encode_text=self.encode,
+                max_prompt_tokens=opts.max_model_len - opts.min_reserve,
+            )
+        except rank1.PromptTooLong:
+            return rank1.error_judgement(rank1.PROMPT_TOO_LONG)
+
+    def budget(self, fp: rank1.FittedPrompt) -> int:
+        """New tokens pass 1 may generate for this prompt."""
+        return rank1.reasoning_budget(
+            len(fp.token_ids),
+            max_tokens=self.options.max_tokens,
+            max_model_len=self.options.max_model_len,
+        )
+
+    def after_pass1(self, fp: rank1.FittedPrompt, gen: Generation) -> rank1.Judgement | None:
+        """The judgement pass 1 settles (an error row, or complete), or None: force it."""
+        if gen.error is not None:
+            return rank1.error_judgement(
+                gen.error, prompt_tokens=len(fp.token_ids), truncated=fp.truncated
+            )
+        verdict = rank1.complete_or_none(
+            gen.last_top,
+            true_id=self.true_id,
+            false_id=self.false_id,
+            stopped=gen.stopped,
+            require_stop=self.options.require_stop,
+        )
+        return None if verdict is None else _answered(verdict, rank1.COMPLETE, fp, gen)
+
+    def forced_prompt(self, fp: rank1.FittedPrompt, gen: Generation) -> list[int]:
+        """Token ids of the forced prompt (reasoning cut to a sentence end, bounded to fit)."""
+        text = rank1.fit_forced_prompt(
+            fp.text,
+            gen.text,
+            encode=self.encode_prompt,
+            max_tokens=self.options.max_model_len - 1,
+        )
+        return self.encode_prompt(text)
+
+    def after_forced(
+        self, fp: rank1.FittedPrompt, gen: Generation, top: Mapping[int, float] | None
+    ) -> rank1.Judgement:
+        """Forced verdict, or the flagged 0.5 fallback when either answer logprob is missing."""
+        verdict = rank1.answer_from_top_logprobs(top, self.true_id, self.false_id)
+        if verdict is None:
+            return rank1.fallback(
+                len(fp.token_ids), gen.token_count, fp.truncated, gen.text, gen.finish_reason
+            )
+        return _answered(verdict, rank1.FORCED, fp, gen)
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        """Judge every request in two batched passes; the result list is aligned with
+        ``requests``."""
         results: list[rank1.Judgement | None] = [None] * len(requests)
         fitted: dict[int, rank1.FittedPrompt] = {}
         for i, req in enumerate(requests):
-            try:
-                fitted[i] = rank1.fit_prompt(
-                    req.query,
-                    req.passage,
-                    encode=self.encode_prompt,
-                    decode=self.decode,
-                    encode_text=self.encode,
-                    max_prompt_tokens=max_prompt,
-                )
-            except rank1.PromptTooLong:
-                results[i] = rank1.error_judgement(rank1.PROMPT_TOO_LONG)
+            fp = self.fit(req)
+            if isinstance(fp, rank1.Judgement):
+                results[i] = fp
+            else:
+                fitted[i] = fp
         order = list(fitted)
         gens = self.generate(
-            [fitted[i].token_ids for i in order],
-            [
-                rank1.reasoning_budget(
-                    len(fitted[i].token_ids),
-                    max_tokens=opts.max_tokens,
-                    max_model_len=opts.max_model_len,
-                )
-                for i in order
-            ],
+            [fitted[i].token_ids for i in order], [self.budget(fitted[i]) for i in order]
         )
         incomplete: list[tuple[int, Generation]] = []
         for i, gen in zip(order, gens, strict=True):
-            fp = fitted[i]
-            if gen.error is not None:
-                results[i] = rank1.error_judgement(
-                    gen.error, prompt_tokens=len(fp.token_ids), truncated=fp.truncated
-                )
-                continue
-            verdict = rank1.complete_or_none(
-                gen.last_top,
-                true_id=self.true_id,
-                false_id=self.false_id,
-                stopped=gen.stopped,
-                require_stop=opts.require_stop,
-            )
-            if verdict is None:
+            results[i] = self.after_pass1(fitted[i], gen)
+            if results[i] is None:
                 incomplete.append((i, gen))
-                continue
-            results[i] = _answered(verdict, rank1.COMPLETE, fp, gen)
         if incomplete:
-            forced = [
-                self.encode_prompt(
-                    rank1.fit_forced_prompt(
-                        fitted[i].text,
-                        gen.text,
-                        encode=self.encode_prompt,
-                        max_tokens=opts.max_model_len - 1,
-                    )
-                )
-                for i, gen in incomplete
-            ]
-            answers = self.answer(forced)
+            answers = self.answer([self.forced_prompt(fitted[i], gen) for i, gen in incomplete])
             for (i, gen), top in zip(incomplete, answers, strict=True):
-                fp = fitted[i]
-                verdict = rank1.answer_from_top_logprobs(top, self.true_id, self.false_id)
-                if verdict is None:
-                    results[i] = rank1.fallback(
-                        len(fp.token_ids),
-                        gen.token_count,
-                        fp.truncated,
-                        gen.text,
-                        gen.finish_reason,
-                    )
-                else:
-                    results[i] = _answered(verdict, rank1.FORCED, fp, gen)
+                results[i] = self.after_forced(fitted[i], gen, top)
         out = [r for r in results if r is not None]
         assert len(out) == len(requests)
         return out
+
+
+NO_GENERATION = Generation("", 0, None, stopped=False, finish_reason="length")
+
+
+class StreamEngine(Rank1Engine):
+    """An engine that takes one request at a time (vLLM's ``AsyncLLM``): the executor keeps
+    many pairs in flight and each pair runs :meth:`judge_one`, so a pair's forced pass starts
+    as soon as its pass 1 ends and nothing waits for the rest of a batch.
+
+    Subclasses implement :meth:`generate_one` and :meth:`answer_one`. The batch methods
+    (``generate``, ``answer``, ``judge``) are synchronous adapters over them, run on a private
+    event loop, so ``process_shard`` and the engine contract suite drive a stream engine too.
+    """
+
+    max_in_flight: int = 256
+    """Sequences the engine runs at once (vLLM: ``max_num_seqs``)."""
+
+    _sync_loop: asyncio.AbstractEventLoop | None = None
+    _sync_thread: threading.Thread | None = None
+
+    @abc.abstractmethod
+    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        """Pass 1 of one prompt: greedy, at most ``budget`` new tokens (≥ 1), ending where
+        the reference's stop strings would; ``last_top`` the top logprobs at the last
+        position, and no other logprobs kept."""
+
+    @abc.abstractmethod
+    async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
+        """Forced pass of one prompt: one token restricted to the two answer ids."""
+
+    async def judge_one(self, request: JudgeRequest) -> rank1.Judgement:
+        """One pair through the shared protocol: fit, pass 1, its forced pass at once."""
+        fp = self.fit(request)
+        if isinstance(fp, rank1.Judgement):
+            return fp
+        budget = self.budget(fp)
+        gen = await self.generate_one(fp.token_ids, budget) if budget > 0 else NO_GENERATION
+        done = self.after_pass1(fp, gen)
+        if done is not None:
+            return done
+        return self.after_forced(fp, gen, await self.answer_one(self.forced_prompt(fp, gen)))
+
+    # -- synchronous adapters -------------------------------------------------------------------
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this engine's private event loop (a daemon thread) and wait."""
+        if self._sync_loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name=f"{self.name}-engine-loop", daemon=True
+            )
+            thread.start()
+            self._sync_loop, self._sync_thread = loop, thread
+        return asyncio.run_coroutine_threadsafe(coro, self._sync_loop).result()
+
+    def stop_sync_loop(self) -> None:
+        loop, self._sync_loop = self._sync_loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._sync_thread is not None:
+                self._sync_thread.join(timeout=10)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
+    ) -> list[Generation]:
+        if len(prompts) != len(budgets):
+            raise ValueError("prompts and budgets differ in length")
+
+        async def one(prompt: Sequence[int], budget: int) -> Generation:
+            return await self.generate_one(prompt, budget) if budget > 0 else NO_GENERATION
+
+        return self.run_sync(_gather([one(p, b) for p, b in zip(prompts, budgets, strict=True)]))
+
+    def answer(self, prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
+        return self.run_sync(_gather([self.answer_one(p) for p in prompts]))
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        return self.run_sync(_gather([self.judge_one(r) for r in requests]))
+
+    def close(self) -> None:
+        self.stop_sync_loop()
+
+
+async def _gather(coros: Sequence[Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*coros))

@@ -1,17 +1,29 @@
 """The Ray executor: a Ray Data actor pool over pending shards, one engine per actor.
 
 Also the resource policy: CPUs and GPUs per actor, and the placement group for vLLM's Ray
-tensor-parallel backend. Each actor calls :func:`rank1_batch.pipeline.score.process_shard`.
+tensor-parallel backend.
+
+The actor is an async callable class (``async def __call__``), the pattern Ray Data runs on one
+event loop per actor and ``ray.data.llm`` uses for vLLM. With a stream engine (vLLM's
+``AsyncLLM``) the actor takes ``compute.shards_in_flight`` shards at once (actor
+``max_concurrency`` and ``max_tasks_in_flight_per_actor``) and each goes through
+:class:`rank1_batch.executor.stream.ShardStreamer`, so the engine never drains between
+shards. A batch engine (transformers) runs :func:`rank1_batch.pipeline.score.process_shard` in
+a thread, one shard at a time, exactly as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import os
 from typing import Any
 
+from rank1_batch import commit
+from rank1_batch.engines.base import StreamEngine
 from rank1_batch.engines.factory import build_engine, model_path
+from rank1_batch.executor.stream import ShardStreamer
 from rank1_batch.pipeline.score import process_shard
 from rank1_batch.progress import Progress
 from rank1_batch.spec import JobSpec
@@ -32,15 +44,35 @@ class ShardWorker:
         self.spec, self.store = spec, store
         # Resolved here, not on the driver: on a cluster the worker's node has its own copy.
         self.engine = build_engine(spec, model_path(spec))
+        self.streamer = (
+            ShardStreamer(self.engine, store, spec, max_requests=spec.compute.requests_in_flight)
+            if isinstance(self.engine, StreamEngine)
+            else None
+        )
+        self._batch_lock = asyncio.Lock()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+    async def score(self, shard: str) -> commit.Marker:
+        if self.streamer is not None:
+            return await self.streamer.score_shard(shard)
+        # A batch engine blocks: run it off the actor's event loop, one shard at a time (an
+        # `engine: auto` actor that resolved to transformers may be handed several at once).
+        async with self._batch_lock:
+            return await asyncio.to_thread(process_shard, shard, self.engine, self.store, self.spec)
+
+    async def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "pairs": [], "stats": []}
         for shard in batch["shard"]:
-            marker = process_shard(str(shard), self.engine, self.store, self.spec)
+            marker = await self.score(str(shard))
             out["shard"].append(marker.shard)
             out["pairs"].append(marker.rows)
             out["stats"].append(marker.stats.to_dict())
         return out
+
+
+def shards_per_actor(spec: JobSpec) -> int:
+    """Shards one actor takes at once: ``compute.shards_in_flight`` where the engine may be the
+    stream engine (vLLM; ``auto`` is resolved in the actor), 1 for transformers."""
+    return 1 if spec.model.engine == "transformers" else spec.compute.shards_in_flight
 
 
 def init_ray(spec: JobSpec) -> None:
@@ -121,6 +153,7 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
     total_cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
     threads = spec.compute.torch_threads or max(1, math.ceil(total_cpus - 1e-9))
     workers = min(spec.compute.workers, len(pending))
+    in_flight = shards_per_actor(spec)
     items = [{"shard": s["id"]} for s in pending]
     placement: dict[str, Any] = {}
     if vllm_ray_backend(spec):
@@ -131,7 +164,8 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
         ShardWorker,
         fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=in_flight),
+        max_concurrency=in_flight,
         num_cpus=cpus,
         num_gpus=worker_gpus(spec) or None,
         **placement,

@@ -152,15 +152,29 @@ def worker_name() -> str:
     return name
 
 
-def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
-    """Score one shard and commit it; return its marker (the existing one if already done)."""
+def committed_marker(shard: str, store: Store) -> commit.Marker | None:
+    """The shard's marker if some attempt already committed it."""
     if store.exists(commit.marker_path(shard)):
         return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
-    start = time.perf_counter()
-    pairs = store.read_parquet(commit.pairs_path(shard))
-    judgements = engine.judge(requests_for(pairs, spec))
+    return None
+
+
+def read_pairs(shard: str, store: Store) -> pa.Table:
+    return store.read_parquet(commit.pairs_path(shard))
+
+
+def commit_shard(
+    shard: str,
+    pairs: pa.Table,
+    judgements: list[rank1.Judgement],
+    engine: Rank1Engine,
+    store: Store,
+    spec: JobSpec,
+    seconds: float,
+) -> commit.Marker:
+    """The one commit body: publish scores and traces, verify, create the marker exclusively;
+    return the marker that holds (an earlier attempt's, if one won)."""
     scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
-    seconds = time.perf_counter() - start
     ours = parquet_bytes(scores)
     scores_data = store.publish(commit.scores_path(shard), ours)
     traces_data = store.publish(commit.traces_path(shard), parquet_bytes(traces))
@@ -182,6 +196,22 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
         log.info("%s: already committed by another attempt; discarding this one", shard)
         return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
     return marker
+
+
+def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
+    """Score one shard and commit it; return its marker (the existing one if already done).
+
+    The synchronous unit of work (batch engines; stream engines through their sync adapter).
+    :class:`rank1_batch.executor.stream.ShardStreamer` is its streaming twin: same read, same
+    commit body, pairs judged one request at a time with several shards in flight.
+    """
+    done = committed_marker(shard, store)
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    pairs = read_pairs(shard, store)
+    judgements = engine.judge(requests_for(pairs, spec))
+    return commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
 
 
 def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:

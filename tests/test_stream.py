@@ -1,0 +1,220 @@
+"""The streaming executor: one request per pair, several shards in flight, one commit body.
+
+``SleepyStreamEngine`` is a test double (not an engine users get): a word-level tokenizer and
+deterministic pass-1/forced outputs that take a little time, so many requests overlap. The
+toy-model test runs the real transformers engine behind a stream adapter (also a test double)
+and checks the per-pair protocol gives exactly the batch protocol's judgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pytest
+
+from rank1_batch import commit, rank1
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, StreamEngine
+from rank1_batch.executor.stream import ShardStreamer, default_max_requests, score_shards
+from rank1_batch.pipeline.score import process_shard
+from rank1_batch.spec import spec_from_mapping
+from rank1_batch.storage import Store, parquet_bytes
+
+
+class SleepyStreamEngine(StreamEngine):
+    """Test double: scores from a hash of the prompt; every 4th prompt needs a forced pass."""
+
+    name = "sleepy"
+
+    def __init__(self, max_in_flight: int = 8, fail_on: str | None = None) -> None:
+        self.vocab: dict[str, int] = {}
+        self.words: list[str] = []
+        self.max_in_flight = max_in_flight
+        self.fail_on = fail_on
+        self.running = 0
+        self.peak = 0
+        self.calls: list[str] = []
+        super().__init__(
+            EngineOptions(max_model_len=4096, max_tokens=32, min_reserve=32),
+            model_id="sleepy",
+            model_revision="0",
+        )
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for word in re.findall(r"\s*\S+|\s+", text):
+            if word not in self.vocab:
+                self.vocab[word] = len(self.words)
+                self.words.append(word)
+            out.append(self.vocab[word])
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.words[i] for i in ids)
+
+    def _digest(self, prompt: Sequence[int]) -> int:
+        return int.from_bytes(hashlib.sha256(self.decode(prompt).encode()).digest()[:4], "big")
+
+    async def _work(self, kind: str) -> None:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.calls.append(kind)
+        try:
+            await asyncio.sleep(0.002)
+        finally:
+            self.running -= 1
+
+    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        await self._work("generate")
+        if self.fail_on is not None and self.fail_on in self.decode(prompt):
+            raise RuntimeError("engine died")
+        h = self._digest(prompt)
+        p = (h % 1000 + 1) / 1002
+        top = {self.true_id: math.log(p), self.false_id: math.log(1 - p)}
+        if h % 4 == 0:
+            return Generation("Thinking, unfinished", budget, None, False, "length")
+        return Generation(f"Thinking {h % 7}.", 3, top, True, "stop")
+
+    async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
+        await self._work("answer")
+        p = (self._digest(prompt) % 100 + 1) / 102
+        return {self.true_id: math.log(p), self.false_id: math.log(1 - p)}
+
+
+def _job(tmp_path, n: int, shard_rows: int):  # type: ignore[no-untyped-def]
+    spec = spec_from_mapping(
+        {
+            "input": {"path": "unused.parquet"},
+            "output": {"path": str(tmp_path / "out")},
+            "model": {"name": "sleepy"},
+        }
+    )
+    store = Store(spec.output.path, spec.storage)
+    shards = []
+    for s in range(math.ceil(n / shard_rows)):
+        rows = range(s * shard_rows, min(n, (s + 1) * shard_rows))
+        shard = f"shard-{s:05d}"
+        table = pa.table(
+            {
+                "query_id": [f"q{i // 5}" for i in rows],
+                "doc_id": [f"d{i}" for i in rows],
+                "query": [f"query {i // 5}" for i in rows],
+                "passage": [f"passage number {i}" for i in rows],
+                "title": pa.nulls(len(rows), pa.string()),
+                "instruction": pa.nulls(len(rows), pa.string()),
+            }
+        )
+        store.publish(commit.pairs_path(shard), parquet_bytes(table))
+        shards.append(shard)
+    return spec, store, shards
+
+
+def test_streamed_shards_commit_the_same_rows_as_process_shard(tmp_path) -> None:
+    spec, store, shards = _job(tmp_path / "a", 60, 20)
+    engine = SleepyStreamEngine(max_in_flight=8)
+    streamer = ShardStreamer(engine, store, spec)
+    markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=2))
+    assert [m.shard for m in markers] == shards
+    assert streamer.max_requests == default_max_requests(8) == 9
+    # The cap holds across shards, and it is reached: the engine never runs more than that.
+    assert engine.peak == streamer.peak_in_flight == 9
+    assert {"generate", "answer"} == set(engine.calls)
+
+    ref_spec, ref_store, _ = _job(tmp_path / "b", 60, 20)
+    reference = [process_shard(s, SleepyStreamEngine(), ref_store, ref_spec) for s in shards]
+    for ours, theirs in zip(markers, reference, strict=True):
+        assert ours.rows == theirs.rows == 20
+        assert ours.scores_sha256 == theirs.scores_sha256
+        assert ours.traces_sha256 == theirs.traces_sha256
+        assert ours.stats.to_dict() | {"seconds": 0} == theirs.stats.to_dict() | {"seconds": 0}
+    stats = markers[0].stats
+    assert stats.forced > 0 and stats.complete > 0
+    # A second pass finds every marker and writes nothing.
+    again = asyncio.run(score_shards(streamer, shards, shards_in_flight=3))
+    assert [m.to_dict() for m in again] == [m.to_dict() for m in markers]
+
+
+def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
+    spec, store, shards = _job(tmp_path, 10, 10)
+    engine = SleepyStreamEngine(fail_on="number 7")
+    streamer = ShardStreamer(engine, store, spec, max_requests=3)
+    with pytest.raises(ExceptionGroup):
+        asyncio.run(score_shards(streamer, shards, shards_in_flight=1))
+    assert not store.exists(commit.marker_path(shards[0]))
+    assert engine.peak <= 3
+
+
+def test_caps_must_be_positive(tmp_path) -> None:
+    spec, store, shards = _job(tmp_path, 5, 5)
+    with pytest.raises(ValueError, match="max_requests"):
+        ShardStreamer(SleepyStreamEngine(), store, spec, max_requests=0)
+    streamer = ShardStreamer(SleepyStreamEngine(), store, spec)
+    with pytest.raises(ValueError, match="shards_in_flight"):
+        asyncio.run(score_shards(streamer, shards, shards_in_flight=0))
+
+
+class TransformersStream(StreamEngine):
+    """Test double: the real toy transformers engine behind the stream primitives, one prompt
+    per call (a lock, as the model is not re-entrant)."""
+
+    name = "transformers-stream"
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.lock = threading.Lock()
+        super().__init__(inner.options, model_id="toy", model_revision=inner.model_revision)
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text)  # type: ignore[no-any-return]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.inner.encode_prompt(text)  # type: ignore[no-any-return]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.inner.decode(ids)  # type: ignore[no-any-return]
+
+    def _locked(self, fn, *args):  # type: ignore[no-untyped-def]
+        with self.lock:
+            return fn(*args)
+
+    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        [gen] = await asyncio.to_thread(self._locked, self.inner.generate, [prompt], [budget])
+        return gen  # type: ignore[no-any-return]
+
+    async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
+        [top] = await asyncio.to_thread(self._locked, self.inner.answer, [prompt])
+        return top  # type: ignore[no-any-return]
+
+
+def test_judge_one_is_the_batch_protocol_on_the_toy_model() -> None:
+    pytest.importorskip("torch")
+    import random
+
+    from rank1_batch.engines import make_engine
+    from rank1_batch.toy import data as toy_data
+    from rank1_batch.toy.model import resolve_toy_model
+
+    opts = EngineOptions(max_model_len=256, max_tokens=64, min_reserve=64, batch_size=1)
+    inner = make_engine("transformers", str(resolve_toy_model()), opts, num_threads=1, device="cpu")
+    rng = random.Random(3)
+    examples = [toy_data.make_example(rng, relevant=i % 2 == 0) for i in range(6)]
+    requests = [JudgeRequest(e.query, e.passage) for e in examples]
+    requests.append(JudgeRequest(examples[0].query * 40, "too long a query"))
+    stream = TransformersStream(inner)
+    for budget in (64, 3):  # complete and forced
+        inner.options = stream.options = EngineOptions(
+            max_model_len=256, max_tokens=budget, min_reserve=64, batch_size=1
+        )
+        batch = inner.judge(requests)
+        streamed = stream.judge(requests)  # sync adapter over judge_one
+        assert streamed == batch
+        statuses = {j.status for j in batch}
+        assert rank1.ERROR in statuses
+        assert (rank1.COMPLETE if budget == 64 else rank1.FORCED) in statuses
+    stream.close()
+    inner.close()
