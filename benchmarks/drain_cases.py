@@ -5,17 +5,21 @@ The engine is :class:`sim_engine.SimulatedContinuousBatchingEngine`, a TEST DOUB
 N slots, a step time growing with the batch, lognormal reasoning lengths with a cap. Everything
 around it is the project's real code, on a local Store holding synthetic prepared shards:
 
-- ``old_policy``: ``process_shard`` per shard, one after another, through the stream engine's
-  synchronous adapter: every pass-1 request of the shard submitted and awaited together, then
-  the forced requests of the incomplete ones together, then the commit, then the next shard
-  (what one blocking ``LLM.generate`` per pass per shard does);
+- ``old_policy``: ``process_shard``'s steps with the batch protocol ``Rank1Engine.judge``, shard
+  after shard, through the stream engine's synchronous ``generate``/``answer`` adapters: every
+  pass-1 request of the shard submitted and awaited together, then the forced requests of the
+  incomplete ones together, then the commit, then the next shard (what one blocking
+  ``LLM.generate`` per pass per shard did before the stream engine);
 - ``stream``: ``score_shards(ShardStreamer(engine, store, spec), shards, shards_in_flight)``,
   the scheduling and commit code the Ray actors run, for several ``shards_in_flight``;
 - ``never_draining``: every pair of the job in one queue (``judge_one`` each, no commits), so the
   engine drains once, at the end of the job: the reference the other two are divided by.
 
-Each policy gets a fresh copy of the same prepared shards and a fresh engine. Peak RSS is read
-in a fresh subprocess per shard size (``ru_maxrss``), the stream scoring every shard.
+Each policy gets a fresh copy of the same prepared shards and a fresh engine, on the engine's
+virtual clock (see :mod:`sim_engine`): host work, storage I/O included, costs no engine time,
+which flatters the old policy (its commits between shards are free) and makes the figures
+independent of how busy this machine is. Peak RSS is read in a fresh subprocess per shard size
+(``ru_maxrss``), the stream scoring every shard.
 
     python benchmarks/drain_cases.py            # this case alone, full sizes (JSON on stdout)
     python benchmarks/drain_cases.py --quick
@@ -135,10 +139,20 @@ def fresh_copy(prepared: Path, dest: Path) -> Store:
 def old_policy(
     engine: SimulatedContinuousBatchingEngine, store: Store, spec: JobSpec, shards: list[str]
 ) -> None:
-    from rank1_batch.pipeline.score import process_shard
+    """``process_shard``'s steps with the batch protocol (``Rank1Engine.judge``): pass 1 of the
+    whole shard through one ``generate`` call, the forced pass of its incomplete pairs through
+    one ``answer`` call (each a gather over the stream engine's primitives, awaited whole),
+    then the commit, then the next shard."""
+    from rank1_batch.engines.base import Rank1Engine
+    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_pairs, requests_for
 
     for shard in shards:
-        process_shard(shard, engine, store, spec)
+        if committed_marker(shard, store) is not None:
+            continue
+        start = time.perf_counter()
+        pairs = read_pairs(shard, store)
+        judgements = Rank1Engine.judge(engine, requests_for(pairs, spec))
+        commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
 
 
 async def stream(
@@ -190,6 +204,7 @@ def measure(
     else:
         asyncio.run(never_draining(engine, store, spec, shards))
     run_s = time.perf_counter() - start
+    engine.close()
     result = {**engine.stats.as_dict(), **extra, "run_s": round(run_s, 2)}
     if policy != "never_draining":
         result["committed_shards"] = len(commit.committed_shards(store))
