@@ -60,7 +60,7 @@ class DrainSettings:
 
     shard_sizes: tuple[int, ...] = (500, 2000, 8000)
     total_pairs: int = 24_000
-    shards_in_flight: tuple[int, ...] = (2, 4, 8)
+    shards_in_flight: tuple[int, ...] = (2, 3, 4, 8)
     candidates_per_query: int = 20
     passage_chars: int = 600
     sim: SimParams = field(default_factory=SimParams)
