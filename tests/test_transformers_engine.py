@@ -8,6 +8,7 @@ forced and fallback paths are reached deterministically), and the committed toy 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import random
@@ -35,10 +36,10 @@ from rank1_batch.engines.transformers_engine import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_DIR = ROOT / "rank1_batch" / "toy_model_files"
+TOY_DIR = ROOT / "rank1_batch" / "toy" / "model_files"
 needs_toy = pytest.mark.skipif(
     not (TOY_DIR / "config.json").is_file(),
-    reason="toy model not built yet: rank1_batch/toy_model_files/config.json is missing",
+    reason="toy model not built yet: rank1_batch/toy/model_files/config.json is missing",
 )
 
 # Forced answers are certain on the random model only when the stop string is required: its
@@ -129,15 +130,15 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def random_engine(random_model: Path) -> RecordingEngine:
-    return RecordingEngine(str(random_model), RANDOM_OPTS, num_threads=1)
+    return RecordingEngine(str(random_model), RANDOM_OPTS, num_threads=1, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def toy_engine() -> TransformersEngine:
     if not (TOY_DIR / "config.json").is_file():
-        pytest.skip("toy model not built yet: rank1_batch/toy_model_files/config.json is missing")
+        pytest.skip("toy model not built yet: rank1_batch/toy/model_files/config.json is missing")
     opts = EngineOptions(max_model_len=512, max_tokens=64, min_reserve=64, batch_size=8)
-    return TransformersEngine(str(TOY_DIR), opts, num_threads=1)
+    return TransformersEngine(str(TOY_DIR), opts, num_threads=1, device="cpu")
 
 
 def judge(engine: Rank1Engine, requests: Sequence[JudgeRequest], **opts: object) -> list:
@@ -201,7 +202,7 @@ def test_forced_answer_uses_the_fitted_forced_prompt(random_engine: RecordingEng
 
 
 def test_fallback_when_the_forced_pass_yields_no_answer(random_model: Path) -> None:
-    engine = NoAnswerEngine(str(random_model), RANDOM_OPTS, num_threads=1)
+    engine = NoAnswerEngine(str(random_model), RANDOM_OPTS, num_threads=1, device="cpu")
     [j] = engine.judge([JudgeRequest("bread", "Baking bread in an oven.")])
     assert (j.status, j.score, j.logit) == (rank1.FALLBACK, 0.5, 0.0)
     assert j.reasoning_tokens == RANDOM_OPTS.max_tokens and j.finish_reason == "length"
@@ -303,15 +304,21 @@ def test_model_revision_and_options(random_model: Path, random_engine: Recording
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", torch.device("cpu"))
     engine = make_engine(
-        "transformers", str(random_model), RANDOM_OPTS, revision="abc123", model_id="tiny"
+        "transformers",
+        str(random_model),
+        RANDOM_OPTS,
+        revision="abc123",
+        model_id="tiny",
+        device="cpu",
     )
     assert (engine.model_revision, engine.model_id, engine.name) == (
         "abc123",
         "tiny",
         "transformers",
     )
-    with pytest.raises(RuntimeError, match="vLLM engine"):
-        make_engine("vllm", str(random_model), RANDOM_OPTS)
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(RuntimeError, match="vLLM engine"):
+            make_engine("vllm", str(random_model), RANDOM_OPTS)
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("onnx", str(random_model), RANDOM_OPTS)
 

