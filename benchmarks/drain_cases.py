@@ -65,7 +65,7 @@ class DrainSettings:
     passage_chars: int = 600
     sim: SimParams = field(default_factory=SimParams)
     rss: bool = True
-    rss_shards_in_flight: int = 2
+    rss_shards_in_flight: int | None = None  # None: the job default, compute.shards_in_flight
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sim": self.sim.as_dict()}
@@ -169,7 +169,11 @@ async def stream(
     asyncio.get_running_loop().set_default_executor(inline_executor())
     streamer = ShardStreamer(engine, store, spec)
     await score_shards(streamer, shards, shards_in_flight)
-    return {"max_requests": streamer.max_requests, "peak_requests": streamer.peak_in_flight}
+    return {
+        "max_requests": streamer.max_requests,
+        "peak_requests": streamer.peak_in_flight,
+        "peak_open_shards": streamer.peak_open_shards,
+    }
 
 
 async def never_draining(
@@ -243,13 +247,16 @@ def rss_child(
 
     before = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    asyncio.run(stream(engine, store, spec, shards, shards_in_flight))
+    counts = asyncio.run(stream(engine, store, spec, shards, shards_in_flight))
     peak = peak_rss_bytes()
+    rows = max(s["rows"] for s in store.read_json(commit.MANIFEST)["shards"])
     shutil.rmtree(scratch, ignore_errors=True)
     mib = 1024 * 1024
     return {
         "shards": len(shards),
         "shards_in_flight": shards_in_flight,
+        "peak_open_shards": counts["peak_open_shards"],
+        "peak_pairs_open": counts["peak_open_shards"] * rows,
         "rss_before_scoring_mib": round(before / mib, 1),
         "peak_rss_mib": round(peak / mib, 1),
         "run_s": round(time.perf_counter() - start, 2),
@@ -318,31 +325,38 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
         "settings": settings.as_dict(),
         "pairs": settings.total_pairs,
         "target_stream_over_never_draining": TARGET,
+        "default_shards_in_flight": default_shards_in_flight(),
         "never_draining": ref,
         "sizes": sizes,
     }
     if settings.rss:
-        k = settings.rss_shards_in_flight
+        k = settings.rss_shards_in_flight or default_shards_in_flight()
         rss = {
             str(size): rss_in_subprocess(prepared[size], work / f"drain-rss-{size}", settings, k)
             for size in settings.shard_sizes
         }
         runs = list(rss.values())
-        lo, hi = settings.shard_sizes[0], settings.shard_sizes[-1]
-        held = k * (hi - lo)  # more pairs held (judged, not yet committed) at the largest size
+        # more pairs held (open shards: read, judged or queued, not yet committed)
+        held = runs[-1]["peak_pairs_open"] - runs[0]["peak_pairs_open"]
         result["peak_rss"] = {
             "stream_per_shard_size": rss,
             "growth_smallest_to_largest": round(
                 runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"] - 1, 3
             ),
             "target_growth": 0.10,
-            "kib_per_extra_pair_in_flight": round(
+            "kib_per_extra_pair_open": round(
                 (runs[-1]["peak_rss_mib"] - runs[0]["peak_rss_mib"]) * 1024 / held, 2
             )
             if held
             else None,
         }
     return result
+
+
+def default_shards_in_flight() -> int:
+    from rank1_batch.spec import ComputeSpec
+
+    return ComputeSpec().shards_in_flight
 
 
 def shard_names(prepared: Path) -> list[str]:
