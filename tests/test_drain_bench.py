@@ -104,6 +104,7 @@ def test_drain_case_end_to_end(tmp_path):
     rss = result["peak_rss"]["stream_per_shard_size"]
     assert set(rss) == {"20", "80"}
     assert all(v["peak_rss_mib"] >= v["rss_before_scoring_mib"] > 0 for v in rss.values())
+    assert all(1 <= v["peak_open_shards"] <= v["shards"] for v in rss.values())
     assert isinstance(result["peak_rss"]["growth_smallest_to_largest"], float)
 
 
