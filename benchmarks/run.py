@@ -7,9 +7,10 @@
 Cases (see README "Performance"): 1 pipeline overhead, 2 scaling, 3 resume cost,
 4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 scale (end to end
 with an instant test-double engine at 1M+ pairs: ``--only 8_scale --scale-pairs 1000000
-10000000``). Every case records
-its figures and settings; the document records the machine. Timings use the toy model on
-CPU: they measure the pipeline around the engine, not Rank1's quality or GPU speed.
+10000000``), 9 drain (busy-slot fraction of a simulated continuous-batching engine under the
+old and the streaming policy). Every case records its figures and settings; the document
+records the machine. Timings use the toy model on CPU: they measure the pipeline around the
+engine, not Rank1's quality or GPU speed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as c
 import data_cases
+import drain_cases
 import engine_cases
 import pipeline_cases
 import scale_cases
@@ -43,6 +45,7 @@ SIZES = {
         "engine_queries": 20,
         "repeats": 3,
         "scale_pairs": [100_000, 300_000],
+        "drain": "quick",
     },
     "full": {
         "score_pairs": 20_000,
@@ -53,6 +56,7 @@ SIZES = {
         "engine_queries": 100,
         "repeats": 3,
         "scale_pairs": [1_000_000, 3_000_000],
+        "drain": "full",
     },
 }
 CANDIDATES = 30
@@ -109,6 +113,8 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
         out = Path(one["rank1_batch_run"]["out"])
         guarded(cases, "7_token_economics", lambda: engine_cases.token_economics(out))
     guarded(cases, "8_scale", lambda: scale_cases.scale(work, size["scale_pairs"]))
+    drain = drain_cases.QUICK if size["drain"] == "quick" else drain_cases.FULL
+    guarded(cases, "9_drain", lambda: drain_cases.drain(work, drain))
     return cases
 
 
