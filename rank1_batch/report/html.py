@@ -141,12 +141,17 @@ def job_section(r: Report) -> str:
         ],
         {1, 2},
     )
+    series = info.throughput()
+    # worker i has the timeline lane's colour; the total (when there are several) is grey
+    lane_colors = [plots.PALETTE[i % len(plots.PALETTE)] for i in range(len(series))]
+    colors = ["#444", *lane_colors] if len(series) > 1 else lane_colors
     throughput = plots.lines(
         "throughput",
         "pairs committed over time",
-        info.throughput(),
+        series,
         xlabel="seconds since the first shard started",
         ylabel="pairs committed",
+        colors=colors[: len(series)],
     )
     timeline = plots.timeline("timeline", "shard timeline (start → commit, per worker)", bars)
     workers = sorted({m.worker for m in info.markers})

@@ -155,6 +155,7 @@ def lines(
     xlabel: str,
     ylabel: str,
     step: bool = True,
+    colors: Sequence[str] | None = None,
 ) -> str:
     """One polyline per (label, xs, ys) series, with a legend; ``step`` draws a staircase."""
     points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys, strict=True)]
@@ -168,7 +169,7 @@ def lines(
     )
     body = frame.axes(xlabel, ylabel)
     for i, (label, xs, ys) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
+        color = colors[i] if colors is not None else PALETTE[i % len(PALETTE)]
         coords: list[str] = []
         prev_y = 0.0
         for x, y in zip(xs, ys, strict=True):

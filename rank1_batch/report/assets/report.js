@@ -111,7 +111,8 @@
       (c.tr ? " · passage truncated to fit" : "");
     td.appendChild(el("div", { "class": "note" }, meta));
     td.appendChild(el("h4", null, "Reasoning trace"));
-    var text = c.t === null || c.t === undefined ? "(no trace)" : (c.t || "(empty trace)");
+    // Rank1 traces start with the newline after <think>: shown trimmed, kept whole in the data.
+    var text = c.t === null || c.t === undefined ? "(no trace)" : (c.t.trim() || "(empty trace)");
     td.appendChild(el("div", { "class": "trace", "data-doc-id": c.d }, text));
     if (c.tc) td.appendChild(el("div", { "class": "note" }, "trace cut: first " + c.t.length + " of " + c.tc + " characters"));
     td.appendChild(el("h4", null, "Passage"));
