@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow.compute as pc
 import pytest
@@ -28,6 +30,17 @@ from rank1_batch.results import read_results, read_traces
 from rank1_batch.storage import Store
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
+
+
+@pytest.fixture(scope="session")
+def demo_out(request: pytest.FixtureRequest) -> Path:
+    """The demo job's output: conftest's session run, or an existing finished demo output
+    named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
+    given = os.environ.get("RANK1_REPORT_DEMO_OUT")
+    if given:
+        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
+        return Path(given)
+    return Path(request.getfixturevalue("demo_reference"))
 
 
 @pytest.fixture(scope="session")
@@ -71,17 +84,17 @@ def test_expected_calibration_error_by_hand():
 
 
 @pytest.mark.ray
-def test_demo_report_agrees_with_eval_labels_and_markers(demo_reference: Path, tmp_path: Path):
+def test_demo_report_agrees_with_eval_labels_and_markers(demo_out: Path, tmp_path: Path):
     out = tmp_path / "demo.html"
-    proc = run_cli("report", str(demo_reference), "--qrels", str(QRELS), "--out", str(out))
+    proc = run_cli("report", str(demo_out), "--qrels", str(QRELS), "--out", str(out))
     summary = json.loads(proc.stdout)
-    success = json.loads((demo_reference / commit.SUCCESS).read_text())
+    success = json.loads((demo_out / commit.SUCCESS).read_text())
     assert summary["report"] == str(out) and summary["bytes"] == out.stat().st_size
     assert summary["pairs"] == success["scored"]
     assert {k: v for k, v in success["statuses"].items() if v} == summary["statuses"]
     assert summary["explorer_queries"] == 25 and "a sample of 25 of 100" in summary["selection"]
 
-    store = Store(str(demo_reference))
+    store = Store(str(demo_out))
     report = collect(store, qrels=str(QRELS))
     results = read_results(store)
     runs = {"first_stage": first_stage_run(results.table), "reranked": reranked_run(results.table)}
@@ -106,8 +119,8 @@ def test_demo_report_agrees_with_eval_labels_and_markers(demo_reference: Path, t
 
 
 @pytest.mark.ray
-def test_explorer_selection_and_limits(demo_reference: Path, tmp_path: Path):
-    store = Store(str(demo_reference))
+def test_explorer_selection_and_limits(demo_out: Path, tmp_path: Path):
+    store = Store(str(demo_out))
     named = collect(store, queries=["q0042", "q0007"], limits=Limits(max_candidates=5))
     assert [q["id"] for q in named.explorer.queries] == ["q0042", "q0007"]
     q42 = named.explorer.queries[0]
@@ -129,9 +142,9 @@ def test_explorer_selection_and_limits(demo_reference: Path, tmp_path: Path):
     again = [q["id"] for q in collect(store, limits=Limits(sample=10)).explorer.queries]
     assert len(again) == 10 and set(ids) <= set(again)  # the same sample, all of it
 
-    bad = run_cli("report", str(demo_reference), "--queries", "q0001,nope", check=False)
+    bad = run_cli("report", str(demo_out), "--queries", "q0001,nope", check=False)
     assert bad.returncode == 2 and "'nope'" in bad.stderr
-    assert not (demo_reference / "exports" / "report.html").exists()
+    assert not (demo_out / "exports" / "report.html").exists()
 
 
 # -- every status -----------------------------------------------------------------------------
@@ -151,6 +164,11 @@ def test_output_with_every_status_is_reported_correctly(messy: tuple[Path, Path]
         row = rf'<span class="st st-{status}">{status}</span></td><td class="n">{n}</td>'
         assert re.search(row + rf'<td class="n">{re.escape(share)}</td>', page), status
     assert "prompt_too_long" in page and "null_doc_id" in page
+    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
+    assert len(svgs) >= 12
+    for svg in svgs:  # well-formed XML, each with a size
+        root = ElementTree.fromstring(svg)
+        assert float(root.get("width", 0)) > 0 and float(root.get("height", 0)) > 0
 
     report = collect(Store(str(out)), qrels=str(qrels), limits=Limits(sample=100))
     cands = {(q["id"], c["d"]): c for q in report.explorer.queries for c in q["c"]}
