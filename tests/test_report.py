@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree
@@ -187,3 +188,21 @@ def test_output_with_every_status_is_reported_correctly(messy: tuple[Path, Path]
     assert report.scan.truncated == 1
     # an error row's query (q9999) has no qrels; it is not in the reliability diagram
     assert report.scan.reliability.total == truth["complete"] + truth["forced"]
+
+
+def test_partial_output_reads_only_committed_shards(messy: tuple[Path, Path], tmp_path: Path):
+    """A job still running: no _SUCCESS.json, one marker missing while its scores file is on
+    disk (an attempt killed before it committed). The report reads what markers name."""
+    out = tmp_path / "partial"
+    shutil.copytree(messy[0], out, ignore=shutil.ignore_patterns("exports"))
+    (out / commit.SUCCESS).unlink()
+    (out / commit.marker_path("shard-00001")).unlink()
+    assert (out / commit.scores_path("shard-00001")).exists()
+    summary = json.loads(run_cli("report", str(out)).stdout)
+    marker = json.loads((messy[0] / commit.marker_path("shard-00000")).read_text())
+    assert summary["pairs"] == marker["rows"] == marker["stats"]["pairs"]
+    assert summary["statuses"].get("error", 0) == marker["stats"]["error"] == 0
+    page = (out / "exports" / "report.html").read_text()
+    assert "in progress (no _SUCCESS.json)" in page and "1/2" in page
+    assert "q9999" not in page  # its shard is not committed
+    assert "No qrels given" in page
