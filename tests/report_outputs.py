@@ -63,6 +63,16 @@ def _rows(qids: list[str], coll: Any, order: int) -> list[dict[str, Any]]:
     ]
 
 
+_BUILT: list[tuple[Path, Path]] = []
+
+
+def messy_output(tmp_path_factory: Any) -> tuple[Path, Path]:
+    """The messy folder, built once per test session (both report test files read it)."""
+    if not _BUILT:
+        _BUILT.append(build_messy_output(tmp_path_factory.mktemp("messy")))
+    return _BUILT[0]
+
+
 def build_messy_output(root: Path) -> tuple[Path, Path]:
     """Write the folder under ``root``; return (output folder, qrels file)."""
     coll = make_ir_collection(11, 6, 6)

@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 import pyarrow.compute as pc
 import pytest
 from conftest import ROOT, run_cli
-from report_outputs import build_messy_output
+from report_outputs import messy_output
 
 from rank1_batch import commit
 from rank1_batch.evaluate import evaluate_runs, first_stage_run, load_qrels, reranked_run
@@ -46,7 +46,7 @@ def demo_out(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def messy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return build_messy_output(tmp_path_factory.mktemp("messy"))
+    return messy_output(tmp_path_factory)
 
 
 # -- pure figures -----------------------------------------------------------------------------

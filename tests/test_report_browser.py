@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pytest
 from conftest import ROOT, run_cli
-from report_outputs import build_messy_output
+from report_outputs import messy_output
 
 from rank1_batch import commit
 from rank1_batch.results import read_traces
@@ -168,8 +168,8 @@ def test_demo_report_in_chromium(browser: Any, demo_out: Path, tmp_path: Path) -
 
 
 def test_every_status_in_chromium(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
-    out, qrels = build_messy_output(tmp_path_factory.mktemp("messy-browser"))
-    html = out / "report.html"
+    out, qrels = messy_output(tmp_path_factory)
+    html = tmp_path_factory.mktemp("messy-page") / "report.html"
     run_cli("report", str(out), "--qrels", str(qrels), "--out", str(html))
     view = Page(browser, html)
     page, data = view.page, view.data()

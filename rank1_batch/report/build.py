@@ -52,7 +52,7 @@ def collect(
     selection = Selection(queries, limits.sample)
     for marker in info.markers:
         table = read_shard(store, marker.shard)
-        scan.add_shard(marker.shard, table)
+        scan.add_shard(table)
         selection.offer(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
     chosen = selection.chosen()
     ex = build_explorer(store, chosen, limits, judged, metrics)

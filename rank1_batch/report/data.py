@@ -181,7 +181,7 @@ class Scan:
             self.score_hist[s] = Histogram(linear_edges(0, 1, 20))
             self.reasoning_hist[s] = Histogram(linear_edges(0, max(self.reasoning_budget, 1), 32))
 
-    def add_shard(self, shard: str, table: pa.Table) -> None:
+    def add_shard(self, table: pa.Table) -> None:
         self.pairs += table.num_rows
         for name in PROVENANCE:
             values = pc.unique(table.column(name)).to_pylist()
