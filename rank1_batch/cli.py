@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from rank1_batch import __version__
 from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
 from rank1_batch.cli_results import add_parsers as add_io_parsers
+from rank1_batch.report.cli import add_parser as add_report_parser
+from rank1_batch.report.cli import cmd_report
 
 EPILOG = """examples:
   rank1-batch run jobs/demo.yaml
@@ -19,6 +21,7 @@ EPILOG = """examples:
   rank1-batch status out/demo
   rank1-batch eval out/demo --qrels jobs/data/demo.qrels
   rank1-batch export out/demo --format trec
+  rank1-batch report out/demo --qrels jobs/data/demo.qrels
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -80,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cluster_parsers(sub)
     add_io_parsers(sub)
+    add_report_parser(sub)
 
     toy = sub.add_parser(
         "toy-model",
@@ -243,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
     commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
     commands.update(IO_COMMANDS)
+    commands["report"] = cmd_report
     try:
         return commands[args.command](args)
     except (

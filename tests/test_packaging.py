@@ -55,7 +55,9 @@ def test_every_imported_package_is_declared():
 
 def _setup_commands() -> list[str]:
     section = README.split("## Set-up", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(python3 -m venv .*?)\n```", section)
+    # A block whose command line starts a venv; lines before it (the test set-up's Chromium
+    # install) belong to the command.
+    return re.findall(r"```bash\n((?:[^\n`]*\n)*?python3 -m venv [^\n]*)\n```", section)
 
 
 def test_the_demo_set_up_installs_what_eval_needs():
