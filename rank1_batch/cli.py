@@ -11,13 +11,17 @@ from collections.abc import Sequence
 from rank1_batch import __version__
 from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
 from rank1_batch.cli_results import add_parsers as add_io_parsers
+from rank1_batch.report.cli import add_parser as add_report_parser
+from rank1_batch.report.cli import cmd_report
 
 EPILOG = """examples:
   rank1-batch run jobs/demo.yaml
   rank1-batch run jobs/demo.yaml --output out/demo2 --set compute.workers=2
+  rank1-batch run jobs/demo.yaml --join     (a second machine scoring the same output)
   rank1-batch status out/demo
   rank1-batch eval out/demo --qrels jobs/data/demo.qrels
   rank1-batch export out/demo --format trec
+  rank1-batch report out/demo --qrels jobs/data/demo.qrels
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -51,6 +55,20 @@ def _parser() -> argparse.ArgumentParser:
         help="override a job field (repeatable), e.g. --set compute.workers=2",
     )
     run.add_argument("--output", metavar="URI", help="override output.path")
+    run.add_argument("--json", action="store_true", help="print _SUCCESS.json, not a summary")
+    busy = run.add_mutually_exclusive_group()
+    busy.add_argument(
+        "--join",
+        action="store_true",
+        help="when another live run holds the output: score alongside it (from the other "
+        "end of the pending shards) instead of refusing",
+    )
+    busy.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the output's run lease even if its holder looks alive (it is dead on "
+        "another machine); by default a dead holder is detected and replaced on its own",
+    )
 
     st = sub.add_parser("status", help="progress of a job, read from its output folder")
     st.add_argument("output", help="output folder (local path or URI)")
@@ -65,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cluster_parsers(sub)
     add_io_parsers(sub)
+    add_report_parser(sub)
 
     toy = sub.add_parser(
         "toy-model",
@@ -173,12 +192,23 @@ def _cluster_command(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from rank1_batch.console import format_summary
+    from rank1_batch.inputs import InputError
     from rank1_batch.pipeline.run import run
     from rank1_batch.spec import load_job
 
     spec = load_job(args.job, overrides=args.overrides, output=args.output)
-    result = run(spec)
-    print(json.dumps({k: v for k, v in result.items() if k != "commits"}, indent=2))
+    args.interrupted_hint = (
+        f"{spec.output.path} is safe: committed shards are kept, and the same command resumes"
+    )
+    try:
+        result = run(spec, join=args.join, take_over=args.take_over, quiet=args.quiet)
+    except InputError as exc:
+        raise InputError(f"{args.job}: {exc}") from None
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "commits"}, indent=2))
+    else:
+        print(format_summary(result, spec.output.path, spec.input.model_dump()))
     return 0
 
 
@@ -210,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rank1_batch.commit import FingerprintMismatch
     from rank1_batch.executor.attempts import EXIT_QUARANTINED, ShardQuarantined
     from rank1_batch.inputs import InputError
+    from rank1_batch.lease import OutputBusy
     from rank1_batch.results import ResultsError
     from rank1_batch.spec import JobError
     from rank1_batch.storage import StorageError
@@ -217,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
     commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
     commands.update(IO_COMMANDS)
+    commands["report"] = cmd_report
     try:
         return commands[args.command](args)
     except (
@@ -226,12 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         StorageError,
         ResultsError,
+        OutputBusy,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
     except ShardQuarantined as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return EXIT_QUARANTINED
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupted_hint", None)
+        print("\nrank1-batch: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

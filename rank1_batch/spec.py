@@ -65,6 +65,8 @@ class InputSpec(_Section):
 
     path: str
     format: Literal["pairs", "candidates", "trec", "json-run", "hf"] = "pairs"
+    # pairs/candidates files: Parquet, CSV, TSV or JSON Lines; auto = from the extension
+    file_type: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
     columns: Columns = Columns()
     candidates_column: str = "candidates"
     queries: str | None = None
@@ -72,6 +74,11 @@ class InputSpec(_Section):
     top_k: int | None = Field(default=None, ge=1)
     split: str = "train"
     hf_config: str | None = None
+    # Is every query's rows contiguous in the input? true: cut shards in one pass (refused,
+    # naming the query, if not); false: shuffle by query; auto: scan the query ids and choose.
+    # Not in the fingerprint: it changes the shard plan, not a pair's score, and prepare
+    # records the plan it chose (pairs/_plan.json) so a resumed prepare keeps it.
+    grouped: Literal["auto"] | bool = "auto"
 
 
 class OutputSpec(_Section):
@@ -179,7 +186,7 @@ class ComputeSpec(_Section):
     torch_threads: int | None = Field(default=None, ge=1)
     # Stream engine (vLLM): shards each actor scores at once, and the cap on requests in
     # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
-    shards_in_flight: int = Field(default=2, ge=1)
+    shards_in_flight: int = Field(default=8, ge=1)
     requests_in_flight: int | None = Field(default=None, ge=1)
     # Failures (README "Failures"): attempts per shard before it is quarantined, what then
     # (end the job, or commit its pairs as error rows), a time limit per shard attempt
@@ -308,10 +315,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
+def _format_errors(source: str, exc: ValidationError, overrides: Iterable[str] = ()) -> str:
+    """One line per error, naming the job file, or the ``--set`` argument that set the field."""
+    by_field = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = source
+        for name, item in by_field.items():
+            if field == name or field.startswith(name + "."):
+                where = f"--set {item}"
         msg = err["msg"]
         if not err["loc"] and err["type"] == "value_error":
             # Whole-job checks (path safety) name their own field in the message.
@@ -322,7 +335,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required field is missing"
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
-        lines.append(f"{source}: {field}: {msg}{got}")
+        lines.append(f"{where}: {field}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -331,11 +344,12 @@ def spec_from_mapping(
 ) -> JobSpec:
     if not isinstance(raw, Mapping):
         raise JobError(f"{source}: a job file must be a mapping of sections")
+    overrides = list(overrides)
     data = apply_overrides(dict(raw), overrides)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise JobError(_format_errors(source, exc)) from None
+        raise JobError(_format_errors(source, exc, overrides)) from None
 
 
 def load_job(

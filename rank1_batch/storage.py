@@ -20,6 +20,8 @@ then read what is there, which is what they wrote, so that is safe.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -240,13 +242,19 @@ class Store:
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
     # -- writes -------------------------------------------------------------------------------
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Replace ``rel`` with ``data``; readers see the old or the new content, never a part."""
+    def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace ``rel`` with ``data``; readers see the old or the new content, never a part.
+
+        ``durable=False`` (local only) skips the fsyncs: the file is still whole or absent
+        for any reader and after a killed process, and :meth:`sync` makes a batch of such
+        files durable at once, before the record that points at them is written.
+        """
         if self.local:
             final = self.path(rel)
-            tmp = self._local_temp(final, data)
+            tmp = self._local_temp(final, data, fsync=durable)
             os.replace(tmp, final)
-            _fsync_dir(os.path.dirname(final))
+            if durable:
+                _fsync_dir(os.path.dirname(final))
         else:
             self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
 
@@ -339,21 +347,34 @@ class Store:
             return data
         return self.read_bytes(rel)
 
-    def _local_temp(self, final: str, data: bytes) -> str:
+    def sync(self) -> None:
+        """Flush what :meth:`write_atomic` wrote with ``durable=False`` (one syncfs, local)."""
+        if self.local:
+            _syncfs(self.root)
+
+    def _local_temp(self, final: str, data: bytes, fsync: bool = True) -> str:
         directory = os.path.dirname(final)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(final)}.", suffix=f".{uuid.uuid4().hex[:8]}"
         )
         try:
+            # mkstemp creates 0600; a published file gets what an ordinary open() would give.
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    os.fsync(fh.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
         return tmp
+
+    def delete(self, rel: str) -> None:
+        """Remove ``rel`` if it exists (leases only: data files are never deleted)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call(f"deleting {rel}", lambda: self.fs.rm_file(self.path(rel)))
 
     def remove_temp_leftovers(self, rel_dir: str) -> int:
         """Delete ``.name.xxxx`` temp files that killed attempts left in a local folder."""
@@ -369,6 +390,41 @@ class Store:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the set-and-restore fallback
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)  # the C library this process already links
+
+
+def _syncfs(path: str) -> None:
+    """syncfs(2) on the filesystem holding ``path`` (Linux); sync(2) elsewhere."""
+    libc = _libc()
+    if not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:
