@@ -59,6 +59,7 @@ class ShardStats:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     seconds: float = 0.0
+    reused: int = 0  # rows copied from an earlier output (rank1_batch.reuse), not judged
 
     def __add__(self, other: ShardStats) -> ShardStats:
         return ShardStats(

@@ -26,6 +26,7 @@ def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, A
     success = {
         "input_rows": manifest["input_rows"],
         "scored": total.pairs,
+        "reused": total.reused,
         "rejected": manifest["rejected"],
         "duplicates": manifest["duplicates"],
         "statuses": {s: getattr(total, s) for s in ("complete", "forced", "fallback", "error")},

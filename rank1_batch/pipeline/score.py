@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rank1_batch import commit, rank1
+from rank1_batch import commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
@@ -158,15 +158,23 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
         return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
     start = time.perf_counter()
     pairs = store.read_parquet(commit.pairs_path(shard))
-    judgements = engine.judge(requests_for(pairs, spec))
-    scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
+    # Reuse (rank1_batch.reuse): copy rows matched in earlier outputs, judge only the rest.
+    reused = reuse.read_reused(store, shard, spec)
+    to_judge, copied = reuse.split_reused(pairs, reused, engine.model_revision)
+    judgements = engine.judge(requests_for(to_judge, spec))
+    scores, traces = build_tables(to_judge, judgements, engine, spec.prompt_id)
+    if spec.reuse:
+        scores, traces = reuse.merge_results(
+            pairs, scores, traces, copied, model=engine.model_id,
+            model_revision=engine.model_revision, prompt_id=spec.prompt_id,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     ours = parquet_bytes(scores)
     scores_data = store.publish(commit.scores_path(shard), ours)
     traces_data = store.publish(commit.traces_path(shard), parquet_bytes(traces))
     _verify(scores_data, pairs.num_rows, commit.scores_path(shard))
     _verify(traces_data, pairs.num_rows, commit.traces_path(shard))
-    stats = stats_of(judgements, seconds)
+    stats = stats_of(judgements, seconds) + reuse.copied_stats(copied)
     if scores_data is not ours:
         # An earlier (killed) attempt published this shard's scores: describe those, not ours.
         stats = _stats_from_scores(pq.read_table(io.BytesIO(scores_data)), seconds)
@@ -192,4 +200,5 @@ def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:
     stats.truncated = int(pc.sum(pc.cast(table.column("truncated"), pa.int64())).as_py() or 0)
     stats.prompt_tokens = int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
     stats.reasoning_tokens = int(pc.sum(table.column("reasoning_tokens")).as_py() or 0)
+    stats.reused = reuse.reused_count(table)
     return stats
