@@ -219,6 +219,13 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         return _finish(report, checks)
     tokens = plan_work.token_stats(scored_spec, work.sample, tokenizer)
     report["prompts"] = tokens
+    share = 0.0
+    if report["reuse"]:
+        from rank1_batch.reuse import sample_matches
+
+        found = sample_matches(scored_spec, work.sample)
+        share = found["share"]
+        report["reuse_estimate"] = {**found, "pairs": round(share * work.pairs)}
     reasoning: dict[str, Any]
     if options.reasoning_mean is not None:
         reasoning = {
@@ -241,7 +248,7 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         reasoning.update(mean=float(spec.reasoning.max_tokens), p95=spec.reasoning.max_tokens)
         forced = 0.0
     report["reasoning"] = reasoning
-    pairs = work.pairs
+    pairs = round(work.pairs * (1 - share))  # pairs to judge: reused ones cost nothing
     prompt_mean = tokens["prompt_tokens"].get("mean", 0.0)
     load = throughput.Work(
         pairs=pairs,
@@ -249,6 +256,7 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         generated_tokens=(float(reasoning["mean"]) + 1 + forced) * pairs,
     )
     report["tokens"] = {
+        "pairs_to_judge": pairs,
         "prompt_tokens": round(load.prompt_tokens),
         "reasoning_tokens": round(float(reasoning["mean"]) * pairs),
         "generated_tokens": round(load.generated_tokens),
@@ -308,6 +316,12 @@ def format_plan(r: dict[str, Any]) -> str:
             f"{100 * p['truncated_share']:.1f}% (~{p['truncated_share'] * w['pairs']:,.0f} "
             f"pairs), too long {100 * p['prompt_too_long_share']:.1f}%"
         )
+    ru = r.get("reuse_estimate")
+    if ru:
+        lines.append(
+            f"reuse    {ru['matched']}/{ru['sampled']} sampled pairs found in earlier outputs: "
+            f"~{ru['pairs']:,} pairs copied, not judged"
+        )
     rs = r.get("reasoning")
     if rs:
         lines.append(
@@ -324,7 +338,7 @@ def format_plan(r: dict[str, Any]) -> str:
     if tk:
         lines.append(
             f"tokens   {tk['prompt_tokens']:,} prompt + {tk['generated_tokens']:,} generated "
-            "(whole job)"
+            f"for the {tk['pairs_to_judge']:,} pairs to judge"
         )
     est = r.get("estimate")
     if est:

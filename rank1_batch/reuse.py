@@ -366,3 +366,24 @@ def reused_count(scores: pa.Table) -> int:
     if "reused_from" not in scores.column_names:
         return 0
     return int(pc.sum(pc.is_valid(scores.column("reused_from")).cast(pa.int64())).as_py() or 0)
+
+
+def sample_matches(spec: JobSpec, sample: pa.Table) -> dict[str, Any]:
+    """For ``plan``: how many of a sample of the job's pairs the ``reuse:`` sources hold.
+
+    Streams the sources' committed pairs one shard at a time (memory: the sample's keys).
+    """
+    wanted = set(keys_for(sample, spec))
+    found: set[str] = set()
+    available = 0
+    for uri, shards in usable_sources(spec):
+        src, src_spec = Store(uri, spec.storage), _source_spec(uri, spec.storage)
+        for shard in shards:
+            ids = ["query_id", "doc_id"]
+            scores = src.read_parquet(commit.scores_path(shard)).select([*ids, "status"])
+            rows = src.read_parquet(commit.pairs_path(shard)).join(scores, ids)
+            rows = rows.filter(pc.field("status") != "error")
+            available += rows.num_rows
+            found |= wanted.intersection(keys_for(rows, src_spec))
+    share = len(found) / len(wanted) if wanted else 0.0
+    return {"sampled": len(wanted), "matched": len(found), "share": share, "available": available}

@@ -232,3 +232,13 @@ def test_demo_plan_matches_the_run_and_sees_changes(tmp_path, demo_reference, ca
     assert rc == 1
     assert "job.reasoning.max_tokens: 64 -> 32" in capsys.readouterr().err
     assert report["resume"]["state"] == "refused"
+    # With the finished demo as a reuse source, a new output would judge nothing.
+    rc, report = plan_cli(
+        tmp_path, str(DEMO), "--output", str(tmp_path / "new"), "--sample", "0",
+        "--reasoning-mean", "20", "--set", f"reuse=['{demo_reference}']", *CPU,
+    )  # fmt: skip
+    assert rc == 0, report["would_fail"]
+    assert report["reuse_estimate"]["share"] == 1.0
+    assert report["reuse_estimate"]["available"] == 3000
+    assert report["tokens"]["pairs_to_judge"] == 0
+    assert "~3,000 pairs copied" in capsys.readouterr().out

@@ -183,6 +183,29 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
     assert same is shard and none.num_rows == 0
 
 
+def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
+    def row(**kw: object) -> dict:
+        return {**{f.name: None for f in reuse.JOIN_SCHEMA}, **kw}
+
+    t = pa.Table.from_pylist(
+        [
+            row(key="k1", bucket=0, side="target", shard="s1", query_id="q", doc_id="d1"),
+            row(key="k2", bucket=0, side="target", shard="s1", query_id="q", doc_id="d2"),
+            row(key="k1", bucket=0, side="source", priority=(1 << 32), score=0.1,
+                reasoning="second source", reused_from="B"),
+            row(key="k1", bucket=0, side="source", priority=3, score=0.9,
+                reasoning="first source", reused_from="A"),
+            row(key="k3", bucket=0, side="source", priority=0, score=0.5, reused_from="A"),
+        ],
+        schema=reuse.JOIN_SCHEMA,
+    )  # fmt: skip
+    out = reuse.join_bucket(t).to_pylist()
+    assert [(r["doc_id"], r["score"], r["reasoning"], r["reused_from"]) for r in out] == [
+        ("d1", 0.9, "first source", "A")
+    ]
+    assert reuse.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
+
+
 # -- end to end -----------------------------------------------------------------------------
 COPIED = ["score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated"]
 
