@@ -302,6 +302,10 @@ def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_r
     from rank1_batch.status import read_status
 
     assert read_status(store)["pairs_reused"] == 3000
+    # Readers (exports, eval) take a reuse job's output like any other.
+    from rank1_batch.results import read_results
+
+    assert read_results(store, require_complete=True).table.num_rows == 4500
 
 
 @pytest.mark.ray
