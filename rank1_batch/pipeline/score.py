@@ -161,7 +161,8 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
     # Reuse (rank1_batch.reuse): copy rows matched in earlier outputs, judge only the rest.
     reused = reuse.read_reused(store, shard, spec)
     to_judge, copied = reuse.split_reused(pairs, reused, engine.model_revision)
-    judgements = engine.judge(requests_for(to_judge, spec))
+    # A shard copied whole from earlier outputs never reaches the engine.
+    judgements = engine.judge(requests_for(to_judge, spec)) if to_judge.num_rows else []
     scores, traces = build_tables(to_judge, judgements, engine, spec.prompt_id)
     if spec.reuse:
         scores, traces = reuse.merge_results(
