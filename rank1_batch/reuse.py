@@ -214,6 +214,8 @@ def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:
     out = []
     for uri in spec.reuse:
         src = Store(uri, spec.storage)
+        if not src.exists(commit.JOB_FILE):
+            raise FileNotFoundError(f"reuse: {uri}: no job.json; not a rank1-batch output folder")
         theirs = key_settings(_source_spec(uri, spec.storage))
         if theirs != ours:
             diff = sorted(

@@ -119,6 +119,12 @@ def test_reuse_is_not_in_the_fingerprint():
     assert ra["fingerprint"] == rb["fingerprint"]
 
 
+def test_a_reuse_source_that_is_no_output_is_named(tmp_path):
+    spec = spec_from_mapping(demo_mapping(reuse=[str(tmp_path / "nothing")]))
+    with pytest.raises(FileNotFoundError, match=r"reuse: .*nothing: no job\.json"):
+        reuse.usable_sources(spec)
+
+
 def test_reuse_may_not_name_the_job_own_output():
     from rank1_batch.spec import JobError
 
