@@ -51,6 +51,7 @@ def read_status(store: Store) -> dict[str, Any]:
         shards_committed=len(markers),
         pairs_total=total_pairs,
         pairs_scored=stats.pairs,
+        pairs_reused=stats.reused,
         rejected=manifest["rejected"],
         duplicates=manifest["duplicates"],
         statuses={s: getattr(stats, s) for s in ("complete", "forced", "fallback", "error")},
@@ -109,7 +110,8 @@ def format_status(s: dict[str, Any]) -> str:
         lines += [
             f"shards   {s['shards_committed']}/{s['shards_total']} committed",
             f"pairs    {s['pairs_scored']}/{s['pairs_total']} scored ({pct:.1f}%), "
-            f"{s['rejected']} rejected, {s['duplicates']} duplicates",
+            f"{s['rejected']} rejected, {s['duplicates']} duplicates"
+            + (f"; {s['pairs_reused']} copied from earlier outputs" if s["pairs_reused"] else ""),
             "statuses "
             + ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
             + f"; truncated {s['truncated']}",
