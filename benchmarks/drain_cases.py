@@ -146,15 +146,15 @@ def old_policy(
     one ``answer`` call (each a gather over the stream engine's primitives, awaited whole),
     then the commit, then the next shard."""
     from rank1_batch.engines.base import Rank1Engine
-    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_pairs, requests_for
+    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
 
     for shard in shards:
         if committed_marker(shard, store) is not None:
             continue
         start = time.perf_counter()
-        pairs = read_pairs(shard, store)
-        judgements = Rank1Engine.judge(engine, requests_for(pairs, spec))
-        commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
+        work = read_work(shard, store, spec, engine)
+        judgements = Rank1Engine.judge(engine, requests_for(work.to_judge, spec))
+        commit_shard(shard, work, judgements, engine, store, spec, time.perf_counter() - start)
 
 
 async def stream(

@@ -91,6 +91,7 @@ class ShardStats:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     seconds: float = 0.0
+    reused: int = 0  # rows copied from an earlier output (rank1_batch.reuse), not judged
 
     def __add__(self, other: ShardStats) -> ShardStats:
         return ShardStats(*(getattr(self, k) + getattr(other, k) for k in _STAT_NAMES))

@@ -94,6 +94,8 @@ def read_shard(store: Store, shard: str) -> pa.Table:
         and scores.column("doc_id").equals(pairs.column("doc_id"))
     ):
         raise ResultsError(f"{store.uri}: {shard}: scores do not match its pairs file")
+    if "reused_from" in scores.column_names:  # jobs with reuse: (rank1_batch.reuse)
+        scores = scores.drop_columns(["reused_from"])
     for name in PAIR_COLUMNS:
         scores = scores.append_column(name, pairs.column(name))
     return scores.cast(RESULTS_SCHEMA)

@@ -215,6 +215,10 @@ class JobSpec(_Section):
     reasoning: ReasoningSpec = ReasoningSpec()
     compute: ComputeSpec = ComputeSpec()
     storage: StorageSpec = StorageSpec()
+    # Earlier output folders whose committed results are copied for pairs with the same result
+    # key (rank1_batch.reuse). Not in the fingerprint: a reused row is the result these
+    # settings give, so adding or dropping sources never changes what a resume may keep.
+    reuse: list[str] = Field(default_factory=list)
 
     @field_validator("compute")
     @classmethod
@@ -237,6 +241,10 @@ class JobSpec(_Section):
         for name, value in self.input:
             if isinstance(value, str) and (name == "path" or name.endswith("_path")):
                 check_uri(value, f"input.{name}", output=False, allow_unsafe=allow)
+        for i, uri in enumerate(self.reuse):
+            check_uri(uri, f"reuse[{i}]", output=False, allow_unsafe=allow)
+            if uri.rstrip("/") == self.output.path.rstrip("/"):
+                raise ValueError(f"reuse[{i}]: {uri!r} is this job's own output")
         return self
 
     def result_settings(self) -> dict[str, Any]:

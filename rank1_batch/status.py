@@ -51,6 +51,7 @@ def read_status(store: Store) -> dict[str, Any]:
         shards_committed=len(markers),
         pairs_total=total_pairs,
         pairs_scored=stats.pairs,
+        pairs_reused=stats.reused,
         rejected=manifest["rejected"],
         duplicates=manifest["duplicates"],
         statuses={s: getattr(stats, s) for s in ("complete", "forced", "fallback", "error")},
@@ -72,21 +73,17 @@ def eta_seconds(
 ) -> float | None:
     """Time left at the rate of the *current* attempt (never across a downtime).
 
-    Only commits made since the live run started count: with two or more, first to last
-    commit (the first marks when scoring was flowing); with one, the run's start to it.
-    No live run (stopped, killed): None.
+    Only commits made since the live run started count, first to last (the first marks when
+    scoring was flowing: prepare and model loading stay out of the rate); fewer than two, or
+    no live run (stopped, killed): None.
     """
     if holder is None:
         return None
     times = sorted(m.committed_at for m in markers if m.committed_at >= holder.started)
-    if not times:
+    if len(times) < 2 or times[-1] <= times[0]:
         return None
-    if len(times) >= 2 and times[-1] > times[0]:
-        rows = sum(m.rows for m in markers if m.committed_at > times[0])
-        rate = rows / (times[-1] - times[0])
-    else:
-        rows = sum(m.rows for m in markers if m.committed_at >= holder.started)
-        rate = rows / max(times[-1] - holder.started, 1e-9)
+    rows = sum(m.rows for m in markers if m.committed_at > times[0])
+    rate = rows / (times[-1] - times[0])
     if rate <= 0:
         return None
     return max(pairs_left / rate - (time.time() - times[-1]), 0.0)
@@ -109,7 +106,8 @@ def format_status(s: dict[str, Any]) -> str:
         lines += [
             f"shards   {s['shards_committed']}/{s['shards_total']} committed",
             f"pairs    {s['pairs_scored']}/{s['pairs_total']} scored ({pct:.1f}%), "
-            f"{s['rejected']} rejected, {s['duplicates']} duplicates",
+            f"{s['rejected']} rejected, {s['duplicates']} duplicates"
+            + (f"; {s['pairs_reused']} copied from earlier outputs" if s["pairs_reused"] else ""),
             "statuses "
             + ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
             + f"; truncated {s['truncated']}",

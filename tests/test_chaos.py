@@ -28,7 +28,7 @@ from rank1_batch.engines.base import EngineOptions
 from rank1_batch.executor.attempts import EXIT_QUARANTINED, SHARD_FAILED
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import shard_of
-from rank1_batch.pipeline.score import commit_shard, requests_for
+from rank1_batch.pipeline.score import SCORES_SCHEMA, ShardWork, commit_shard, requests_for
 from rank1_batch.spec import spec_from_mapping
 from rank1_batch.storage import Store, parquet_bytes
 
@@ -60,6 +60,11 @@ def pairs_table(n: int, tag: str = "") -> pa.Table:
     )
 
 
+def whole(pairs: pa.Table) -> ShardWork:
+    """Every pair to judge, none copied from earlier outputs."""
+    return ShardWork(pairs, pairs, SCORES_SCHEMA.empty_table())
+
+
 class DiesAfterScores(Store):
     """Test double: a Store whose process 'dies' (raises) on its first traces write, after
     the attempt has written its scores: what a SIGKILL between the two writes leaves."""
@@ -86,10 +91,10 @@ def test_a_shard_never_commits_one_attempts_scores_with_anothers_traces(tmp_path
     engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
     first = engine.judge(requests_for(pairs, spec))
     with pytest.raises(KeyboardInterrupt):
-        commit_shard(SHARD, pairs, first, engine, DiesAfterScores(out), spec, 1.0)
+        commit_shard(SHARD, whole(pairs), first, engine, DiesAfterScores(out), spec, 1.0)
     second = engine.judge(requests_for(pairs, spec))
     assert {j.reasoning_tokens for j in first} != {j.reasoning_tokens for j in second}
-    marker = commit_shard(SHARD, pairs, second, engine, Store(out), spec, 1.0)
+    marker = commit_shard(SHARD, whole(pairs), second, engine, Store(out), spec, 1.0)
 
     store = Store(out)
     scores = results.shard_table(store, SHARD, "scores")
@@ -113,7 +118,7 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
     store.write_atomic(commit.pairs_path(SHARD), parquet_bytes(pairs))
     engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
     marker = commit_shard(
-        SHARD, pairs, engine.judge(requests_for(pairs, spec)), engine, store, spec, 1.0
+        SHARD, whole(pairs), engine.judge(requests_for(pairs, spec)), engine, store, spec, 1.0
     )
     other = engine.judge(requests_for(pairs, spec))
     from rank1_batch.pipeline.score import build_tables

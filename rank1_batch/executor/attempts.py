@@ -101,12 +101,13 @@ def settle(spec: JobSpec, store: Store, quarantined: list[Quarantine]) -> None:
         return
     if spec.compute.on_shard_failure != "error_rows":
         raise ShardQuarantined(quarantined)
-    from rank1_batch.pipeline.score import commit_shard, read_pairs
+    from rank1_batch.pipeline.score import SCORES_SCHEMA, ShardWork, commit_shard, read_pairs
 
     for q in quarantined:
         pairs = read_pairs(q.shard, store)
         rows = [rank1.error_judgement(SHARD_FAILED) for _ in range(pairs.num_rows)]
-        marker = commit_shard(q.shard, pairs, rows, _Provenance(spec), store, spec, 0.0)  # type: ignore[arg-type]
+        work = ShardWork(pairs, pairs, SCORES_SCHEMA.empty_table())
+        marker = commit_shard(q.shard, work, rows, _Provenance(spec), store, spec, 0.0)  # type: ignore[arg-type]
         log.warning(
             "%s: quarantined; committed its %d pairs as error rows (%s): %s",
             q.shard, marker.rows, SHARD_FAILED, q.line(),

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 from rank1_batch import commit, rank1
 from rank1_batch.engines.base import JudgeRequest, StreamEngine
-from rank1_batch.pipeline.score import commit_shard, committed_marker, read_pairs, requests_for
+from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
 
@@ -115,8 +115,8 @@ class ShardStreamer:
         async with state.admission:  # one shard admitted at a time, in arrival order
             await self._admit(state)
             start = time.perf_counter()
-            pairs = await asyncio.to_thread(read_pairs, shard, self.store)
-            requests = requests_for(pairs, self.spec)
+            work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
+            requests = requests_for(work.to_judge, self.spec)
             self.waiting += len(requests)
         self.open_shards += 1
         self.peak_open_shards = max(self.peak_open_shards, self.open_shards)
@@ -132,7 +132,7 @@ class ShardStreamer:
         return await asyncio.to_thread(
             commit_shard,
             shard,
-            pairs,
+            work,
             judgements,
             self.engine,
             self.store,

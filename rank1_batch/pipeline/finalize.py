@@ -38,6 +38,7 @@ def finalize(
     success = {
         "input_rows": manifest["input_rows"],
         "scored": total.pairs,
+        "reused": total.reused,
         "rejected": manifest["rejected"],
         "duplicates": manifest["duplicates"],
         "statuses": {s: getattr(total, s) for s in ("complete", "forced", "fallback", "error")},

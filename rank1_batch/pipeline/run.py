@@ -19,6 +19,7 @@ from rank1_batch.formats import CONVERTED
 from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import prepare
+from rank1_batch.reuse import build_reuse
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import StorageError, Store
 
@@ -99,6 +100,8 @@ def _run_held(
                 store.remove_temp_leftovers(folder)
         console.ray_bars_during_score()
         log.info(console.CONSTRUCTOR_NOTE)
+        if spec.reuse:
+            build_reuse(spec, store, [s["id"] for s in pending])
         settle(spec, store, score_pending(spec, store, pending))
     return finalize(
         store,

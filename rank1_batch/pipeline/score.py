@@ -16,11 +16,12 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch import commit, rank1
+from rank1_batch import commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
@@ -163,9 +164,27 @@ def read_pairs(shard: str, store: Store) -> pa.Table:
     return store.read_parquet(commit.pairs_path(shard))
 
 
+@dataclass(frozen=True)
+class ShardWork:
+    """A shard read for scoring: every pair, the pairs the engine must judge, and the rows
+    copied from earlier outputs (``reuse:``; empty without it)."""
+
+    pairs: pa.Table
+    to_judge: pa.Table
+    copied: pa.Table
+
+
+def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> ShardWork:
+    """Read a shard's pairs and split off the rows reuse copies (:mod:`rank1_batch.reuse`)."""
+    pairs = read_pairs(shard, store)
+    reused = reuse.read_reused(store, shard, spec)
+    to_judge, copied = reuse.split_reused(pairs, reused, engine.model_revision)
+    return ShardWork(pairs, to_judge, copied)
+
+
 def commit_shard(
     shard: str,
-    pairs: pa.Table,
+    work: ShardWork,
     judgements: list[rank1.Judgement],
     engine: Rank1Engine,
     store: Store,
@@ -175,9 +194,16 @@ def commit_shard(
 ) -> commit.Marker:
     """The one commit body: write this attempt's scores and traces under its own names,
     create the marker exclusively; return the marker that holds (another attempt's, if one
-    won)."""
+    won). ``judgements`` are aligned with ``work.to_judge``; copied rows are merged in, in
+    ``work.pairs`` order."""
     attempt = attempt or commit.new_attempt_id()
-    scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
+    pairs = work.pairs
+    scores, traces = build_tables(work.to_judge, judgements, engine, spec.prompt_id)
+    if work.copied.num_rows:
+        scores, traces = reuse.merge_results(
+            pairs, scores, traces, work.copied, model=engine.model_id,
+            model_revision=engine.model_revision, prompt_id=spec.prompt_id,
+        )  # fmt: skip
     files = {
         commit.scores_path(shard, attempt): parquet_bytes(scores),
         commit.traces_path(shard, attempt): parquet_bytes(traces),
@@ -187,12 +213,13 @@ def commit_shard(
         if not store.create_exclusive(rel, data):
             raise RuntimeError(f"{store.uri}: {rel} exists: attempt {attempt} is not unique")
     (scores_rel, scores_data), (traces_rel, traces_data) = files.items()
+    stats = stats_of(judgements, seconds) + reuse.copied_stats(work.copied)
     marker = commit.Marker(
         shard=shard,
         rows=pairs.num_rows,
         scores_sha256=sha256(scores_data),
         traces_sha256=sha256(traces_data),
-        stats=stats_of(judgements, seconds),
+        stats=stats,
         worker=worker_name(),
         attempt=attempt,
         scores_file=scores_rel,
@@ -222,7 +249,9 @@ def process_shard(
     if done is not None:
         return done
     start = time.perf_counter()
-    pairs = read_pairs(shard, store)
-    judgements = engine.judge(requests_for(pairs, spec))
+    work = read_work(shard, store, spec, engine)
+    # A shard copied whole from earlier outputs never reaches the engine.
+    requests = requests_for(work.to_judge, spec)
+    judgements = engine.judge(requests) if requests else []
     seconds = time.perf_counter() - start
-    return commit_shard(shard, pairs, judgements, engine, store, spec, seconds, attempt)
+    return commit_shard(shard, work, judgements, engine, store, spec, seconds, attempt)
