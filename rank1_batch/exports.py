@@ -59,6 +59,17 @@ def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
         yield q, d, rank, s
 
 
+def run_tag(results: Results) -> str:
+    """Default TREC tag: ``rank1``, or ``rank1-direct`` / ``rank1-cascade-k10-m0.1`` when
+    ``reasoning.mode`` is not ``think``, so a run file says which mode produced it."""
+    reasoning = results.job.get("spec", {}).get("reasoning", {})
+    mode = reasoning.get("mode", "think")
+    if mode == "cascade":
+        c = reasoning.get("cascade", {})
+        return f"rank1-cascade-k{c.get('top_k')}-m{c.get('margin')}"
+    return "rank1" if mode == "think" else f"rank1-{mode}"
+
+
 def trec_text(table: pa.Table, tag: str = "rank1") -> str:
     """TREC run lines with full-precision scores (``repr`` round-trips a float64)."""
     if not tag or any(c.isspace() for c in tag):
@@ -191,8 +202,10 @@ def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]
     body = (
         "Relevance judgements from the Rank1 reasoning reranker, written by rank1-batch.\n\n"
         "`score` is P(true) from the model's last-position logprobs; `logit` is "
-        "log P(true) - log P(false); `status` is complete | forced | fallback (0.5 by rule, "
-        "not a judgement) | error (NaN). Reasoning traces are the separate `traces` config.\n\n"
+        "log P(true) - log P(false); `status` is complete | forced | direct (no reasoning) | "
+        "fallback (0.5 by rule, not a judgement) | error (NaN). `reasoning_mode` below says "
+        "which reasoning.mode produced `score`; `score_direct`, `score_reasoned` and "
+        "`decided_by` keep both scores. Reasoning traces are the separate `traces` config.\n\n"
         "```json\n" + json.dumps(info, indent=2, default=str) + "\n```\n"
     )
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
@@ -216,7 +229,7 @@ def export(
     fmt: str,
     out: str | None = None,
     *,
-    tag: str = "rank1",
+    tag: str | None = None,
     rules: labels.LabelRules | None = None,
     st_kind: str = "triplet",
     st_save: str = "parquet",
@@ -229,7 +242,7 @@ def export(
     results = read_results(store)
     target = _Target(store, out, default_name(fmt, st_kind, st_save))
     if fmt == "trec":
-        target.write_file(trec_text(results.table, tag).encode())
+        target.write_file(trec_text(results.table, tag or run_tag(results)).encode())
     elif fmt == "json-run":
         target.write_file(_json(json_run(results.table)))
     elif fmt == "hf":

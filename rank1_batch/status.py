@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rank1_batch import commit
+from rank1_batch import commit, rank1
 from rank1_batch.progress import format_eta
 from rank1_batch.storage import Store
 
@@ -36,7 +36,7 @@ def read_status(store: Store) -> dict[str, Any]:
         pairs_scored=stats.pairs,
         rejected=manifest["rejected"],
         duplicates=manifest["duplicates"],
-        statuses={s: getattr(stats, s) for s in ("complete", "forced", "fallback", "error")},
+        statuses={s: getattr(stats, s) for s in rank1.STATUSES},
         truncated=stats.truncated,
     )
     if store.exists(commit.SUCCESS):

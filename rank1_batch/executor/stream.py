@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from rank1_batch import commit, rank1
+from rank1_batch import cascade, commit, rank1
 from rank1_batch.engines.base import JudgeRequest, StreamEngine
 from rank1_batch.pipeline.score import commit_shard, committed_marker, read_pairs, requests_for
 from rank1_batch.spec import JobSpec
@@ -70,14 +70,44 @@ class ShardStreamer:
             self._slots, self._loop = asyncio.Semaphore(self.max_requests), loop
         return self._slots
 
-    async def _judge(self, slots: asyncio.Semaphore, request: JudgeRequest) -> rank1.Judgement:
+    async def _judge(
+        self,
+        slots: asyncio.Semaphore,
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        request: JudgeRequest,
+    ) -> rank1.Judgement:
         async with slots:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
-                return await self.engine.judge_one(request)
+                return await judge(request)
             finally:
                 self.in_flight -= 1
+
+    async def _judge_all(
+        self,
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        requests: Sequence[JudgeRequest],
+    ) -> list[rank1.Judgement]:
+        slots = self._semaphore()
+        # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled and
+        # the shard fails as a whole; Ray retries it. Rows a pair can cause are error rows.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._judge(slots, judge, r)) for r in requests]
+        return [t.result() for t in tasks]
+
+    async def judge_pairs(
+        self, requests: Sequence[JudgeRequest], query_ids: Sequence[str]
+    ) -> list[rank1.Judgement]:
+        """The streaming twin of :meth:`Rank1Engine.judge_pairs`: the same plan
+        (:mod:`rank1_batch.cascade`), each pass's pairs streamed one request at a time."""
+        mode = self.spec.reasoning_mode
+        direct = None
+        if mode.mode != rank1.THINK:
+            direct = await self._judge_all(self.engine.judge_direct_one, requests)
+        chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)
+        reasoned = await self._judge_all(self.engine.judge_one, [requests[i] for i in chosen])
+        return cascade.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
 
     async def score_shard(self, shard: str) -> commit.Marker:
         """Judge every pair of ``shard`` and commit it; the existing marker if already done."""
@@ -87,12 +117,7 @@ class ShardStreamer:
         start = time.perf_counter()
         pairs = await asyncio.to_thread(read_pairs, shard, self.store)
         requests = requests_for(pairs, self.spec)
-        slots = self._semaphore()
-        # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled and
-        # the shard fails as a whole; Ray retries it. Rows a pair can cause are error rows.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._judge(slots, r)) for r in requests]
-        judgements = [t.result() for t in tasks]
+        judgements = await self.judge_pairs(requests, pairs.column("query_id").to_pylist())
         seconds = time.perf_counter() - start
         return await asyncio.to_thread(
             commit_shard, shard, pairs, judgements, self.engine, self.store, self.spec, seconds

@@ -42,6 +42,10 @@ SCORES_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("model_revision", pa.string()),
         ("prompt_id", pa.string()),
+        # reasoning.mode (rank1_batch.cascade); absent from outputs written before it.
+        ("score_direct", pa.float64()),
+        ("score_reasoned", pa.float64()),
+        ("decided_by", pa.string()),
     ]
 )
 TRACES_SCHEMA = pa.schema(
@@ -112,6 +116,9 @@ def build_tables(
             "model": [engine.model_id] * n,
             "model_revision": [engine.model_revision] * n,
             "prompt_id": [prompt_id] * n,
+            "score_direct": [j.score_direct for j in judgements],
+            "score_reasoned": [j.score_reasoned for j in judgements],
+            "decided_by": [j.decided_by for j in judgements],
         },
         schema=SCORES_SCHEMA,
     )
@@ -210,7 +217,8 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
         return done
     start = time.perf_counter()
     pairs = read_pairs(shard, store)
-    judgements = engine.judge(requests_for(pairs, spec))
+    query_ids = pairs.column("query_id").to_pylist()
+    judgements = engine.judge_pairs(requests_for(pairs, spec), query_ids, spec.reasoning_mode)
     return commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
 
 
