@@ -5,9 +5,10 @@
     python benchmarks/run.py --out results/x.json    # default: benchmarks/results/latest.json
 
 Cases (see README "Performance"): 1 pipeline overhead, 2 scaling, 3 resume cost,
-4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics. Every case records
-its figures and settings; the document records the machine. Timings use the toy model on
-CPU: they measure the pipeline around the engine, not Rank1's quality or GPU speed.
+4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 reasoning modes
+(think / direct / cascade: tokens vs nDCG@10; alone: benchmarks/adaptive_cases.py).
+Every case records its figures and settings; the document records the machine. Timings use
+the toy model on CPU: they measure the pipeline around the engine, not Rank1's quality or GPU speed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import adaptive_cases
 import common as c
 import data_cases
 import engine_cases
@@ -39,6 +41,7 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 20,
         "repeats": 3,
+        "mode_queries": 20,
     },
     "full": {
         "score_pairs": 20_000,
@@ -48,6 +51,7 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 100,
         "repeats": 3,
+        "mode_queries": 100,
     },
 }
 CANDIDATES = 30
@@ -103,6 +107,9 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
     if "error" not in one:
         out = Path(one["rank1_batch_run"]["out"])
         guarded(cases, "7_token_economics", lambda: engine_cases.token_economics(out))
+    modes = work / "modes"
+    modes.mkdir()
+    guarded(cases, "8_reasoning_modes", lambda: adaptive_cases.demo(size["mode_queries"], modes))
     return cases
 
 

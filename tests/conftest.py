@@ -111,3 +111,33 @@ def demo_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     run_cli("run", str(DEMO), "--output", str(out))
     return out
+
+
+def kill_after_commits(args: list[str], store: Store, shards: int = 1, timeout: float = 600) -> int:
+    """Start ``rank1-batch *args``, SIGKILL its whole process group once ``shards`` shards are
+    committed (and before the job has finished); return how many were committed then."""
+    import signal
+    import time
+
+    from rank1_batch import commit
+
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists(commit.MANIFEST) and len(commit.committed_shards(store)) >= shards:
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
+        proc.wait()
+    assert not store.exists(commit.SUCCESS), "the run ended before it could be killed"
+    return len(commit.committed_shards(store))
