@@ -5,10 +5,13 @@
     python benchmarks/run.py --out results/x.json    # default: benchmarks/results/latest.json
 
 Cases (see README "Performance"): 1 pipeline overhead, 2 scaling, 3 resume cost,
-4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 reasoning modes
-(think / direct / cascade: tokens vs nDCG@10; alone: benchmarks/adaptive_cases.py).
-Every case records its figures and settings; the document records the machine. Timings use
-the toy model on CPU: they measure the pipeline around the engine, not Rank1's quality or GPU speed.
+4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 scale (end to end
+with an instant test-double engine at 1M+ pairs: ``--only 8_scale --scale-pairs 1000000
+10000000``), 9 drain (busy-slot fraction of a simulated continuous-batching engine under the
+old and the streaming policy), 10 reasoning modes (think / direct / cascade: tokens vs
+nDCG@10; alone: benchmarks/adaptive_cases.py). Every case records its figures and settings;
+the document records the machine. Timings use the toy model on CPU: they measure the pipeline
+around the engine, not Rank1's quality or GPU speed.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adaptive_cases
 import common as c
 import data_cases
+import drain_cases
 import engine_cases
 import pipeline_cases
+import scale_cases
 
 SIZES = {
     "quick": {
@@ -41,6 +46,8 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 20,
         "repeats": 3,
+        "scale_pairs": [100_000, 300_000],
+        "drain": "quick",
         "mode_queries": 20,
     },
     "full": {
@@ -51,6 +58,8 @@ SIZES = {
         "score_shards": 2,
         "engine_queries": 100,
         "repeats": 3,
+        "scale_pairs": [1_000_000, 3_000_000],
+        "drain": "full",
         "mode_queries": 100,
     },
 }
@@ -107,9 +116,12 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
     if "error" not in one:
         out = Path(one["rank1_batch_run"]["out"])
         guarded(cases, "7_token_economics", lambda: engine_cases.token_economics(out))
+    guarded(cases, "8_scale", lambda: scale_cases.scale(work, size["scale_pairs"]))
+    drain = drain_cases.QUICK if size["drain"] == "quick" else drain_cases.FULL
+    guarded(cases, "9_drain", lambda: drain_cases.drain(work, drain))
     modes = work / "modes"
     modes.mkdir()
-    guarded(cases, "8_reasoning_modes", lambda: adaptive_cases.demo(size["mode_queries"], modes))
+    guarded(cases, "10_reasoning_modes", lambda: adaptive_cases.demo(size["mode_queries"], modes))
     return cases
 
 
@@ -122,8 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the JSON document too",
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument(
+        "--scale-pairs",
+        type=int,
+        nargs="+",
+        help="sizes of case 8 (end to end with an instant test-double engine), e.g. 1000000 "
+        "10000000",
+    )
+    p.add_argument("--only", help="run just this case (8_scale)")
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
+    if args.scale_pairs:
+        SIZES[mode]["scale_pairs"] = args.scale_pairs
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="rank1-bench-"))
     try:
@@ -134,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             "machine": c.machine(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         }
-        doc["cases"] = run_all(work, SIZES[mode])
+        if args.only == "8_scale":
+            doc["cases"] = {}
+            guarded(
+                doc["cases"], "8_scale", lambda: scale_cases.scale(work, SIZES[mode]["scale_pairs"])
+            )
+        else:
+            doc["cases"] = run_all(work, SIZES[mode])
         doc["total_wall_s"] = round(time.time() - started, 1)
     finally:
         if args.keep:

@@ -147,3 +147,20 @@ def finish(
     if direct is not None and len(direct) != n:
         raise ValueError("direct judgements do not cover the shard")
     return [combine(None if direct is None else direct[i], reasoned.get(i)) for i in range(n)]
+
+
+def columns_from_status(statuses: Sequence[str], scores: Sequence[float]) -> dict[str, list]:
+    """``score_direct``, ``score_reasoned`` and ``decided_by`` of rows known only by status
+    and score (rows copied by ``reuse:``, which cascade jobs do not use): what
+    :func:`combine` records for a ``think`` or ``direct`` judgement."""
+    direct = [s == rank1.DIRECT for s in statuses]
+    return {
+        "score_direct": [sc if d else None for sc, d in zip(scores, direct, strict=True)],
+        "score_reasoned": [
+            sc if st in REASONED_VERDICTS else None for sc, st in zip(scores, statuses, strict=True)
+        ],
+        "decided_by": [
+            None if st == rank1.ERROR else (rank1.DIRECT if d else rank1.THINK)
+            for st, d in zip(statuses, direct, strict=True)
+        ],
+    }

@@ -11,13 +11,18 @@ from collections.abc import Sequence
 from rank1_batch import __version__
 from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
 from rank1_batch.cli_results import add_parsers as add_io_parsers
+from rank1_batch.report.cli import add_parser as add_report_parser
+from rank1_batch.report.cli import cmd_report
 
 EPILOG = """examples:
+  rank1-batch plan jobs/demo.yaml --sample 100
   rank1-batch run jobs/demo.yaml
   rank1-batch run jobs/demo.yaml --output out/demo2 --set compute.workers=2
+  rank1-batch run jobs/demo.yaml --join     (a second machine scoring the same output)
   rank1-batch status out/demo
   rank1-batch eval out/demo --qrels jobs/data/demo.qrels
   rank1-batch export out/demo --format trec
+  rank1-batch report out/demo --qrels jobs/data/demo.qrels
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -51,6 +56,22 @@ def _parser() -> argparse.ArgumentParser:
         help="override a job field (repeatable), e.g. --set compute.workers=2",
     )
     run.add_argument("--output", metavar="URI", help="override output.path")
+    run.add_argument("--json", action="store_true", help="print _SUCCESS.json, not a summary")
+    busy = run.add_mutually_exclusive_group()
+    busy.add_argument(
+        "--join",
+        action="store_true",
+        help="when another live run holds the output: score alongside it (from the other "
+        "end of the pending shards) instead of refusing",
+    )
+    busy.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the output's run lease even if its holder looks alive (it is dead on "
+        "another machine); by default a dead holder is detected and replaced on its own",
+    )
+
+    _plan_parser(sub)
 
     st = sub.add_parser("status", help="progress of a job, read from its output folder")
     st.add_argument("output", help="output folder (local path or URI)")
@@ -65,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cluster_parsers(sub)
     add_io_parsers(sub)
+    add_report_parser(sub)
 
     toy = sub.add_parser(
         "toy-model",
@@ -75,6 +97,74 @@ def _parser() -> argparse.ArgumentParser:
     )
     toy.add_argument("--out", required=True, help="folder to write the model to")
     return p
+
+
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="check a job as run would, count its work and estimate GPU-hours and cost",
+        description="Everything run checks (job file, input schemas, output read/write, "
+        "model and tokenizer, fingerprint against an existing output), then a streamed scan "
+        "of the input, prompt lengths on a sample, reasoning tokens from a calibration run of "
+        "--sample pairs on the job's engine, and GPU-hours and cost per GPU type. Writes "
+        "plan.json; exits 1 naming why when run would fail. Scores nothing, writes nothing "
+        "under the output (a probe file is written and deleted).",
+    )
+    pl.add_argument("job", help="job file (YAML)")
+    pl.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job field (repeatable)",
+    )
+    pl.add_argument("--output", metavar="URI", help="override output.path")
+    pl.add_argument(
+        "--sample",
+        type=int,
+        default=100,
+        metavar="N",
+        help="pairs judged on the job's engine to measure reasoning tokens (default 100; 0: none)",
+    )
+    pl.add_argument(
+        "--token-sample",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="pairs tokenised for the prompt-length distribution (default 2000)",
+    )
+    pl.add_argument(
+        "--reasoning-mean",
+        type=float,
+        metavar="TOKENS",
+        help="reasoning tokens per pair, instead of a calibration run",
+    )
+    pl.add_argument(
+        "--reasoning-p95",
+        type=float,
+        metavar="TOKENS",
+        help="95th percentile to report with --reasoning-mean",
+    )
+    pl.add_argument(
+        "--throughput",
+        action="append",
+        default=[],
+        metavar="GPU=TOKENS_PER_S[@USD_PER_HOUR]",
+        help="decode tokens/s (and price) of one GPU for this model (repeatable)",
+    )
+    pl.add_argument(
+        "--throughput-file",
+        metavar="YAML",
+        help="throughput table merged over the packaged one (same format)",
+    )
+    pl.add_argument(
+        "--out",
+        default="plan.json",
+        metavar="PATH",
+        help="where to write the report (default: plan.json in the working dir)",
+    )
+    pl.add_argument("--json", action="store_true", help="print the JSON report, not a table")
 
 
 def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
@@ -173,13 +263,48 @@ def _cluster_command(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from rank1_batch.console import format_summary
+    from rank1_batch.inputs import InputError
     from rank1_batch.pipeline.run import run
     from rank1_batch.spec import load_job
 
     spec = load_job(args.job, overrides=args.overrides, output=args.output)
-    result = run(spec)
-    print(json.dumps({k: v for k, v in result.items() if k != "commits"}, indent=2))
+    args.interrupted_hint = (
+        f"{spec.output.path} is safe: committed shards are kept, and the same command resumes"
+    )
+    try:
+        result = run(spec, join=args.join, take_over=args.take_over, quiet=args.quiet)
+    except InputError as exc:
+        raise InputError(f"{args.job}: {exc}") from None
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "commits"}, indent=2))
+    else:
+        print(format_summary(result, spec.output.path, spec.input.model_dump()))
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rank1_batch.plan import PlanOptions, format_plan, make_plan
+    from rank1_batch.spec import load_job
+
+    spec = load_job(args.job, overrides=args.overrides, output=args.output)
+    options = PlanOptions(
+        sample=args.sample,
+        token_sample=args.token_sample,
+        reasoning_mean=args.reasoning_mean,
+        reasoning_p95=args.reasoning_p95,
+        throughput_file=args.throughput_file,
+        throughput=args.throughput,
+    )
+    report = make_plan(spec, options)
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(json.dumps(report, indent=2, default=str) if args.json else format_plan(report))
+    print(f"plan written to {args.out}", file=sys.stderr)
+    for reason in report["would_fail"]:
+        print(f"rank1-batch: error: {reason}", file=sys.stderr)
+    return 0 if report["ok"] else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -209,13 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from rank1_batch.commit import FingerprintMismatch
     from rank1_batch.inputs import InputError
+    from rank1_batch.lease import OutputBusy
     from rank1_batch.results import ResultsError
     from rank1_batch.spec import JobError
     from rank1_batch.storage import StorageError
+    from rank1_batch.throughput import ThroughputError
 
-    commands = {"run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
+    commands = {"plan": _cmd_plan, "run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
     commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
     commands.update(IO_COMMANDS)
+    commands["report"] = cmd_report
     try:
         return commands[args.command](args)
     except (
@@ -225,9 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         StorageError,
         ResultsError,
+        OutputBusy,
+        ThroughputError,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupted_hint", None)
+        print("\nrank1-batch: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ EXPORT_EPILOG = """examples:
   rank1-batch export out/demo --format trec --tag rank1-toy
   rank1-batch export out/demo --format json-run --out run.json
   rank1-batch export out/demo --format flagembedding --pos-threshold 0.9 --neg-threshold 0.1
+      (FlagEmbedding distillation: scores are logits unless --value score)
   rank1-batch export out/demo --format sentence-transformers --st-kind n-tuple-scores \\
       --max-neg 4 --st-save disk
   rank1-batch export out/demo --format tevatron --neg-ranks 10:100 --rank-by input
@@ -34,7 +35,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("output", help="output folder of a job (local path or URI)")
-    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="trec / json-run: the reranked run; flagembedding, tevatron, "
+        "sentence-transformers, pylate: training labels; hf: a Hugging Face dataset folder "
+        "(scores with text, traces)",
+    )
     ex.add_argument("--out", metavar="PATH", help="where to write (file or folder)")
     ex.add_argument(
         "--tag", default=None, help="TREC run tag (default rank1; rank1-<mode> for direct/cascade)"
@@ -56,10 +64,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--value",
         choices=("score", "logit"),
-        default="score",
-        help="exported score values: P(true) (default) or the logit",
+        default=None,
+        help="exported score values: P(true) or the logit (default: logit for "
+        "flagembedding, whose softmax flattens probabilities; score for the others)",
     )
-    g.add_argument("--st-kind", choices=ST_KINDS, default="triplet")
+    g.add_argument(
+        "--st-kind",
+        choices=ST_KINDS,
+        default="triplet",
+        help="sentence-transformers layout: triplet (query, positive, negative; default), "
+        "n-tuple (negative_1..N, N = --max-neg), n-tuple-scores (plus a score list), "
+        "labeled-pair (query, passage, label 1/0), margin-mse (score = pos - neg)",
+    )
     g.add_argument(
         "--st-save",
         choices=("parquet", "disk"),
@@ -89,9 +105,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from rank1_batch.exports import export, push_to_hub
-    from rank1_batch.labels import LabelRules
+    from rank1_batch.labels import LabelRules, default_value
     from rank1_batch.storage import Store
 
+    if args.push_to_hub and args.format != "hf":  # before any work is done
+        print("rank1-batch: error: --push-to-hub needs --format hf", file=sys.stderr)
+        return 2
     try:
         rules = LabelRules(
             pos_threshold=args.pos_threshold,
@@ -102,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             max_neg=args.max_neg,
             margin=args.margin,
             rank_by=args.rank_by,
-            value=args.value,
+            value=args.value or default_value(args.format),
         )
         summary = export(
             Store(args.output),
@@ -117,16 +136,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
     if args.push_to_hub:
-        if args.format != "hf":
-            print("rank1-batch: error: --push-to-hub needs --format hf", file=sys.stderr)
-            return 2
         summary["pushed"] = push_to_hub(summary["out"], args.push_to_hub)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rank1_batch.evaluate import evaluate_output, format_report
+    from rank1_batch.evaluate import evaluate_output, format_report, incomplete_warning
     from rank1_batch.storage import Store
 
     try:
@@ -145,6 +161,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    warning = incomplete_warning(report)
+    if warning:
+        print(f"rank1-batch: {warning}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -20,6 +21,7 @@ JOB_FILE = "job.json"
 MANIFEST = "pairs/_manifest.json"
 SUCCESS = "_SUCCESS.json"
 COMMITS = "_commits"
+log = logging.getLogger(__name__)
 
 
 def pairs_path(shard: str) -> str:
@@ -42,8 +44,21 @@ def marker_path(shard: str) -> str:
     return f"{COMMITS}/{shard}.json"
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
+NAME_WIDTH = 5  # the width of every name before widths grew with the shard count
+
+
+def shard_name(index: int, count: int) -> str:
+    """Name of shard ``index`` of an output planned for at most ``count`` shards.
+
+    The number is zero-padded to the width of ``count - 1`` (at least 5 digits), so the names
+    of one output sort in shard order for any count; outputs of up to 100,000 shards get the
+    same 5-digit names as before. Readers take names from the manifest and the markers, never
+    by parsing them.
+    """
+    if not 0 <= index < max(count, 1):
+        raise ValueError(f"shard index {index} outside a plan of {count} shards")
+    width = max(NAME_WIDTH, len(str(max(count, 1) - 1)))
+    return f"shard-{index:0{width}d}"
 
 
 @dataclass
@@ -60,11 +75,10 @@ class ShardStats:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     seconds: float = 0.0
+    reused: int = 0  # rows copied from an earlier output (rank1_batch.reuse), not judged
 
     def __add__(self, other: ShardStats) -> ShardStats:
-        return ShardStats(
-            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        )
+        return ShardStats(*(getattr(self, k) + getattr(other, k) for k in _STAT_NAMES))
 
     def count(self, status: str) -> None:
         if status not in rank1.STATUSES:
@@ -78,6 +92,9 @@ class ShardStats:
     def from_dict(cls, data: dict[str, Any]) -> ShardStats:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_STAT_NAMES = tuple(f.name for f in fields(ShardStats))
 
 
 @dataclass
@@ -119,10 +136,94 @@ def committed_shards(store: Store) -> set[str]:
     }
 
 
-def read_markers(store: Store) -> list[Marker]:
-    return [
-        Marker.from_dict(store.read_json(marker_path(s))) for s in sorted(committed_shards(store))
-    ]
+# Concurrent small reads: enough to hide object-store latency, few enough for any endpoint.
+READ_THREADS = 32
+# A cache of committed markers: ``{"fields": [...], "markers": {shard: [values...]}}``.
+DIGEST = "_commits_digest.json"
+DIGEST_MIN_NEW = 500  # a reader that read this many markers not in the digest rewrites it
+_STATS = list(_STAT_NAMES)
+_DIGEST_FIELDS = ["rows", "scores_sha256", "traces_sha256", "committed_at", "worker", *_STATS]
+
+
+def read_json_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[Any]:
+    """Read many small JSON files concurrently (bounded); results in the order of ``paths``."""
+    if store.local:  # CPU-bound: plain reads, no threads contending for the GIL
+        out = []
+        for p in paths:
+            with open(store.path(p), "rb") as fh:
+                out.append(json.loads(fh.read()))
+        return out
+    if len(paths) <= 1:
+        return [store.read_json(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(paths))) as pool:
+        return list(pool.map(store.read_json, paths))
+
+
+def _digest_row(m: Marker) -> list[Any]:
+    head = [m.rows, m.scores_sha256, m.traces_sha256, m.committed_at, m.worker]
+    return head + [getattr(m.stats, k) for k in _STATS]
+
+
+def _from_digest(shard: str, row: list[Any], names: list[str]) -> Marker:
+    if names != _DIGEST_FIELDS:  # written by another version: go by name
+        d = dict(zip(names, row, strict=True))
+        row = [d.get(k, 0) for k in _DIGEST_FIELDS]
+    rows, scores, traces, at, worker, *stats = row
+    return Marker(shard, rows, scores, traces, ShardStats(*stats), at, worker)
+
+
+def read_digest(store: Store) -> dict[str, Marker]:
+    """The markers folded into ``_commits_digest.json`` (empty when there is none)."""
+    if not store.exists(DIGEST):
+        return {}
+    doc = store.read_json(DIGEST)
+    names = doc["fields"]
+    return {s: _from_digest(s, row, names) for s, row in doc["markers"].items()}
+
+
+def write_digest(store: Store, markers: dict[str, Marker]) -> bool:
+    """Fold ``markers`` into the digest (best effort: a reader without write access skips it).
+
+    Markers never change once created, so any digest is a true subset of the commits; two
+    readers racing only decide which true subset stays.
+    """
+    doc = {
+        "fields": _DIGEST_FIELDS,
+        "markers": {s: _digest_row(markers[s]) for s in sorted(markers)},
+    }
+    try:
+        store.write_atomic(DIGEST, json.dumps(doc, separators=(",", ":")).encode())
+    except (OSError, RuntimeError) as exc:  # read-only mount, StorageError (access denied)
+        log.info("not writing %s: %s", DIGEST, exc)
+        return False
+    return True
+
+
+def read_markers(
+    store: Store, shards: list[str] | None = None, *, update_digest: bool = True
+) -> list[Marker]:
+    """The commit markers of ``shards`` (default: every committed shard), in name order.
+
+    One listing of ``_commits/``, the digest for markers folded into it, bounded concurrent
+    reads for the rest; when many were read, the digest is rewritten so the next reader (a
+    ``status`` every few seconds, a resumed ``run``) reads one file instead of thousands.
+    """
+    listed = committed_shards(store)
+    digest = read_digest(store)
+    # A digest entry was read from a marker, and markers are never removed: committed too.
+    known = listed | digest.keys()
+    names = sorted(known if shards is None else set(shards) & known)
+    new = [s for s in names if s not in digest]
+    fresh = [Marker.from_dict(d) for d in read_json_many(store, [marker_path(s) for s in new])]
+    if update_digest and len(fresh) >= DIGEST_MIN_NEW:
+        write_digest(
+            store,
+            {**{s: m for s, m in digest.items() if s in listed}, **{m.shard: m for m in fresh}},
+        )
+    got = {**digest, **{m.shard: m for m in fresh}}
+    return [got[s] for s in names]
 
 
 class FingerprintMismatch(RuntimeError):

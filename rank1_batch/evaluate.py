@@ -1,10 +1,14 @@
 """``rank1-batch eval``: first-stage and reranked runs against qrels, through ir_measures.
 
-Both runs come from committed shards: the first stage from the pairs' ``input_rank``, the
-reranked run from scores. Each run is handed to ir_measures as rank-derived scores
-(``-rank``), so the order evaluated is exactly our order (score desc, then doc_id) and not
-trec_eval's own tie-breaking (descending doc_id on equal scores). Error rows (NaN scores)
-are left out of the reranked run, as they are of ``run.trec``.
+Both runs come from committed shards: the first stage from the pairs' ``input_rank`` (as
+``-rank``, distinct within a query), the reranked run is exactly the exported run
+(:func:`rank1_batch.exports.json_run`: scores, with ties lowered by a few float64 steps so
+that every evaluator reads our order: score desc, then doc_id). So ``eval`` and trec_eval /
+pytrec_eval / ir_measures on ``run.trec`` give the same numbers. Error rows (NaN scores) are
+left out of the reranked run, as they are of ``run.trec``.
+
+On a job that is not finished only the queries already scored are evaluated (qrels of other
+queries would count as misses), and the report says so.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from rank1_batch.exports import ranked_rows
+from rank1_batch import commit
+from rank1_batch.exports import json_run
 from rank1_batch.results import read_results
 from rank1_batch.spec import StorageSpec
 from rank1_batch.storage import Store, filesystem
@@ -48,8 +53,19 @@ def read_qrels(text: str) -> dict[str, dict[str, int]]:
 
 def load_qrels(uri: str, storage: StorageSpec | None = None) -> dict[str, dict[str, int]]:
     fs, path = filesystem(uri, storage)
-    with fs.open(path, "rt", encoding="utf-8") as fh:
-        return read_qrels(fh.read())
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"qrels {uri}: not a UTF-8 text file (byte {exc.start}); expected TREC qrels "
+            "('qid 0 docid rel') or BEIR TSV ('query-id corpus-id score')"
+        ) from None
+    try:
+        return read_qrels(text)
+    except ValueError as exc:
+        raise ValueError(f"qrels {uri}: {exc}") from None
 
 
 def first_stage_run(table: pa.Table) -> dict[str, dict[str, float]]:
@@ -65,10 +81,8 @@ def first_stage_run(table: pa.Table) -> dict[str, dict[str, float]]:
 
 
 def reranked_run(table: pa.Table) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    for q, d, rank, _ in ranked_rows(table):
-        run.setdefault(q, {})[d] = -float(rank)
-    return run
+    """The reranked run exactly as exported (``run.trec``/``run.json``)."""
+    return json_run(table)
 
 
 def evaluate_runs(
@@ -105,11 +119,38 @@ def evaluate_output(
     results = read_results(store)
     qrels = load_qrels(qrels_uri, store.storage)
     runs = {"first_stage": first_stage_run(results.table), "reranked": reranked_run(results.table)}
+    incomplete = None
+    if not results.complete:
+        # Qrels queries whose shards are not committed yet would count as misses.
+        scored = set(results.table.column("query_id").to_pylist())
+        manifest = store.read_json(commit.MANIFEST) if store.exists(commit.MANIFEST) else {}
+        incomplete = {
+            "shards_committed": len(results.shards),
+            "shards_total": len(manifest.get("shards", [])) or None,
+            "qrels_queries": len(qrels),
+            "qrels_queries_scored": len(scored & set(qrels)),
+        }
+        qrels = {q: rels for q, rels in qrels.items() if q in scored}
     report = evaluate_runs(qrels, runs, metrics, per_query)
     report |= {"qrels": qrels_uri, **results.provenance()}
+    if incomplete:
+        report["incomplete"] = incomplete
     store.write_atomic(METRICS_FILE, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
-    report["metrics_file"] = store.path(METRICS_FILE)
+    report["metrics_file"] = store.uri.rstrip("/") + "/" + METRICS_FILE
     return report
+
+
+def incomplete_warning(report: dict[str, Any]) -> str | None:
+    """One plain line when the job was still running (or stopped) at evaluation time."""
+    inc = report.get("incomplete")
+    if not inc:
+        return None
+    total = inc["shards_total"] if inc["shards_total"] is not None else "?"
+    return (
+        f"warning: the job is not finished ({inc['shards_committed']} of {total} shards "
+        f"committed): evaluated only the {inc['qrels_queries_scored']} of "
+        f"{inc['qrels_queries']} qrels queries scored so far"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -121,6 +162,9 @@ def format_report(report: dict[str, Any]) -> str:
     for m in fs:
         lines.append(f"{m:<{width}}{fs[m]:>12.4f}{rr[m]:>12.4f}{rr[m] - fs[m]:>+10.4f}")
     lines.append(f"queries evaluated: {runs['reranked']['queries']}")
+    warning = incomplete_warning(report)
+    if warning:
+        lines.append(warning)
     if "per_query" in runs["reranked"]:
         lines.append("")
         names = list(fs)

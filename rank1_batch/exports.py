@@ -14,11 +14,12 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import commit, labels
-from rank1_batch.results import Results, read_results
+from rank1_batch.results import Results, read_results, read_shard
 from rank1_batch.storage import Store, parquet_bytes
 
 RUN_FORMATS = ("trec", "json-run")
@@ -70,16 +71,39 @@ def run_tag(results: Results) -> str:
     return "rank1" if mode == "think" else f"rank1-{mode}"
 
 
+def run_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
+    """:func:`ranked_rows` with run scores that stay strictly decreasing within a query, even
+    for evaluators that read scores as float32.
+
+    Evaluators break score ties their own way (trec_eval and pytrec_eval: doc_id
+    *descending*), and trec_eval keeps scores as C ``float``: two float64 scores that differ
+    below float32 precision (saturated ones like 0.99999999 and 0.999999995) tie there too.
+    A score that would tie with the one above it (in float32) is exported one float32 step
+    below that one: about 1e-7 per tied document, after which every evaluator reads exactly
+    the ranking ``eval`` evaluates (score desc, then doc_id). Other scores keep full float64
+    precision; ``scores/`` keeps the exact values.
+    """
+    prev_q, prev = None, math.inf
+    for q, d, r, s in ranked_rows(table):
+        if q != prev_q:
+            prev_q, prev = q, math.inf
+        below = float(np.nextafter(np.float32(prev), np.float32(-np.inf)))
+        value = s if np.float32(s) < np.float32(prev) else below
+        prev = value
+        yield q, d, r, value
+
+
 def trec_text(table: pa.Table, tag: str = "rank1") -> str:
     """TREC run lines with full-precision scores (``repr`` round-trips a float64)."""
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"run tag {tag!r} must be one word")
-    return "".join(f"{q} Q0 {d} {r} {s!r} {tag}\n" for q, d, r, s in ranked_rows(table))
+    return "".join(f"{q} Q0 {d} {r} {s!r} {tag}\n" for q, d, r, s in run_rows(table))
 
 
 def json_run(table: pa.Table) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: score}}`` with the same tie-free scores as the TREC run."""
     run: dict[str, dict[str, float]] = {}
-    for q, d, _, s in ranked_rows(table):
+    for q, d, _, s in run_rows(table):
         run.setdefault(q, {})[d] = s
     return run
 
@@ -107,7 +131,7 @@ class _Target:
 
     def write_sidecar(self, obj: Any) -> str:
         self.parent.write_atomic(self.name + ".labels.json", _json(obj))
-        return self.parent.path(self.name + ".labels.json")
+        return self.uri + ".labels.json"  # spelt like ``out``: relative stays relative
 
 
 def dataset_card(title: str, configs: dict[str, str], body: str, *, default: str) -> str:
@@ -177,11 +201,14 @@ def counts_dict(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]:
-    """Parquet shards (configs ``scores`` and ``traces``) plus a dataset card."""
+    """Parquet shards (configs ``scores`` and ``traces``) plus a dataset card.
+
+    ``scores`` rows carry the pair's text (query, passage, title) and first-stage rank
+    (``input_rank``) beside the judgement, so the export trains or evaluates on its own.
+    """
     for shard in results.shards:
-        target.folder.write_atomic(
-            f"scores/{shard}.parquet", store.read_bytes(commit.scores_path(shard))
-        )
+        scores = parquet_bytes(read_shard(store, shard))
+        target.folder.write_atomic(f"scores/{shard}.parquet", scores)
         target.folder.write_atomic(
             f"traces/{shard}.parquet", store.read_bytes(commit.traces_path(shard))
         )
@@ -201,11 +228,19 @@ def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]
     }
     body = (
         "Relevance judgements from the Rank1 reasoning reranker, written by rank1-batch.\n\n"
+        "## Configs\n\n"
+        "- `scores` (default): one row per (query, passage) pair: `query_id`, `doc_id`, "
+        "`query`, `passage`, `title` (the text the model judged), `input_rank` (the "
+        "first-stage rank), `score`, `logit`, `status`, `error`, `rank` (reranked, within the "
+        "query), token counts, `truncated`, `model`, `model_revision`, `prompt_id`.\n"
+        "- `traces`: `query_id`, `doc_id`, `reasoning` (the model's reasoning text), "
+        "`finish_reason`; join with `scores` on (query_id, doc_id).\n\n"
         "`score` is P(true) from the model's last-position logprobs; `logit` is "
         "log P(true) - log P(false); `status` is complete | forced | direct (no reasoning) | "
-        "fallback (0.5 by rule, not a judgement) | error (NaN). `reasoning_mode` below says "
-        "which reasoning.mode produced `score`; `score_direct`, `score_reasoned` and "
-        "`decided_by` keep both scores. Reasoning traces are the separate `traces` config.\n\n"
+        "fallback (0.5 by rule, not a judgement) | error (NaN). Only complete, forced and "
+        "direct rows are judgements to train on. `reasoning_mode` below says which "
+        "reasoning.mode produced `score`; `score_direct`, `score_reasoned` and `decided_by` "
+        "keep both scores.\n\n"
         "```json\n" + json.dumps(info, indent=2, default=str) + "\n```\n"
     )
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
@@ -241,6 +276,8 @@ def export(
         raise ValueError(f"unknown --st-kind {st_kind!r} (one of {', '.join(labels.ST_KINDS)})")
     results = read_results(store)
     target = _Target(store, out, default_name(fmt, st_kind, st_save))
+    if rules is None:
+        rules = labels.LabelRules(value=labels.default_value(fmt))
     if fmt == "trec":
         target.write_file(trec_text(results.table, tag or run_tag(results)).encode())
     elif fmt == "json-run":
@@ -248,7 +285,5 @@ def export(
     elif fmt == "hf":
         return export_hf(store, results, target)
     else:
-        return export_labels(
-            results, fmt, target, rules or labels.LabelRules(), st_kind=st_kind, st_save=st_save
-        )
+        return export_labels(results, fmt, target, rules, st_kind=st_kind, st_save=st_save)
     return {"format": fmt, "out": target.uri, "complete": results.complete}

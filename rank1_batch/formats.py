@@ -1,15 +1,17 @@
 """IR input formats converted to Parquet pairs on the driver: TREC / JSON runs + text, HF data.
 
-``input.format: trec | json-run | hf`` is turned into one normalised Parquet file,
-``OUTPUT/input/pairs-00000.parquet`` (columns query_id, query, doc_id, passage, title and a
-preset reason), written atomically before prepare runs; prepare then reads it as ordinary
-``pairs`` input. Rows of the run whose query or document has no text become ``rejected/``
-rows with reason ``missing_query`` / ``missing_doc``. The job's fingerprint records the
-*original* files (names and sizes), not the converted one.
+``input.format: trec | json-run | hf`` is turned into normalised Parquet parts,
+``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage, title and a
+preset reason), each written atomically as it fills, then ``input/_converted.json``; prepare
+then reads the folder as ordinary ``pairs`` input. Rows of the run whose query or document
+has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The
+job's fingerprint records the *original* files (names and sizes), not the converted ones.
 
-Memory: the run, the queries and the text of the documents the run names are held in driver
-memory (documents the run does not name are skipped while streaming the corpus). That suits
-runs up to a few million pairs; beyond, convert to Parquet pairs first.
+Memory (driver): the queries, the ids and text of the documents the run names (documents it
+does not name are skipped while streaming the corpus), one query block of the run and one
+part of pairs (500,000). The run itself streams (read twice) when it is a TREC run grouped by
+query, the usual shape; an ungrouped TREC run and a JSON run are read whole. ``hf`` data is
+memory-mapped Arrow, written out part by part.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -36,8 +38,11 @@ from rank1_batch.spec import Columns, InputSpec, JobSpec, StorageSpec
 from rank1_batch.storage import Store, filesystem
 
 CONVERTED = ("trec", "json-run", "hf")
-CONVERTED_PATH = "input/pairs-00000.parquet"
+CONVERTED_PATH = "input/pairs-00000.parquet"  # one whole file: outputs of earlier versions
+CONVERTED_DIR = "input"
+CONVERTED_MARKER = "input/_converted.json"
 ROW_GROUP = 20_000
+PART_ROWS = 500_000
 
 CONVERTED_SCHEMA = pa.schema(
     [
@@ -222,31 +227,117 @@ def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[
 # -- conversion -------------------------------------------------------------------------------
 
 
-def run_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
-    """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` rows in run order."""
-    text = _read_text(spec.path, storage)
+def _trec_line(line: str, n: int, source: str) -> tuple[str, str, float] | None:
+    parts = line.split()
+    if not parts or line.startswith("#"):
+        return None
+    try:
+        if len(parts) == 6:
+            return parts[0], parts[2], float(parts[4])
+        if len(parts) == 3:
+            return parts[0], parts[1], float(parts[2])
+        raise ValueError(f"expected 6 or 3 columns, got {len(parts)}")
+    except ValueError as exc:
+        raise FormatError(f"{source}: line {n}: {exc}") from None
+
+
+def _trec_blocks(uri: str, storage: StorageSpec | None) -> Iterator[list[tuple[str, str, float]]]:
+    """A TREC run streamed one query block at a time (lines of a query are contiguous).
+
+    Raises :class:`_Ungrouped` when a query comes back after another one started.
+    """
+    block: list[tuple[str, str, float]] = []
+    done: set[str] = set()
+    for n, line in enumerate(_lines(uri, storage), 1):
+        row = _trec_line(line, n, uri)
+        if row is None:
+            continue
+        if block and row[0] != block[0][0]:
+            done.add(block[0][0])
+            yield block
+            block = []
+            if row[0] in done:
+                raise _Ungrouped(row[0])
+        block.append(row)
+    if block:
+        yield block
+
+
+class _Ungrouped(Exception):
+    """A run whose query blocks are not contiguous: converted in memory instead."""
+
+
+def _run_blocks(
+    spec: InputSpec, storage: StorageSpec | None
+) -> Iterator[list[tuple[str, str, float]]]:
+    """Query blocks of the run in run order, each sorted (score desc, ties in file order).
+
+    TREC runs grouped by query (the usual shape) stream with one block in memory; others,
+    and JSON runs (one JSON object), are read whole.
+    """
     if spec.format == "trec":
-        rows = parse_trec_run(text, spec.path)
+        try:
+            # Validate grouping before yielding anything: a fallback after partial output
+            # would duplicate rows.
+            for _ in _trec_blocks(spec.path, storage):
+                pass
+        except _Ungrouped:
+            rows = parse_trec_run(_read_text(spec.path, storage), spec.path)
+        else:
+            for block in _trec_blocks(spec.path, storage):
+                yield sorted(block, key=lambda r: -r[2])
+            return
     else:
         try:
-            obj = json.loads(text)
+            obj = json.loads(_read_text(spec.path, storage))
         except json.JSONDecodeError as exc:
             raise FormatError(f"{spec.path}: not valid JSON ({exc})") from None
         rows = parse_json_run(obj, spec.path)
-    pairs = cut_top_k(rows, spec.top_k)
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i][0] != rows[start][0]:
+            yield rows[start:i]
+            start = i
+
+
+def iter_run_pairs(
+    spec: InputSpec, storage: StorageSpec | None = None, chunk_rows: int = 500_000
+) -> Iterator[pa.Table]:
+    """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` tables of at most about
+    ``chunk_rows`` rows, in run order.
+
+    Memory: one query block of the run (TREC runs grouped by query; others whole), the
+    queries, the set of document ids the run names and their text, and one chunk of pairs.
+    The run is read twice (ids first, then pairs), never held whole.
+    """
+    wanted: set[str] = set()
+    for block in _run_blocks(spec, storage):
+        wanted.update(d for _, d, _ in block[: spec.top_k])
     queries_uri, corpus_uri = text_sources(spec, storage)
     queries = read_queries(queries_uri, storage)
-    corpus = read_corpus(corpus_uri, {d for _, d in pairs}, storage)
+    corpus = read_corpus(corpus_uri, wanted, storage)
+    del wanted
     cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
-    for q, d in pairs:
-        query = queries.get(q)
-        title, passage = corpus.get(d, (None, None))
-        reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
-        for name, value in zip(
-            CONVERTED_SCHEMA.names, (q, query, d, passage, title, reason), strict=True
-        ):
-            cols[name].append(value)
-    return pa.table(cols, schema=CONVERTED_SCHEMA)
+    for block in _run_blocks(spec, storage):
+        for q, d, _ in block[: spec.top_k]:
+            query = queries.get(q)
+            title, passage = corpus.get(d, (None, None))
+            reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
+            for name, value in zip(
+                CONVERTED_SCHEMA.names, (q, query, d, passage, title, reason), strict=True
+            ):
+                cols[name].append(value)
+        if len(cols["query_id"]) >= chunk_rows:
+            yield pa.table(cols, schema=CONVERTED_SCHEMA)
+            cols = {name: [] for name in CONVERTED_SCHEMA.names}
+    if cols["query_id"]:
+        yield pa.table(cols, schema=CONVERTED_SCHEMA)
+
+
+def run_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """The whole converted run as one table (small runs, tests)."""
+    parts = list(iter_run_pairs(spec, storage))
+    return pa.concat_tables(parts) if parts else CONVERTED_SCHEMA.empty_table()
 
 
 def _load_hf(spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
@@ -303,21 +394,38 @@ def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
 
 
 def converted_spec(spec: JobSpec, store: Store) -> InputSpec:
-    """The ``pairs`` input spec that reads the converted file."""
-    uri = store.uri.rstrip("/") + "/" + CONVERTED_PATH
-    return InputSpec(path=uri, format="pairs", columns=Columns(title="title"))
+    """The ``pairs`` input spec that reads the converted files."""
+    root = store.uri.rstrip("/") + "/"
+    # Outputs converted by earlier versions hold one file, written whole.
+    path = CONVERTED_PATH if store.exists(CONVERTED_PATH) else CONVERTED_DIR
+    return InputSpec(path=root + path, format="pairs", columns=Columns(title="title"))
 
 
-def convert(spec: JobSpec, store: Store) -> InputSpec:
-    """Write ``OUTPUT/input/pairs-00000.parquet`` once (atomically); return its pairs spec."""
-    if not store.exists(CONVERTED_PATH):
-        if spec.input.format == "hf":
-            table = hf_pairs(spec.input, spec.storage)
-        else:
-            table = run_pairs(spec.input, spec.storage)
-        if table.num_rows == 0:
-            raise FormatError(f"input {spec.input.path}: no pairs")
+def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpec:
+    """Write ``OUTPUT/input/part-NNNNN.parquet`` files once, then ``input/_converted.json``;
+    return the pairs spec reading them.
+
+    Streams: each part (at most about ``part_rows`` pairs) is written atomically as soon as
+    it is full, so memory holds one part, never the whole input. A crash before the marker
+    redoes the conversion (it rewrites the same parts).
+    """
+    if store.exists(CONVERTED_PATH) or store.exists(CONVERTED_MARKER):
+        return converted_spec(spec, store)
+    if spec.input.format == "hf":
+        table = hf_pairs(spec.input, spec.storage)  # memory-mapped Arrow: sliced, not copied
+        chunks: Iterator[pa.Table] = (
+            table.slice(i, part_rows) for i in range(0, table.num_rows, part_rows)
+        )
+    else:
+        chunks = iter_run_pairs(spec.input, spec.storage, part_rows)
+    rows = parts = 0
+    for chunk in chunks:
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
-        store.write_atomic(CONVERTED_PATH, sink.getvalue())
+        pq.write_table(chunk, sink, compression="zstd", row_group_size=ROW_GROUP)
+        store.write_atomic(f"{CONVERTED_DIR}/part-{parts:05d}.parquet", sink.getvalue())
+        rows += chunk.num_rows
+        parts += 1
+    if rows == 0:
+        raise FormatError(f"input {spec.input.path}: no pairs")
+    store.write_json(CONVERTED_MARKER, {"parts": parts, "rows": rows})
     return converted_spec(spec, store)

@@ -1,5 +1,10 @@
 """Reading user input: listing files, checking schemas, normalising row groups to pairs.
 
+Input files are Parquet, CSV/TSV or JSON Lines (``input.file_type``, detected from the
+extension by default): a Parquet row group, or a whole text file, is one unit of reading.
+Text files are read with the same column checks and reason codes; CSV fields are read as
+strings, and an empty CSV field is null (so an empty id or text is rejected, as in Parquet).
+
 Everything here is checked before any model is loaded: an unreadable file or a missing or
 mistyped column stops the job with a message naming the file and the column. Row-level
 problems (null ids, empty text) are not errors: those rows get a reason code and go to
@@ -8,6 +13,7 @@ problems (null ids, empty text) are not errors: those rows get a reason code and
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -72,20 +78,47 @@ class Unit:
     ordinal: int
 
 
-def list_input_files(uri: str, storage: StorageSpec | None = None) -> list[str]:
-    """Parquet files at ``uri``: a file, a folder (searched recursively) or a glob; sorted."""
+EXTENSIONS = {
+    "parquet": (".parquet", ".pq"),
+    "csv": (".csv", ".csv.gz"),
+    "tsv": (".tsv", ".tsv.gz"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz"),
+}
+
+
+def file_type(path: str, declared: str = "auto") -> str:
+    """``parquet``, ``csv``, ``tsv`` or ``jsonl``: as declared, else from the extension
+    (anything unrecognised is read as Parquet)."""
+    if declared != "auto":
+        return declared
+    name = path.lower()
+    for kind, exts in EXTENSIONS.items():
+        if name.endswith(exts):
+            return kind
+    return "parquet"
+
+
+def list_input_files(
+    uri: str, storage: StorageSpec | None = None, declared: str = "auto"
+) -> list[str]:
+    """Input files at ``uri``: a file, a folder (searched recursively for the extensions of
+    ``declared``, or of every supported type) or a glob; sorted."""
     fs, path = filesystem(uri, storage)
+    exts = EXTENSIONS[declared] if declared != "auto" else sum(EXTENSIONS.values(), ())
     if any(c in path for c in "*?["):
         found = fs.glob(path)
     elif fs.isdir(path):
-        found = [p for p in fs.find(path) if p.endswith((".parquet", ".pq"))]
+        found = [p for p in fs.find(path) if p.lower().endswith(exts)]
     elif fs.exists(path):
         found = [path]
     else:
-        raise InputError(f"input {uri}: no such file or folder")
+        raise InputError(
+            f"input.path {uri}: no such file or folder"
+            + ("" if "://" in uri or os.path.isabs(uri) else f" (relative to {os.getcwd()})")
+        )
     found = sorted(p for p in found if not posixpath.basename(p).startswith((".", "_")))
     if not found:
-        raise InputError(f"input {uri}: no Parquet files found")
+        raise InputError(f"input.path {uri}: no input files found ({', '.join(exts)})")
     proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     return [p if proto in ("file", "local") else f"{proto}://{p}" for p in found]
 
@@ -96,6 +129,57 @@ def _open_parquet(path: str, storage: StorageSpec | None) -> pq.ParquetFile:
         return pq.ParquetFile(fs.open(bare, "rb"))
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"input file {path}: not a readable Parquet file ({exc})") from None
+
+
+def _csv_options(path: str, spec: InputSpec) -> dict[str, Any]:
+    import pyarrow.csv as pcsv
+
+    text_cols = [c for c in spec.columns.model_dump().values() if c]
+    delimiter = "\t" if file_type(path, spec.file_type) == "tsv" else ","
+    return {
+        "parse_options": pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        "convert_options": pcsv.ConvertOptions(
+            column_types=dict.fromkeys(text_cols, pa.string()), strings_can_be_null=True
+        ),
+    }
+
+
+def _open_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> Any:
+    """A streaming Arrow reader over a CSV/TSV/JSONL file (``.gz`` decompressed)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    fs, bare = filesystem(path, storage)
+    fh = fs.open(bare, "rb", compression="infer")
+    kind = file_type(path, spec.file_type)
+    try:
+        if kind == "jsonl":
+            return pjson.open_json(fh)
+        return pcsv.open_csv(fh, **_csv_options(path, spec))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"input file {path}: not a readable {kind.upper()} file ({exc})") from None
+
+
+def _read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
+    reader = _open_text(path, spec, storage)
+    try:
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+    except (pa.ArrowInvalid, OSError) as exc:
+        kind = file_type(path, spec.file_type).upper()
+        raise InputError(f"input file {path}: not a readable {kind} file ({exc})") from None
+
+
+def _scan_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> tuple[pa.Schema, int]:
+    """Schema and row count of a text file, streamed (never held whole on the driver)."""
+    reader = _open_text(path, spec, storage)
+    rows = 0
+    try:
+        for batch in reader:
+            rows += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        kind = file_type(path, spec.file_type).upper()
+        raise InputError(f"input file {path}: not a readable {kind} file ({exc})") from None
+    return reader.schema, rows
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -163,12 +247,17 @@ def check_schema(schema: pa.Schema, spec: InputSpec, path: str) -> None:
 def scan_inputs(spec: InputSpec, storage: StorageSpec | None = None) -> list[InputFile]:
     """List and open every input file, check its schema, and read row-group sizes."""
     out = []
-    for path in list_input_files(spec.path, storage):
+    for path in list_input_files(spec.path, storage, spec.file_type):
+        fs, bare = filesystem(path, storage)
+        size = int(fs.size(bare) or 0)
+        if file_type(path, spec.file_type) != "parquet":
+            schema, rows = _scan_text(path, spec, storage)
+            check_schema(schema, spec, path)
+            out.append(InputFile(path, size, (rows,)))  # a text file is one unit
+            continue
         pf = _open_parquet(path, storage)
         check_schema(pf.schema_arrow, spec, path)
         md = pf.metadata
-        fs, bare = filesystem(path, storage)
-        size = int(fs.size(bare) or 0)
         out.append(
             InputFile(path, size, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)))
         )
@@ -207,7 +296,10 @@ def _blank(arr: pa.Array) -> pa.Array:
 
 def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
     """Read one row group and normalise it to :data:`NORMALISED` rows (candidates exploded)."""
-    table = _open_parquet(unit.file, storage).read_row_group(unit.row_group)
+    if file_type(unit.file, spec.file_type) == "parquet":
+        table = _open_parquet(unit.file, storage).read_row_group(unit.row_group)
+    else:
+        table = _read_text(unit.file, spec, storage)
     cols = spec.columns
     n = table.num_rows
 

@@ -26,18 +26,32 @@ import pyarrow as pa
 from rank1_batch.results import LABEL_STATUSES, by_query
 
 
-def parse_window(text: str | None) -> tuple[int, int | None]:
-    """``"10:100"`` → (10, 100) (1-based, inclusive); ``"10:"`` → (10, None); ``"5"`` → (1, 5)."""
+def parse_window(text: str | None, what: str = "rank window") -> tuple[int, int | None]:
+    """``"10:100"`` → (10, 100) (1-based, inclusive); ``"10:"`` → (10, None); ``"5"`` → (1, 5).
+
+    ``what`` names the option in errors (``--neg-ranks 'abc': ...``)."""
     if text is None or text.strip() in ("", ":"):
         return 1, None
-    if ":" not in text:
-        return 1, int(text)
-    lo, hi = text.split(":", 1)
-    start = int(lo) if lo.strip() else 1
-    end = int(hi) if hi.strip() else None
+    bad = ValueError(f"{what} {text!r}: expected START:END, START: or N (1-based integers)")
+    lo, hi = text.split(":", 1) if ":" in text else ("1", text)
+    try:
+        start = int(lo) if lo.strip() else 1
+        end = int(hi) if hi.strip() else None
+    except ValueError:
+        raise bad from None
     if start < 1 or (end is not None and end < start):
-        raise ValueError(f"rank window {text!r}: expected START:END with 1 <= START <= END")
+        raise ValueError(f"{what} {text!r}: expected START:END with 1 <= START <= END")
     return start, end
+
+
+# FlagEmbedding distils with a softmax over the teacher scores: probabilities near 0 and 1
+# flatten to ~uniform there ([0.9999, 0.0004] -> [0.73, 0.27]), logits keep the margins.
+DEFAULT_VALUE = {"flagembedding": "logit"}
+
+
+def default_value(fmt: str) -> str:
+    """The exported score value a label format uses unless ``--value`` says otherwise."""
+    return DEFAULT_VALUE.get(fmt, "score")
 
 
 @dataclass(frozen=True)
@@ -53,8 +67,8 @@ class LabelRules:
     value: str = "score"  # "score" (P(true)) or "logit" for the exported score values
 
     def __post_init__(self) -> None:
-        parse_window(self.pos_ranks)
-        parse_window(self.neg_ranks)
+        parse_window(self.pos_ranks, "--pos-ranks")
+        parse_window(self.neg_ranks, "--neg-ranks")
         if self.rank_by not in ("rerank", "input"):
             raise ValueError("rank_by must be 'rerank' or 'input'")
         if self.value not in ("score", "logit"):

@@ -94,6 +94,8 @@ def read_shard(store: Store, shard: str) -> pa.Table:
         and scores.column("doc_id").equals(pairs.column("doc_id"))
     ):
         raise ResultsError(f"{store.uri}: {shard}: scores do not match its pairs file")
+    if "reused_from" in scores.column_names:  # jobs with reuse: (rank1_batch.reuse)
+        scores = scores.drop_columns(["reused_from"])
     for field in SCORES_SCHEMA:
         if field.name not in scores.column_names:  # outputs written before reasoning.mode
             scores = scores.append_column(field, pa.nulls(scores.num_rows, field.type))

@@ -66,6 +66,8 @@ class InputSpec(_Section):
 
     path: str
     format: Literal["pairs", "candidates", "trec", "json-run", "hf"] = "pairs"
+    # pairs/candidates files: Parquet, CSV, TSV or JSON Lines; auto = from the extension
+    file_type: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
     columns: Columns = Columns()
     candidates_column: str = "candidates"
     queries: str | None = None
@@ -73,6 +75,11 @@ class InputSpec(_Section):
     top_k: int | None = Field(default=None, ge=1)
     split: str = "train"
     hf_config: str | None = None
+    # Is every query's rows contiguous in the input? true: cut shards in one pass (refused,
+    # naming the query, if not); false: shuffle by query; auto: scan the query ids and choose.
+    # Not in the fingerprint: it changes the shard plan, not a pair's score, and prepare
+    # records the plan it chose (pairs/_plan.json) so a resumed prepare keeps it.
+    grouped: Literal["auto"] | bool = "auto"
 
 
 class OutputSpec(_Section):
@@ -210,7 +217,7 @@ class ComputeSpec(_Section):
     torch_threads: int | None = Field(default=None, ge=1)
     # Stream engine (vLLM): shards each actor scores at once, and the cap on requests in
     # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
-    shards_in_flight: int = Field(default=2, ge=1)
+    shards_in_flight: int = Field(default=8, ge=1)
     requests_in_flight: int | None = Field(default=None, ge=1)
 
 
@@ -232,6 +239,10 @@ class JobSpec(_Section):
     reasoning: ReasoningSpec = ReasoningSpec()
     compute: ComputeSpec = ComputeSpec()
     storage: StorageSpec = StorageSpec()
+    # Earlier output folders whose committed results are copied for pairs with the same result
+    # key (rank1_batch.reuse). Not in the fingerprint: a reused row is the result these
+    # settings give, so adding or dropping sources never changes what a resume may keep.
+    reuse: list[str] = Field(default_factory=list)
 
     @field_validator("compute")
     @classmethod
@@ -254,6 +265,15 @@ class JobSpec(_Section):
         for name, value in self.input:
             if isinstance(value, str) and (name == "path" or name.endswith("_path")):
                 check_uri(value, f"input.{name}", output=False, allow_unsafe=allow)
+        for i, uri in enumerate(self.reuse):
+            check_uri(uri, f"reuse[{i}]", output=False, allow_unsafe=allow)
+            if uri.rstrip("/") == self.output.path.rstrip("/"):
+                raise ValueError(f"reuse[{i}]: {uri!r} is this job's own output")
+        if self.reuse and self.reasoning.mode == "cascade":
+            raise ValueError(
+                "reuse: not available with reasoning.mode cascade (whether a pair is reasoned "
+                "depends on the other pairs of its query, so single pairs cannot be copied)"
+            )
         return self
 
     def result_settings(self) -> dict[str, Any]:
@@ -338,10 +358,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
+def _format_errors(source: str, exc: ValidationError, overrides: Iterable[str] = ()) -> str:
+    """One line per error, naming the job file, or the ``--set`` argument that set the field."""
+    by_field = {".".join(parse_override(o)[0]): o for o in overrides}
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = source
+        for name, item in by_field.items():
+            if field == name or field.startswith(name + "."):
+                where = f"--set {item}"
         msg = err["msg"]
         if not err["loc"] and err["type"] == "value_error":
             # Whole-job checks (path safety) name their own field in the message.
@@ -352,7 +378,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required field is missing"
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err['input']!r})"
-        lines.append(f"{source}: {field}: {msg}{got}")
+        lines.append(f"{where}: {field}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -361,11 +387,12 @@ def spec_from_mapping(
 ) -> JobSpec:
     if not isinstance(raw, Mapping):
         raise JobError(f"{source}: a job file must be a mapping of sections")
+    overrides = list(overrides)
     data = apply_overrides(dict(raw), overrides)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise JobError(_format_errors(source, exc)) from None
+        raise JobError(_format_errors(source, exc, overrides)) from None
 
 
 def load_job(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rank1_batch import commit, rank1
+from rank1_batch import commit, lease, rank1
 from rank1_batch.progress import format_eta
 from rank1_batch.storage import Store
 
@@ -26,6 +26,23 @@ def read_status(store: Store) -> dict[str, Any]:
         out["state"] = "preparing"
         return out
     manifest = store.read_json(commit.MANIFEST)
+    if store.exists(commit.SUCCESS):
+        # Complete: the totals are in _SUCCESS.json; no marker needs reading (at 50,000
+        # shards that is one request instead of a listing and a digest).
+        done = store.read_json(commit.SUCCESS)
+        out.update(
+            shards_total=len(manifest["shards"]),
+            shards_committed=int(done["shards"]),
+            pairs_total=int(manifest["pairs"]),
+            pairs_scored=int(done["scored"]),
+            rejected=manifest["rejected"],
+            duplicates=manifest["duplicates"],
+            statuses=done["statuses"],
+            truncated=done["truncated"],
+            state="complete",
+            eta_seconds=0.0,
+        )
+        return out
     markers = commit.read_markers(store)
     stats = sum((m.stats for m in markers), commit.ShardStats())
     total_pairs = int(manifest["pairs"])
@@ -34,6 +51,7 @@ def read_status(store: Store) -> dict[str, Any]:
         shards_committed=len(markers),
         pairs_total=total_pairs,
         pairs_scored=stats.pairs,
+        pairs_reused=stats.reused,
         rejected=manifest["rejected"],
         duplicates=manifest["duplicates"],
         statuses={s: getattr(stats, s) for s in rank1.STATUSES},
@@ -43,31 +61,53 @@ def read_status(store: Store) -> dict[str, Any]:
         out["state"] = "complete"
         out["eta_seconds"] = 0.0
         return out
-    out["state"] = "scoring"
-    times = sorted(m.committed_at for m in markers)
-    eta = None
-    if len(markers) >= 2 and times[-1] > times[0]:
-        # Rate over the commits seen so far (the first commit marks when scoring was flowing).
-        rate = sum(m.rows for m in markers if m.committed_at > times[0]) / (times[-1] - times[0])
-        if rate > 0:
-            eta = (total_pairs - stats.pairs) / rate - (time.time() - times[-1])
-            eta = max(eta, 0.0)
-    out["eta_seconds"] = eta
+    holder = lease.live_holder(store)
+    out["state"] = "scoring" if holder is not None else "stopped"
+    out["run"] = f"{holder.who()}" if holder is not None else None
+    out["eta_seconds"] = eta_seconds(markers, total_pairs - stats.pairs, holder)
     return out
+
+
+def eta_seconds(
+    markers: list[commit.Marker], pairs_left: int, holder: lease.Attempt | None
+) -> float | None:
+    """Time left at the rate of the *current* attempt (never across a downtime).
+
+    Only commits made since the live run started count, first to last (the first marks when
+    scoring was flowing: prepare and model loading stay out of the rate); fewer than two, or
+    no live run (stopped, killed): None.
+    """
+    if holder is None:
+        return None
+    times = sorted(m.committed_at for m in markers if m.committed_at >= holder.started)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    rows = sum(m.rows for m in markers if m.committed_at > times[0])
+    rate = rows / (times[-1] - times[0])
+    if rate <= 0:
+        return None
+    return max(pairs_left / rate - (time.time() - times[-1]), 0.0)
 
 
 def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"output   {s['output']}",
         f"job      {s['job']}  (model {s['model']})",
-        f"state    {s['state']}",
+        f"state    {s['state']}"
+        + (f"  (run by {s['run']})" if s.get("run") else "")
+        + (
+            "  (no live run holds it: `rank1-batch run` with the same job resumes it)"
+            if s["state"] == "stopped"
+            else ""
+        ),
     ]
     if "shards_total" in s:
         pct = 100.0 * s["pairs_scored"] / s["pairs_total"] if s["pairs_total"] else 100.0
         lines += [
             f"shards   {s['shards_committed']}/{s['shards_total']} committed",
             f"pairs    {s['pairs_scored']}/{s['pairs_total']} scored ({pct:.1f}%), "
-            f"{s['rejected']} rejected, {s['duplicates']} duplicates",
+            f"{s['rejected']} rejected, {s['duplicates']} duplicates"
+            + (f"; {s['pairs_reused']} copied from earlier outputs" if s["pairs_reused"] else ""),
             "statuses "
             + ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
             + f"; truncated {s['truncated']}",

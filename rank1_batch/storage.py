@@ -20,6 +20,8 @@ then read what is there, which is what they wrote, so that is safe.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -47,6 +49,11 @@ T = TypeVar("T")
 # is explicit in the client and the same on every worker that inherits the environment).
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 RETRIES = 6  # Store-level attempts on top of botocore's own (standard mode, 5 attempts)
+# Output backends whose create-only write is atomic: local disk (temp file + os.link) and S3
+# through s3fs >= 2025.7 (PutObject / CompleteMultipartUpload with If-None-Match: *). fsspec's
+# default create for other backends (gs://, az://, ...) checks and then writes: not exclusive.
+EXCLUSIVE_BACKENDS = ("file", "local", "s3", "s3a")
+PROBE_DIR = "_probe"
 
 
 class StorageError(RuntimeError):
@@ -121,6 +128,29 @@ def _is_transient(exc: BaseException) -> bool:
 def _missing_bucket(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, FileNotFoundError) and ("bucket" in text and "not exist" in text)
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    """An HTTP 412 (PreconditionFailed) in any shape, anywhere in the exception's chain.
+
+    s3fs maps a 412 to FileExistsError only when the response echoes ``Condition:
+    If-None-Match`` (AWS does); S3-compatible servers that do not echo it surface as an EINVAL
+    OSError around botocore's ClientError. On a create-only write every 412 means "exists".
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return True
+        if "PreconditionFailed" in str(current) or "Precondition Failed" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def sha256(data: bytes) -> str:
@@ -212,13 +242,19 @@ class Store:
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
     # -- writes -------------------------------------------------------------------------------
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Replace ``rel`` with ``data``; readers see the old or the new content, never a part."""
+    def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace ``rel`` with ``data``; readers see the old or the new content, never a part.
+
+        ``durable=False`` (local only) skips the fsyncs: the file is still whole or absent
+        for any reader and after a killed process, and :meth:`sync` makes a batch of such
+        files durable at once, before the record that points at them is written.
+        """
         if self.local:
             final = self.path(rel)
-            tmp = self._local_temp(final, data)
+            tmp = self._local_temp(final, data, fsync=durable)
             os.replace(tmp, final)
-            _fsync_dir(os.path.dirname(final))
+            if durable:
+                _fsync_dir(os.path.dirname(final))
         else:
             self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
 
@@ -238,12 +274,58 @@ class Store:
                 os.unlink(tmp)
             _fsync_dir(os.path.dirname(final))
             return True
+
+        def create() -> None:
+            try:
+                # s3fs >= 2025.7: a conditional PUT (If-None-Match: *), exclusive for any size.
+                self.fs.pipe_file(final, data, mode="create")
+            except FileExistsError:
+                raise
+            except Exception as exc:
+                if _is_precondition_failed(exc):  # a 412 s3fs did not recognise: "exists"
+                    raise FileExistsError(f"{final} exists (HTTP 412)") from exc
+                raise
+
         try:
-            # s3fs >= 2025.7: a conditional PUT (If-None-Match: *), exclusive for any size.
-            self._call(f"creating {rel}", lambda: self.fs.pipe_file(final, data, mode="create"))
+            self._call(f"creating {rel}", create)
         except FileExistsError:
             return False
         return True
+
+    def verify_exclusive_create(self) -> None:
+        """Refuse an output backend whose create-only write is not exclusive.
+
+        The commit protocol rests on it. Backends outside :data:`EXCLUSIVE_BACKENDS` are
+        refused by name; on an object store two creates of one probe object must give exactly
+        one winner (a server that ignores ``If-None-Match`` overwrites silently and is refused).
+        """
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        if not set(protocols) & set(EXCLUSIVE_BACKENDS):
+            raise StorageError(
+                f"{self.uri}: output backend {protocols[0]!r} is not supported: its create-only "
+                "write is not exclusive (fsspec checks, then writes), so two attempts of one "
+                "shard could both commit. Supported outputs: a local path or s3://."
+            )
+        if self.local:
+            return  # os.link is atomic and exclusive on local filesystems
+        probe = f"{PROBE_DIR}/create-{uuid.uuid4().hex}"
+        first = self.create_exclusive(probe, b"1")
+        second = self.create_exclusive(probe, b"2")
+        try:
+            content = self.read_bytes(probe)
+        finally:
+            try:
+                self._call(f"removing {probe}", lambda: self.fs.rm_file(self.path(probe)))
+            except Exception as exc:  # a leftover probe object is harmless
+                log.warning("%s: could not remove %s: %s", self.uri, probe, exc)
+        if not first or second or content != b"1":
+            raise StorageError(
+                f"{self.uri}: the object store does not honour create-only writes "
+                f"(If-None-Match: *): a second create of {probe} "
+                + ("overwrote the first" if second or content != b"1" else "was refused first")
+                + "; exactly-once commits are impossible on it. Use AWS S3 or a server that "
+                "implements conditional PUT (MinIO, Ceph RGW and moto recent releases do)."
+            )
 
     def create_json(self, rel: str, obj: Any) -> bool:
         return self.create_exclusive(rel, _json_bytes(obj))
@@ -258,21 +340,34 @@ class Store:
             return data
         return self.read_bytes(rel)
 
-    def _local_temp(self, final: str, data: bytes) -> str:
+    def sync(self) -> None:
+        """Flush what :meth:`write_atomic` wrote with ``durable=False`` (one syncfs, local)."""
+        if self.local:
+            _syncfs(self.root)
+
+    def _local_temp(self, final: str, data: bytes, fsync: bool = True) -> str:
         directory = os.path.dirname(final)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(final)}.", suffix=f".{uuid.uuid4().hex[:8]}"
         )
         try:
+            # mkstemp creates 0600; a published file gets what an ordinary open() would give.
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    os.fsync(fh.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
         return tmp
+
+    def delete(self, rel: str) -> None:
+        """Remove ``rel`` if it exists (leases only: data files are never deleted)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._call(f"deleting {rel}", lambda: self.fs.rm_file(self.path(rel)))
 
     def remove_temp_leftovers(self, rel_dir: str) -> int:
         """Delete ``.name.xxxx`` temp files that killed attempts left in a local folder."""
@@ -288,6 +383,41 @@ class Store:
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the set-and-restore fallback
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)  # the C library this process already links
+
+
+def _syncfs(path: str) -> None:
+    """syncfs(2) on the filesystem holding ``path`` (Linux); sync(2) elsewhere."""
+    libc = _libc()
+    if not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:

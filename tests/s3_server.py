@@ -10,6 +10,7 @@ import http.client
 import http.server
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -105,6 +106,10 @@ class FaultPlan:
     seed: int = 0
     deny: bool = False
     resets: float = 0.0
+    # Mimic S3-compatible servers: answer a failed If-None-Match with a 412 that does not echo
+    # the condition (s3fs then cannot tell it means "exists"), or ignore If-None-Match entirely.
+    strip_condition: bool = False
+    ignore_if_none_match: bool = False
     counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,13 +183,16 @@ class FaultProxy:
                     self._reply(status, err, [("Content-Type", "application/xml")])
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", target, timeout=60)
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"
-                }
+                dropped = {"transfer-encoding"}
+                if plan.ignore_if_none_match:
+                    dropped.add("if-none-match")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 headers["Content-Length"] = str(len(body))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if plan.strip_condition and resp.status == 412:
+                    data = re.sub(rb"<Condition>.*?</Condition>", b"", data, flags=re.S)
                 self._reply(resp.status, data, resp.getheaders())
                 conn.close()
 

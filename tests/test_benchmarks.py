@@ -48,3 +48,23 @@ def test_ratio_and_chunks():
     assert common.ratio(3, 2) == 1.5
     assert common.ratio(1, 0) is None
     assert common.chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+
+
+def test_scale_input_is_grouped_by_query_and_the_test_double_is_deterministic(tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import scale_cases
+    from instant_engine import InstantTestEngine
+
+    from rank1_batch.engines.base import JudgeRequest
+
+    path = scale_cases.write_scale_pairs(tmp_path / "s.parquet", 1050, chunk=400)
+    t = pq.read_table(path)
+    assert t.num_rows == 1050
+    qid = t.column("query_id")
+    runs = 1 + pc.sum(pc.not_equal(qid[1:], qid[:-1])).as_py()
+    assert runs == len(pc.unique(qid)) == 11  # 100 candidates a query, each query one run
+    assert len(pc.unique(pc.binary_join_element_wise(qid, t.column("doc_id"), "|"))) == 1050
+    req = [JudgeRequest("q", p) for p in t.column("passage").to_pylist()[:5]]
+    a, b = InstantTestEngine().judge(req), InstantTestEngine().judge(req)
+    assert a == b and all(0 <= j.score < 1 and j.status == "complete" for j in a)

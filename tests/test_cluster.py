@@ -32,16 +32,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def kill_session(temp_dir: str) -> None:
+def session_processes(temp_dir: str, gcs_port: int | None = None) -> list:
+    """This test's Ray processes: those naming its temp dir, and those naming its GCS port in
+    ``--address=HOST:PORT`` (the Ray client server, ``ray.util.client.server``, names no temp
+    dir, and its HOST is the machine's address even with --node-ip-address=127.0.0.1: it was
+    left behind before)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            parts = proc.info["cmdline"] or ()
+            if any(temp_dir in part for part in parts) or (
+                gcs_port is not None
+                and any(
+                    part.startswith("--address=") and part.endswith(f":{gcs_port}")
+                    for part in parts
+                )
+            ):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def kill_session(temp_dir: str, gcs_port: int | None = None) -> None:
     """Stop only this test's Ray processes (``ray stop`` would stop every Ray on the box)."""
     import psutil
 
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or ()):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+    for proc in session_processes(temp_dir, gcs_port):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
 
 
 class Head:
@@ -148,7 +169,7 @@ class Head:
             if any(f"node_manager_port={p}" in cmd for p in self.node_ports):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-        kill_session(self.temp)
+        kill_session(self.temp, self.port)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -233,6 +254,28 @@ def test_second_submit_of_running_job_reports_it(head, tmp_path):
     third = cli(args, head.env)
     assert f"submitted: {sid}-a2" in third.stdout, third.stdout + third.stderr[-2000:]
     cli(["stop", f"{sid}-a2", "--address", head.address], head.env)
+
+
+def test_stopping_a_head_leaves_no_process_behind():
+    """Bug 15 (issue 16): a stopped head leaves no Ray process of its own, the Ray client
+    server (``ray.util.client.server``) included."""
+    import psutil
+
+    h = Head()
+    h.start()
+    assert any(
+        "ray.util.client.server" in " ".join(p.info["cmdline"] or ())
+        for p in session_processes(h.temp, h.port)
+    ), "no client server started: nothing to check"
+    h.stop()
+    deadline = time.time() + 30
+    while (left := session_processes(h.temp, h.port)) and time.time() < deadline:
+        time.sleep(0.5)
+    names = []
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            names.append(" ".join(p.cmdline())[:120])
+    assert not names, f"left behind: {names}"
 
 
 def test_unauthenticated_submission_is_refused(head, tmp_path):

@@ -171,9 +171,10 @@ def test_beir_folder_run_eval_and_label_exports(tmp_path):
         )
     )
     out = tmp_path / "out"
-    done = json.loads(cli("run", str(job)).stdout)
+    done = json.loads(cli("run", str(job), "--json").stdout)
     assert done["scored"] == 12 and done["rejected"] == 2
-    rejected = pq.read_table(out / "rejected" / "shard-00000.parquet")
+    manifest = json.loads((out / "pairs" / "_manifest.json").read_text())
+    rejected = pa.concat_tables(pq.read_table(out / f) for f in manifest["rejected_files"])
     assert sorted(rejected.column("reason").to_pylist()) == ["missing_doc", "missing_query"]
     listing = json.loads((out / "job.json").read_text())["settings"]["input"]
     assert [Path(e["path"]).name for e in listing] == ["run.trec", "queries.jsonl", "corpus.jsonl"]
@@ -209,4 +210,65 @@ def test_beir_folder_run_eval_and_label_exports(tmp_path):
     assert train["train"].num_rows >= 1
     side = json.loads((out / "exports" / "flagembedding.jsonl.labels.json").read_text())
     assert side["model"] == "toy" and side["prompt_id"].startswith("rank1-")
-    assert Store(str(out)).exists("input/pairs-00000.parquet")
+    assert Store(str(out)).exists(formats.CONVERTED_MARKER)  # converted parts, then marker
+
+
+def _run_files(tmp_path, lines):
+    (tmp_path / "collection.tsv").write_text("".join(f"p{i}\tpassage {i}\n" for i in range(40)))
+    (tmp_path / "queries.tsv").write_text("".join(f"{q}\tquery {q}\n" for q in range(12)))
+    (tmp_path / "run.txt").write_text("".join(lines))
+    return InputSpec(
+        path=str(tmp_path / "run.txt"),
+        format="trec",
+        queries=str(tmp_path / "queries.tsv"),
+        corpus=str(tmp_path / "collection.tsv"),
+        top_k=3,
+    )
+
+
+def _reference(spec):
+    """The whole-run rules: parse everything, order per query, cut top_k."""
+    rows = formats.cut_top_k(
+        formats.parse_trec_run(Path(spec.path).read_text(), spec.path), spec.top_k
+    )
+    return rows
+
+
+def test_grouped_trec_run_streams_into_parts_equal_to_the_whole_run_rules(tmp_path):
+    lines = [f"{q} Q0 p{(q * 7 + r) % 40} {r} {float((r * 5) % 4)} bm25\n" for q in range(12)
+             for r in range(6)]  # fmt: skip
+    spec = _run_files(tmp_path, lines)
+    chunks = list(formats.iter_run_pairs(spec, chunk_rows=7))
+    assert len(chunks) > 3  # streamed: several chunks, each whole queries
+    whole = pa.concat_tables(chunks)
+    got = list(
+        zip(whole.column("query_id").to_pylist(), whole.column("doc_id").to_pylist(), strict=True)
+    )
+    assert got == _reference(spec)
+    for chunk in chunks[:-1]:
+        assert chunk.num_rows >= 7 and chunk.num_rows % 3 == 0
+    # convert writes one part per chunk, then the marker; prepare reads the folder
+    store = Store(str(tmp_path / "out"))
+    job = spec_from_mapping(
+        {
+            "input": spec.model_dump(),
+            "output": {"path": str(tmp_path / "out")},
+            "model": {"name": "toy"},
+        }
+    )
+    pairs_spec = formats.convert(job, store, part_rows=10)
+    parts = sorted(p.name for p in (tmp_path / "out" / "input").glob("part-*.parquet"))
+    assert len(parts) == 3 and store.exists(formats.CONVERTED_MARKER)  # 12 + 12 + 12 pairs
+    files = inputs.scan_inputs(pairs_spec)
+    assert [Path(f.path).name for f in files] == parts
+    assert sum(f.rows for f in files) == len(got)
+
+
+def test_ungrouped_trec_run_falls_back_to_the_whole_run(tmp_path):
+    lines = [f"{q} Q0 p{q + r} {r} {10 - r} bm25\n" for r in range(4) for q in range(5)]
+    spec = _run_files(tmp_path, lines)
+    table = formats.run_pairs(spec)
+    got = list(
+        zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
+    )
+    assert got == _reference(spec) and len(got) == 15

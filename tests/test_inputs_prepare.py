@@ -96,7 +96,7 @@ def test_missing_input_and_empty_folder(tmp_path):
     with pytest.raises(inputs.InputError, match="no such file"):
         inputs.scan_inputs(InputSpec(path=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(inputs.InputError, match="no Parquet files"):
+    with pytest.raises(inputs.InputError, match="no input files found"):
         inputs.scan_inputs(InputSpec(path=str(tmp_path / "empty")))
 
 

@@ -86,3 +86,34 @@ def test_claim_output_refuses_changed_settings_and_names_them(tmp_path):
     other_input = [{"path": "in.parquet", "size": 11, "rows": 2}]
     with pytest.raises(commit.FingerprintMismatch, match="input changed"):
         commit.claim_output(store, commit.job_record(spec, other_input))
+
+
+def test_backend_without_exclusive_create_is_refused(tmp_path):
+    """Issue 11: fsspec's default create (memory://, gs://, az://) checks then writes."""
+    from rank1_batch.storage import StorageError
+
+    with pytest.raises(StorageError, match=r"memory://somewhere.*'memory' is not supported"):
+        Store("memory://somewhere").verify_exclusive_create()
+    Store(str(tmp_path / "out")).verify_exclusive_create()  # local disk: accepted
+
+
+@pytest.mark.parametrize("count", [1, 7, 100_000, 100_001, 2_500_000, 10**12])
+def test_shard_names_sort_in_shard_order_for_any_count(count: int) -> None:
+    picks = sorted(
+        i
+        for i in {0, 1, 9, 10, 99_999, 100_000, count // 2, count - 2, count - 1}
+        if 0 <= i < count
+    )
+    names = [commit.shard_name(i, count) for i in picks]
+    assert sorted(names) == names
+    assert len(set(map(len, names))) == 1
+
+
+def test_shard_names_of_old_outputs_are_unchanged() -> None:
+    # Outputs of up to 100,000 shards keep the 5-digit names earlier versions wrote.
+    assert commit.shard_name(0, 1) == "shard-00000"
+    assert commit.shard_name(99_999, 100_000) == "shard-99999"
+    assert commit.shard_name(100_000, 100_001) == "shard-100000"
+    assert commit.shard_name(5, 100_001) == "shard-000005"
+    with pytest.raises(ValueError):
+        commit.shard_name(3, 3)

@@ -202,3 +202,35 @@ def _run(spec) -> None:
         runner.run(spec)
     finally:
         assert not ray.is_initialized(), "storage error surfaced only after Ray started"
+
+
+def test_412_without_the_condition_echoed_means_exists(s3):
+    """Issue 11: s3fs maps a 412 to FileExistsError only when the response echoes
+    ``Condition: If-None-Match``; other servers' 412 must still read as "exists" (it used to be
+    an EINVAL OSError, retried, then failing every resume)."""
+    plan = FaultPlan(strip_condition=True)
+    with FaultProxy(s3.port, plan) as proxy:
+        store = store_of(s3, "strip412", endpoint=proxy.url)
+        raw = store.fs
+        with pytest.raises(Exception) as bare:  # what s3fs itself makes of such a 412
+            raw.pipe_file(store.path("x.json"), b"a", mode="create")
+            raw.pipe_file(store.path("x.json"), b"b", mode="create")
+        assert not isinstance(bare.value, FileExistsError)
+        assert store.create_exclusive("_commits/a.json", b"first")
+        assert not store.create_exclusive("_commits/a.json", b"second")
+        assert store.read_bytes("_commits/a.json") == b"first"
+        store.verify_exclusive_create()  # exclusive after all: accepted
+
+
+def test_store_ignoring_if_none_match_is_refused(s3):
+    """A server that ignores If-None-Match overwrites silently: refused, naming the URI."""
+    with FaultProxy(s3.port, FaultPlan(ignore_if_none_match=True)) as proxy:
+        store = store_of(s3, "noexcl", endpoint=proxy.url)
+        with pytest.raises(StorageError, match=r"s3://.*/noexcl.*does not honour create-only"):
+            store.verify_exclusive_create()
+
+
+def test_exclusive_create_probe_passes_and_cleans_up(s3):
+    store = store_of(s3, "probe")
+    store.verify_exclusive_create()
+    assert store.list("_probe") == []

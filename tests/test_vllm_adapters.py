@@ -663,7 +663,7 @@ def test_vllm_on_cpu_asks_no_gpu_and_too_many_gpus_fail_at_once() -> None:
     from rank1_batch.executor import ray_pool
 
     cpu = spec_from_mapping(with_model(engine="vllm", device="cpu", cpu_kv_cache_gib=2))
-    assert ray_pool.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 2
+    assert ray_pool.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 8
     assert ray_pool.check_gpus(0, [], can_scale=False) is None
     assert ray_pool.check_gpus(2, [4.0, 1.0], can_scale=False) is None
     fixed = ray_pool.check_gpus(1, [0.0], can_scale=False)

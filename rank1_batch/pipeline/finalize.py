@@ -9,8 +9,19 @@ from rank1_batch import commit, rank1
 from rank1_batch.storage import Store
 
 
-def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, Any]:
-    """Check every shard is committed, sum their stats, write ``_SUCCESS.json`` last."""
+def finalize(
+    store: Store,
+    manifest: dict[str, Any],
+    wall: float,
+    *,
+    total_wall: float | None = None,
+    attempts: int = 1,
+) -> dict[str, Any]:
+    """Check every shard is committed, sum their stats, write ``_SUCCESS.json`` last.
+
+    ``wall`` is this attempt's wall time; ``total_wall`` that of every attempt of the job
+    (resumes included, downtime excluded; from :mod:`rank1_batch.lease`'s attempt records).
+    """
     markers = {m.shard: m for m in commit.read_markers(store)}
     expected = [s["id"] for s in manifest["shards"]]
     missing = [s for s in expected if s not in markers]
@@ -26,6 +37,7 @@ def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, A
     success = {
         "input_rows": manifest["input_rows"],
         "scored": total.pairs,
+        "reused": total.reused,
         "rejected": manifest["rejected"],
         "duplicates": manifest["duplicates"],
         "statuses": {s: getattr(total, s) for s in rank1.STATUSES},
@@ -34,7 +46,9 @@ def finalize(store: Store, manifest: dict[str, Any], wall: float) -> dict[str, A
         "reasoning_tokens": total.reasoning_tokens,
         "shards": len(expected),
         "score_seconds": round(total.seconds, 3),
-        "wall_seconds": round(wall, 3),
+        "last_attempt_wall_seconds": round(wall, 3),
+        "total_wall_seconds": round(max(total_wall if total_wall is not None else wall, wall), 3),
+        "attempts": max(attempts, 1),
         "pairs_per_second": round(total.pairs / total.seconds, 3) if total.seconds else None,
         "commits": {s: markers[s].scores_sha256 for s in expected},
         "finished_at": time.time(),

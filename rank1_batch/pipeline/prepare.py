@@ -1,9 +1,17 @@
-"""Stage 1: normalise, validate, dedup, group by query and cut into shards (Ray Data, CPU).
+"""Stage 1: normalise, validate, dedup, group by query and cut into shards (Ray, CPU).
 
-Shard contents are a pure function of the input and ``shard_size``: a query goes to shard
-``hash(query_id) % n_shards`` (a stable hash, not Python's), and inside a shard rows are
-ordered by (query_id, input order). Ray's block boundaries never decide anything. Re-running
-prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is not re-run.
+Two plans, both a pure function of the input and ``shard_size`` (Ray's block boundaries
+never decide anything), both keeping each query whole in one shard:
+
+* **grouped** (the common case: a query's rows are contiguous in the input): one pass, one
+  Ray task per input unit, no shuffle; see :mod:`rank1_batch.pipeline.grouped`. Resumable
+  per unit.
+* **shuffle** (anything else): a query goes to shard ``hash(query_id) % n_shards`` (a stable
+  hash, not Python's) through a Ray Data groupby; inside a shard rows are ordered by
+  (query_id, input order).
+
+Re-running prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is
+not re-run.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import commit
-from rank1_batch.inputs import InputFile, Unit, read_unit, units
+from rank1_batch.inputs import InputError, InputFile, Unit, read_unit, units
+from rank1_batch.pipeline import grouped
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
@@ -86,8 +95,8 @@ def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
     return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
 
 
-def _write_shard(rows: pa.Table, store: Store) -> pa.Table:
-    name = commit.shard_name(int(rows.column("shard")[0].as_py()))
+def _write_shard(rows: pa.Table, store: Store, n_shards: int) -> pa.Table:
+    name = commit.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
     data = parquet_bytes(pairs)
     if pairs.num_rows:
@@ -107,11 +116,87 @@ def _write_shard(rows: pa.Table, store: Store) -> pa.Table:
     )
 
 
+PLAN = "pairs/_plan.json"
+
+
 def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
-    """Run prepare unless the manifest exists; return the manifest."""
+    """Run prepare unless the manifest exists; return the manifest.
+
+    Grouped input (detected, or ``input.grouped: true``) takes the one-pass path of
+    :mod:`rank1_batch.pipeline.grouped`; other input is shuffled by query. The path chosen
+    is recorded in ``pairs/_plan.json`` before any shard is written, so a resumed prepare
+    takes the same one.
+    """
     if store.exists(commit.MANIFEST):
         manifest: dict[str, Any] = store.read_json(commit.MANIFEST)
         return manifest
+    mode = store.read_json(PLAN)["mode"] if store.exists(PLAN) else None
+    tasks: list[grouped.UnitTask] = []
+    count = 0
+    if mode != "shuffle" and spec.input.grouped is not False:
+        try:
+            tasks, count = grouped.plan(files, spec)
+            mode = "grouped"
+        except grouped.NotGrouped as exc:
+            if spec.input.grouped is True or mode == "grouped":
+                raise InputError(
+                    f"input {spec.input.path} is not grouped by query: {exc}; "
+                    "set input.grouped to false (or auto) to shuffle it"
+                ) from None
+            log.info("prepare: input not grouped by query (%s); shuffling", exc)
+    mode = mode or "shuffle"
+    if not store.exists(PLAN):
+        store.write_json(PLAN, {"mode": mode})
+    if mode == "grouped":
+        manifest = _prepare_grouped(spec, store, tasks, count)
+    else:
+        manifest = _prepare_shuffled(spec, store, files)
+    store.write_json(commit.MANIFEST, manifest)
+    return manifest
+
+
+def _prepare_grouped(
+    spec: JobSpec, store: Store, tasks: list[grouped.UnitTask], count: int
+) -> dict[str, Any]:
+    import ray
+
+    n_units = len(tasks)
+    # One listing of the unit markers: a unit with one is done (its shards were written first).
+    present = {f"{grouped.UNITS}/{n}" for n in store.list(grouped.UNITS)}
+    paths = {t.ordinal: grouped.unit_marker_path(t.ordinal, n_units) for t in tasks}
+    finished = [paths[t.ordinal] for t in tasks if paths[t.ordinal] in present]
+    pending = [t for t in tasks if paths[t.ordinal] not in present]
+    log.info(
+        "prepare: input grouped by query; %d units (%d already done), up to %d shards",
+        n_units,
+        len(finished),
+        count,
+    )
+    markers = commit.read_json_many(store, finished)
+    if pending and ray.is_initialized():
+        run = ray.remote(num_cpus=0.5)(grouped.run_unit)
+        markers += ray.get([run.remote(t, spec, store, count, n_units) for t in pending])
+    else:  # no Ray (tests, tools): the same units in this process, one after another
+        markers += [grouped.run_unit(t, spec, store, count, n_units) for t in pending]
+    markers.sort(key=lambda m: m["unit"])
+    shards = [s for m in markers for s in m["shards"]]
+    return {
+        "plan": "grouped",
+        "name_count": count,
+        "input_rows": sum(m["input_rows"] for m in markers),
+        "pairs": sum(m["pairs"] for m in markers),
+        "rejected": sum(m["rejected"] for m in markers),
+        "duplicates": sum(m["duplicates"] for m in markers),
+        "shards": shards,
+        "rejected_files": [m["rejected_file"] for m in markers if m["rejected_file"]],
+    }
+
+
+def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
+    """Every row to shard ``hash(query_id) % n_shards`` through a Ray Data groupby.
+
+    Not resumable inside: the shuffle has no finished part until it ends, so a crash redoes it.
+    """
     import ray.data
 
     work = units(files)
@@ -139,7 +224,9 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
         )
         .groupby("shard", num_partitions=min(n_shards, 64))
         .map_groups(
-            functools.partial(_write_shard, store=store), batch_format="pyarrow", num_cpus=0.5
+            functools.partial(_write_shard, store=store, n_shards=n_shards),
+            batch_format="pyarrow",
+            num_cpus=0.5,
         )
         .take_all()
     )
@@ -156,7 +243,10 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
         }
         for r in stats
     ]
-    manifest = {
+    if sum(int(r["input_rows"]) for r in stats) != total:
+        raise RuntimeError("prepare lost rows: shard inputs do not add up to the input count")
+    return {
+        "plan": "shuffle",
         "n_buckets": n_shards,
         "input_rows": total,
         "pairs": sum(s["rows"] for s in shards),
@@ -165,7 +255,3 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
         "shards": [s for s in shards if s["rows"]],
         "rejected_files": [commit.rejected_path(s["id"]) for s in shards if s["rejected"]],
     }
-    if sum(int(r["input_rows"]) for r in stats) != total:
-        raise RuntimeError("prepare lost rows: shard inputs do not add up to the input count")
-    store.write_json(commit.MANIFEST, manifest)
-    return manifest

@@ -11,13 +11,14 @@ import logging
 import time
 from typing import Any
 
-from rank1_batch import commit
+from rank1_batch import commit, console, lease
 from rank1_batch.engines.factory import model_path
 from rank1_batch.executor.ray_pool import init_ray, score_pending
 from rank1_batch.formats import CONVERTED
 from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import prepare
+from rank1_batch.reuse import build_reuse
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import StorageError, Store
 
@@ -36,11 +37,19 @@ def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]
     return converted, scan_inputs(converted.input, spec.storage)
 
 
-def run(spec: JobSpec) -> dict[str, Any]:
-    """Run (or resume) a job to completion; return the contents of ``_SUCCESS.json``."""
+def run(
+    spec: JobSpec, *, join: bool = False, take_over: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) a job to completion; return the contents of ``_SUCCESS.json``.
+
+    ``join``/``take_over``: what to do when another live run holds the output
+    (:mod:`rank1_batch.lease`); by default that is refused with :class:`lease.OutputBusy`.
+    """
     start = time.perf_counter()
     store = Store(spec.output.path, spec.storage)
     store.check_access()  # no such bucket / access denied: fail now, before input or model
+    store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
+    lease.check_adoptable(store, commit.JOB_FILE)
     if spec.input.format in CONVERTED:
         spec, files = convert_input(spec, store)
     else:
@@ -58,7 +67,20 @@ def run(spec: JobSpec) -> dict[str, Any]:
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)
         return done
+    with lease.Lease(store, join=join, take_over=take_over) as held:
+        return _run_held(spec, store, files, held, start, quiet)
+
+
+def _run_held(
+    spec: JobSpec,
+    store: Store,
+    files: list[InputFile],
+    held: lease.Lease,
+    start: float,
+    quiet: bool,
+) -> dict[str, Any]:
     model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
+    console.tame_ray(quiet)
     init_ray(spec)
     manifest = prepare(spec, store, files)
     done_shards = commit.committed_shards(store)
@@ -70,7 +92,20 @@ def run(spec: JobSpec) -> dict[str, Any]:
         sum(s["rows"] for s in pending),
     )
     if pending:
-        for folder in ("scores", "traces", commit.COMMITS):
-            store.remove_temp_leftovers(folder)
+        if held.me.role == "joiner":
+            pending = pending[::-1]  # from the other end: the two runs meet in the middle
+        elif not held.others_running():  # a live joiner's temp files are still being written
+            for folder in ("scores", "traces", commit.COMMITS):
+                store.remove_temp_leftovers(folder)
+        console.ray_bars_during_score()
+        log.info(console.CONSTRUCTOR_NOTE)
+        if spec.reuse:
+            build_reuse(spec, store, [s["id"] for s in pending])
         score_pending(spec, store, pending)
-    return finalize(store, manifest, time.perf_counter() - start)
+    return finalize(
+        store,
+        manifest,
+        time.perf_counter() - start,
+        total_wall=held.total_seconds(),
+        attempts=len(lease.attempts(store)),
+    )

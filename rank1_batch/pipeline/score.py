@@ -15,12 +15,13 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rank1_batch import commit, rank1
+from rank1_batch import commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
@@ -170,9 +171,27 @@ def read_pairs(shard: str, store: Store) -> pa.Table:
     return store.read_parquet(commit.pairs_path(shard))
 
 
+@dataclass(frozen=True)
+class ShardWork:
+    """A shard read for scoring: every pair, the pairs the engine must judge, and the rows
+    copied from earlier outputs (``reuse:``; empty without it)."""
+
+    pairs: pa.Table
+    to_judge: pa.Table
+    copied: pa.Table
+
+
+def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> ShardWork:
+    """Read a shard's pairs and split off the rows reuse copies (:mod:`rank1_batch.reuse`)."""
+    pairs = read_pairs(shard, store)
+    reused = reuse.read_reused(store, shard, spec)
+    to_judge, copied = reuse.split_reused(pairs, reused, engine.model_revision)
+    return ShardWork(pairs, to_judge, copied)
+
+
 def commit_shard(
     shard: str,
-    pairs: pa.Table,
+    work: ShardWork,
     judgements: list[rank1.Judgement],
     engine: Rank1Engine,
     store: Store,
@@ -180,14 +199,21 @@ def commit_shard(
     seconds: float,
 ) -> commit.Marker:
     """The one commit body: publish scores and traces, verify, create the marker exclusively;
-    return the marker that holds (an earlier attempt's, if one won)."""
-    scores, traces = build_tables(pairs, judgements, engine, spec.prompt_id)
+    return the marker that holds (an earlier attempt's, if one won). ``judgements`` are
+    aligned with ``work.to_judge``; copied rows are merged in, in ``work.pairs`` order."""
+    pairs = work.pairs
+    scores, traces = build_tables(work.to_judge, judgements, engine, spec.prompt_id)
+    if work.copied.num_rows:
+        scores, traces = reuse.merge_results(
+            pairs, scores, traces, work.copied, model=engine.model_id,
+            model_revision=engine.model_revision, prompt_id=spec.prompt_id,
+        )  # fmt: skip
     ours = parquet_bytes(scores)
     scores_data = store.publish(commit.scores_path(shard), ours)
     traces_data = store.publish(commit.traces_path(shard), parquet_bytes(traces))
     _verify(scores_data, pairs.num_rows, commit.scores_path(shard))
     _verify(traces_data, pairs.num_rows, commit.traces_path(shard))
-    stats = stats_of(judgements, seconds)
+    stats = stats_of(judgements, seconds) + reuse.copied_stats(work.copied)
     if scores_data is not ours:
         # An earlier (killed) attempt published this shard's scores: describe those, not ours.
         stats = _stats_from_scores(pq.read_table(io.BytesIO(scores_data)), seconds)
@@ -216,10 +242,12 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
     if done is not None:
         return done
     start = time.perf_counter()
-    pairs = read_pairs(shard, store)
-    query_ids = pairs.column("query_id").to_pylist()
-    judgements = engine.judge_pairs(requests_for(pairs, spec), query_ids, spec.reasoning_mode)
-    return commit_shard(shard, pairs, judgements, engine, store, spec, time.perf_counter() - start)
+    work = read_work(shard, store, spec, engine)
+    # A shard copied whole from earlier outputs never reaches the engine.
+    requests = requests_for(work.to_judge, spec)
+    query_ids = work.to_judge.column("query_id").to_pylist()
+    judgements = engine.judge_pairs(requests, query_ids, spec.reasoning_mode) if requests else []
+    return commit_shard(shard, work, judgements, engine, store, spec, time.perf_counter() - start)
 
 
 def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:
@@ -230,4 +258,5 @@ def _stats_from_scores(table: pa.Table, seconds: float) -> commit.ShardStats:
     stats.truncated = int(pc.sum(pc.cast(table.column("truncated"), pa.int64())).as_py() or 0)
     stats.prompt_tokens = int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
     stats.reasoning_tokens = int(pc.sum(table.column("reasoning_tokens")).as_py() or 0)
+    stats.reused = reuse.reused_count(table)
     return stats

@@ -1,0 +1,409 @@
+"""Case 9, the drain: how much of a continuous-batching engine's slot-time each scoring policy
+keeps busy, and the scoring process's peak memory as shards grow.
+
+The engine is :class:`sim_engine.SimulatedContinuousBatchingEngine`, a TEST DOUBLE (no model):
+N slots, a step time growing with the batch, lognormal reasoning lengths with a cap. Everything
+around it is the project's real code, on a local Store holding synthetic prepared shards:
+
+- ``old_policy``: ``process_shard``'s steps with the batch protocol ``Rank1Engine.judge``, shard
+  after shard, through the stream engine's synchronous ``generate``/``answer`` adapters: every
+  pass-1 request of the shard submitted and awaited together, then the forced requests of the
+  incomplete ones together, then the commit, then the next shard (what one blocking
+  ``LLM.generate`` per pass per shard did before the stream engine);
+- ``stream``: ``score_shards(ShardStreamer(engine, store, spec), shards, shards_in_flight)``,
+  the scheduling and commit code the Ray actors run, for several ``shards_in_flight``;
+- ``never_draining``: every pair of the job in one queue (``judge_one`` each, no commits), so the
+  engine drains once, at the end of the job: the reference the other two are divided by.
+
+Each policy gets a fresh copy of the same prepared shards and a fresh engine, on the engine's
+virtual clock (see :mod:`sim_engine`): host work, storage I/O included, costs no engine time,
+which flatters the old policy (its commits between shards are free) and makes the figures
+independent of how busy this machine is. Peak RSS is read in a fresh subprocess per shard size
+(the kernel's ``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across
+``exec``), the stream scoring every shard.
+
+    python benchmarks/drain_cases.py            # this case alone, full sizes (JSON on stdout)
+    python benchmarks/drain_cases.py --quick
+    python benchmarks/drain_cases.py --out benchmarks/results/drain.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sim_engine import SimParams, SimulatedContinuousBatchingEngine, inline_executor
+
+from rank1_batch import commit
+from rank1_batch.engines.factory import engine_options
+from rank1_batch.spec import JobSpec, spec_from_mapping
+from rank1_batch.storage import Store, parquet_bytes, sha256
+
+TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    """The case's sizes (printed in the JSON with the engine's :class:`SimParams`)."""
+
+    shard_sizes: tuple[int, ...] = (500, 2000, 8000)
+    total_pairs: int = 24_000
+    shards_in_flight: tuple[int, ...] = (2, 3, 4, 8)
+    candidates_per_query: int = 20
+    passage_chars: int = 600
+    sim: SimParams = field(default_factory=SimParams)
+    rss: bool = True
+    rss_shards_in_flight: int | None = None  # None: the job default, compute.shards_in_flight
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sim": self.sim.as_dict()}
+
+
+FULL = DrainSettings()
+QUICK = DrainSettings(total_pairs=8000, shards_in_flight=(2, 8))
+
+
+# -- synthetic prepared shards ------------------------------------------------------------
+def job_spec(out: str, sim: SimParams) -> JobSpec:
+    return spec_from_mapping(
+        {
+            "name": "drain-bench",
+            "input": {"path": "unused.parquet"},
+            "output": {"path": out},
+            "model": {"name": "simulated", "max_model_len": 16000},
+            "reasoning": {"max_tokens": sim.cap_tokens, "min_reserve": sim.cap_tokens},
+        }
+    )
+
+
+def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list[str]:
+    """Pairs shards and manifest as prepare writes them: whole queries per shard, built by
+    prepare's own ``build_shard``; the same pairs for every shard size."""
+    import pyarrow as pa
+
+    from rank1_batch.inputs import NORMALISED
+    from rank1_batch.pipeline.prepare import build_shard
+    from rank1_batch.toy.data import make_ir_collection
+
+    per_query = settings.candidates_per_query
+    coll = make_ir_collection(11, math.ceil(settings.total_pairs / per_query), per_query)
+    cands = coll.candidates[: settings.total_pairs]
+    queries = max(1, shard_size // per_query)
+    shards = []
+    for k, start in enumerate(range(0, len(cands), queries * per_query)):
+        part = cands[start : start + queries * per_query]
+        passages = [c.passage for c in part]
+        passages = [(p + " ") * max(1, settings.passage_chars // max(1, len(p))) for p in passages]
+        n = len(part)
+        rows = pa.table(
+            {
+                "query_id": [c.query_id for c in part],
+                "doc_id": [c.doc_id for c in part],
+                "query": [c.query for c in part],
+                "passage": passages,
+                "title": [None] * n,
+                "instruction": [None] * n,
+                "input_order": list(range(start, start + n)),
+                "reason": [None] * n,
+            },
+            schema=NORMALISED,
+        )
+        pairs, _, _ = build_shard(rows)
+        name = commit.shard_name(k)
+        data = parquet_bytes(pairs)
+        store.write_atomic(commit.pairs_path(name), data)
+        shards.append({"id": name, "rows": pairs.num_rows, "sha256": sha256(data)})
+    manifest = {"n_buckets": len(shards), "pairs": len(cands), "shards": shards}
+    store.write_json(commit.MANIFEST, manifest)
+    return [s["id"] for s in shards]
+
+
+def fresh_copy(prepared: Path, dest: Path) -> Store:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(prepared, dest)
+    return Store(str(dest))
+
+
+# -- the three policies ---------------------------------------------------------------------
+def old_policy(
+    engine: SimulatedContinuousBatchingEngine, store: Store, spec: JobSpec, shards: list[str]
+) -> None:
+    """``process_shard``'s steps with the batch protocol (``Rank1Engine.judge``): pass 1 of the
+    whole shard through one ``generate`` call, the forced pass of its incomplete pairs through
+    one ``answer`` call (each a gather over the stream engine's primitives, awaited whole),
+    then the commit, then the next shard."""
+    from rank1_batch.engines.base import Rank1Engine
+    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
+
+    for shard in shards:
+        if committed_marker(shard, store) is not None:
+            continue
+        start = time.perf_counter()
+        work = read_work(shard, store, spec, engine)
+        judgements = Rank1Engine.judge(engine, requests_for(work.to_judge, spec))
+        commit_shard(shard, work, judgements, engine, store, spec, time.perf_counter() - start)
+
+
+async def stream(
+    engine: SimulatedContinuousBatchingEngine,
+    store: Store,
+    spec: JobSpec,
+    shards: list[str],
+    shards_in_flight: int,
+) -> dict[str, Any]:
+    from rank1_batch.executor.stream import ShardStreamer, score_shards
+
+    asyncio.get_running_loop().set_default_executor(inline_executor())
+    streamer = ShardStreamer(engine, store, spec)
+    await score_shards(streamer, shards, shards_in_flight)
+    return {
+        "max_requests": streamer.max_requests,
+        "peak_requests": streamer.peak_in_flight,
+        "peak_open_shards": streamer.peak_open_shards,
+    }
+
+
+async def never_draining(
+    engine: SimulatedContinuousBatchingEngine, store: Store, spec: JobSpec, shards: list[str]
+) -> None:
+    from rank1_batch.pipeline.score import requests_for
+
+    asyncio.get_running_loop().set_default_executor(inline_executor())
+    requests = [
+        r for s in shards for r in requests_for(store.read_parquet(commit.pairs_path(s)), spec)
+    ]
+    await asyncio.gather(*(engine.judge_one(r) for r in requests))
+
+
+def measure(
+    policy: str,
+    prepared: Path,
+    scratch: Path,
+    settings: DrainSettings,
+    shards: list[str],
+    shards_in_flight: int = 0,
+) -> dict[str, Any]:
+    """One run of ``policy`` on a fresh copy of the shards; the engine's occupancy figures."""
+    store = fresh_copy(prepared, scratch)
+    spec = job_spec(str(scratch), settings.sim)
+    engine = SimulatedContinuousBatchingEngine(settings.sim, engine_options(spec))
+    extra: dict[str, Any] = {}
+    start = time.perf_counter()
+    if policy == "old_policy":
+        old_policy(engine, store, spec, shards)
+    elif policy == "stream":
+        extra = asyncio.run(stream(engine, store, spec, shards, shards_in_flight))
+        extra["shards_in_flight"] = shards_in_flight
+    else:
+        asyncio.run(never_draining(engine, store, spec, shards))
+    run_s = time.perf_counter() - start
+    engine.close()
+    result = {**engine.stats.as_dict(), **extra, "run_s": round(run_s, 2)}
+    if policy != "never_draining":
+        result["committed_shards"] = len(commit.committed_shards(store))
+        if result["committed_shards"] != len(shards):
+            raise RuntimeError(f"{policy}: {result['committed_shards']}/{len(shards)} committed")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+# -- memory: a fresh process per shard size ---------------------------------------------------
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: ``VmHWM`` of ``/proc/self/status`` (Linux), which belongs to
+    this program's address space. ``ru_maxrss`` is the fallback elsewhere; on Linux it keeps
+    the parent's high-water mark across fork and exec, so it would read the benchmark's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_child(
+    prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
+) -> dict[str, Any]:
+    import psutil
+
+    shards = shard_names(prepared)
+    store = fresh_copy(prepared, scratch)
+    spec = job_spec(str(scratch), settings.sim)
+    engine = SimulatedContinuousBatchingEngine(settings.sim, engine_options(spec))
+    from rank1_batch.executor.stream import ShardStreamer, score_shards  # noqa: F401
+
+    before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    counts = asyncio.run(stream(engine, store, spec, shards, shards_in_flight))
+    peak = peak_rss_bytes()
+    rows = max(s["rows"] for s in store.read_json(commit.MANIFEST)["shards"])
+    shutil.rmtree(scratch, ignore_errors=True)
+    mib = 1024 * 1024
+    return {
+        "shards": len(shards),
+        "shards_in_flight": shards_in_flight,
+        "peak_open_shards": counts["peak_open_shards"],
+        "peak_pairs_open": counts["peak_open_shards"] * rows,
+        "rss_before_scoring_mib": round(before / mib, 1),
+        "peak_rss_mib": round(peak / mib, 1),
+        "run_s": round(time.perf_counter() - start, 2),
+    }
+
+
+def rss_in_subprocess(
+    prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--rss-child",
+        str(prepared),
+        "--scratch",
+        str(scratch),
+        "--settings",
+        json.dumps(settings.as_dict()),
+        "--shards-in-flight",
+        str(shards_in_flight),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the case -------------------------------------------------------------------------------
+def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
+    """Busy-slot fractions of the three policies at each shard size, and peak RSS."""
+    prepared = {}
+    for size in settings.shard_sizes:
+        prepared[size] = work / f"drain-prepared-{size}"
+        write_shards(Store(str(prepared[size])), settings, size)
+    names = {size: shard_names(path) for size, path in prepared.items()}
+    # Every size holds the same pairs in the same order, so the one-queue reference is one run.
+    first = settings.shard_sizes[0]
+    ref = measure("never_draining", prepared[first], work / "drain-run", settings, names[first])
+    base = ref["busy_fraction"]
+    sizes: dict[str, Any] = {}
+    for size in settings.shard_sizes:
+        scratch = work / f"drain-run-{size}"
+        old = measure("old_policy", prepared[size], scratch, settings, names[size])
+        # Beyond the shard count every shard is in flight at once: the same run, measured once.
+        runs: dict[int, dict[str, Any]] = {}
+        for k in sorted({min(k, len(names[size])) for k in settings.shards_in_flight}):
+            runs[k] = measure("stream", prepared[size], scratch, settings, names[size], k)
+        streams = {str(k): runs[min(k, len(names[size]))] for k in settings.shards_in_flight}
+        ratios = {k: round(v["busy_fraction"] / base, 3) for k, v in streams.items()}
+        meeting = [int(k) for k, r in ratios.items() if r >= TARGET]
+        sizes[str(size)] = {
+            "shards": len(names[size]),
+            "old_policy": old,
+            "stream": streams,
+            "old_over_never_draining": round(old["busy_fraction"] / base, 3),
+            "stream_over_never_draining": ratios,
+            "smallest_shards_in_flight_meeting_target": min(meeting) if meeting else None,
+        }
+        print(
+            f"[drain] {size}-pair shards: old/ref {sizes[str(size)]['old_over_never_draining']}, "
+            f"stream/ref by shards_in_flight {ratios}",
+            file=sys.stderr,
+            flush=True,
+        )
+    result: dict[str, Any] = {
+        "engine": "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)",
+        "settings": settings.as_dict(),
+        "pairs": settings.total_pairs,
+        "target_stream_over_never_draining": TARGET,
+        "default_shards_in_flight": default_shards_in_flight(),
+        "never_draining": ref,
+        "sizes": sizes,
+    }
+    if settings.rss:
+        k = settings.rss_shards_in_flight or default_shards_in_flight()
+        rss = {
+            str(size): rss_in_subprocess(prepared[size], work / f"drain-rss-{size}", settings, k)
+            for size in settings.shard_sizes
+        }
+        runs = list(rss.values())
+        # more pairs held (open shards: read, judged or queued, not yet committed)
+        held = runs[-1]["peak_pairs_open"] - runs[0]["peak_pairs_open"]
+        result["peak_rss"] = {
+            "stream_per_shard_size": rss,
+            "growth_smallest_to_largest": round(
+                runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"] - 1, 3
+            ),
+            "target_growth": 0.10,
+            "kib_per_extra_pair_open": round(
+                (runs[-1]["peak_rss_mib"] - runs[0]["peak_rss_mib"]) * 1024 / held, 2
+            )
+            if held
+            else None,
+        }
+    return result
+
+
+def default_shards_in_flight() -> int:
+    from rank1_batch.spec import ComputeSpec
+
+    return ComputeSpec().shards_in_flight
+
+
+def shard_names(prepared: Path) -> list[str]:
+    return [s["id"] for s in Store(str(prepared)).read_json(commit.MANIFEST)["shards"]]
+
+
+def settings_from_dict(data: dict[str, Any]) -> DrainSettings:
+    data = dict(data)
+    sim = SimParams(**data.pop("sim"))
+    for key in ("shard_sizes", "shards_in_flight"):
+        data[key] = tuple(data[key])
+    return DrainSettings(**data, sim=sim)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="8,000 pairs, shards_in_flight 2 and 8")
+    p.add_argument("--out", help="also write the JSON document here")
+    p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    p.add_argument("--scratch", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    p.add_argument("--shards-in-flight", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_child:
+        settings = settings_from_dict(json.loads(args.settings))
+        out = rss_child(Path(args.rss_child), Path(args.scratch), settings, args.shards_in_flight)
+        print(json.dumps(out))
+        return 0
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="rank1-drain-"))
+    start = time.perf_counter()
+    try:
+        doc = {
+            "command": " ".join(["python", "benchmarks/drain_cases.py", *(argv or sys.argv[1:])]),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "case": drain(work, QUICK if args.quick else FULL),
+        }
+        doc["total_wall_s"] = round(time.perf_counter() - start, 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Issue 16: what a newcomer meets at the command line before any model loads (cheap: no Ray
+starts in these tests). Each test names its bug."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from rank1_batch import commit, lease
+from rank1_batch.cli import main
+from rank1_batch.inputs import listing, scan_inputs
+from rank1_batch.spec import load_job
+from rank1_batch.storage import Store
+
+
+def tiny_job(tmp_path: Path, input_path: str | None = None) -> Path:
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table({"query_id": ["q1"], "query": ["cats"], "doc_id": ["d1"], "passage": ["cat"]}),
+        data,
+    )
+    job = {
+        "name": "tiny",
+        "input": {"path": input_path or str(data)},
+        "output": {"path": str(tmp_path / "out")},
+        "model": {"name": "toy", "engine": "transformers", "device": "cpu"},  # device: cpu
+        "reasoning": {"max_tokens": 8, "min_reserve": 8},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_set_of_an_unknown_key_names_the_set_argument(tmp_path, capsys):
+    """Bug 15: `--set compute.wrkers=2` blames the --set argument, not the job file."""
+    job = tiny_job(tmp_path)
+    assert main(["run", str(job), "--set", "compute.wrkers=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--set compute.wrkers=2: compute.wrkers: unknown field" in err
+    assert str(job) not in err
+
+
+def test_a_missing_input_names_input_path_and_the_job_file(tmp_path, capsys):
+    """Bug 15: a missing input path names `input.path` and the job file."""
+    job = tiny_job(tmp_path, input_path="nowhere/pairs.parquet")
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert f"{job}: input.path nowhere/pairs.parquet: no such file or folder" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unrelated_non_empty_output_folder_is_refused(tmp_path, capsys):
+    """Bug 15: a folder holding other files (and no job.json) is not adopted silently."""
+    job = tiny_job(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no job.json (found: thesis.tex)" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]
+
+
+def test_run_on_an_output_held_by_a_live_run_is_refused_naming_it(tmp_path, capsys):
+    """Bug 8: a second `run` says who holds the output and how to join or take over."""
+    job = tiny_job(tmp_path)
+    spec = load_job(job)
+    store = Store(spec.output.path)
+    commit.claim_output(store, commit.job_record(spec, listing(scan_inputs(spec.input))))
+    holder = lease.Attempt.new()
+    holder.host, holder.pid, holder.refreshed = "gpu-node-7", 4242, time.time()
+    store.write_json(lease.LEASE, holder.to_dict())
+    assert main(["-q", "run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "is being run by gpu-node-7:4242" in err and "--join" in err
+    assert not store.exists(commit.MANIFEST)  # nothing was prepared or scored
+
+
+def test_unrelated_folder_check_allows_empty_and_own_folders(tmp_path):
+    """Bug 15: an empty folder, a missing one, or one holding job.json are all fine."""
+    lease.check_adoptable(Store(str(tmp_path / "missing")), commit.JOB_FILE)
+    (tmp_path / "empty").mkdir()
+    lease.check_adoptable(Store(str(tmp_path / "empty")), commit.JOB_FILE)
+    (tmp_path / "empty" / "job.json").write_text("{}")
+    (tmp_path / "empty" / "other").write_text("")
+    lease.check_adoptable(Store(str(tmp_path / "empty")), commit.JOB_FILE)
+    with pytest.raises(lease.OutputBusy):
+        lease.check_adoptable(Store(str(tmp_path)), commit.JOB_FILE)

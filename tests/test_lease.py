@@ -1,0 +1,180 @@
+"""Bug 8 (issue 16): two runs on one output. A heartbeat lease names the run that holds the
+folder; a second run is refused (naming it), joins, or takes over a dead one's lease. Also
+bug 5 (status ETA from the current attempt only) and bug 7 (total vs last-attempt wall time).
+Local disk and the loopback S3 server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rank1_batch import commit, lease
+from rank1_batch.spec import StorageSpec
+from rank1_batch.status import format_status, read_status
+from rank1_batch.storage import Store
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "out"))
+    s3 = request.getfixturevalue("s3")
+    return Store(f"s3://{s3.bucket}/out", StorageSpec(endpoint_url=s3.endpoint))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def plant(store: Store, **over: object) -> lease.Attempt:
+    rec = lease.Attempt.new()
+    for k, v in over.items():
+        setattr(rec, k, v)
+    store.write_json(lease.LEASE, rec.to_dict())
+    return rec
+
+
+def test_a_second_run_is_refused_naming_the_holder_until_it_releases(store):
+    first = lease.Lease(store)
+    first.acquire()
+    try:
+        with pytest.raises(lease.OutputBusy) as busy:
+            lease.Lease(store).acquire()
+        text = str(busy.value)
+        assert f"{socket.gethostname()}:{first.me.pid}" in text
+        assert "--join" in text and "--take-over" in text and "rank1-batch status" in text
+    finally:
+        first.release()
+    assert not store.exists(lease.LEASE)
+    second = lease.Lease(store)
+    second.acquire()
+    second.release()
+    assert {a.attempt for a in lease.attempts(store)} == {first.me.attempt, second.me.attempt}
+    assert all(a.finished for a in lease.attempts(store))
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_once(store):
+    dead = plant(store, pid=dead_pid())
+    taker = lease.Lease(store)
+    taker.acquire()
+    try:
+        assert taker.holder and lease.read_lease(store).attempt == taker.me.attempt
+        assert store.exists(f"{lease.TAKEOVERS}/{dead.attempt}.json")
+        # a second run that also found the dead holder now finds the live taker: refused
+        with pytest.raises(lease.OutputBusy, match=str(taker.me.pid)):
+            lease.Lease(store).acquire()
+    finally:
+        taker.release()
+
+
+def test_a_taker_killed_before_writing_the_lease_is_replaced_too(store):
+    dead = plant(store, pid=dead_pid())
+    half = lease.Attempt.new()
+    half.pid = dead_pid()
+    store.create_json(f"{lease.TAKEOVERS}/{dead.attempt}.json", half.to_dict())
+    run = lease.Lease(store)
+    run.acquire()
+    assert run.holder and store.exists(f"{lease.TAKEOVERS}/{half.attempt}.json")
+    run.release()
+
+
+def test_a_holder_on_another_host_goes_stale_without_heartbeat(store):
+    fresh = plant(store, host="elsewhere", pid=1, refreshed=time.time())
+    with pytest.raises(lease.OutputBusy, match="elsewhere:1"):
+        lease.Lease(store).acquire()
+    forced = lease.Lease(store, take_over=True)
+    forced.acquire()
+    assert forced.holder and store.exists(f"{lease.TAKEOVERS}/{fresh.attempt}.json")
+    forced.release()
+    plant(store, host="elsewhere", pid=1, refreshed=time.time() - lease.STALE_S - 5)
+    quiet = lease.Lease(store)
+    quiet.acquire()
+    assert quiet.holder
+    quiet.release()
+
+
+def test_join_scores_alongside_without_taking_the_lease(store):
+    holder = plant(store, host="elsewhere", pid=1, refreshed=time.time())
+    joiner = lease.Lease(store, join=True)
+    joiner.acquire()
+    assert joiner.me.role == "joiner" and not joiner.holder
+    assert lease.read_lease(store).attempt == holder.attempt  # untouched
+    other = lease.Lease(store, take_over=True)
+    other.acquire()
+    assert other.others_running()  # the live joiner: its temp files must not be swept
+    joiner.release()
+    assert not other.others_running()
+    other.release()
+
+
+def test_heartbeat_refreshes_and_notices_a_takeover(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    store = Store(str(tmp_path / "out"))
+    run = lease.Lease(store)
+    run.acquire()
+    try:
+        time.sleep(0.3)
+        assert lease.read_lease(store).refreshed > run.me.started
+        other = plant(store, host="elsewhere", pid=1)
+        time.sleep(0.3)
+        assert run._lost and lease.read_lease(store).attempt == other.attempt
+    finally:
+        run.release()
+    assert lease.read_lease(store).attempt == other.attempt  # not deleted: not ours
+
+
+def test_total_wall_time_is_the_union_of_attempts():
+    """Bug 7: resumes add up, downtime and overlapping joiners do not."""
+
+    def a(start: float, end: float) -> lease.Attempt:
+        return lease.Attempt("x", "h", 1, start, end)
+
+    assert lease.total_seconds([a(0, 10), a(5, 20), a(100, 110)]) == 30
+    assert lease.total_seconds([a(100, 110)]) == 10
+
+
+def _status_folder(store: Store, total: int) -> None:
+    store.write_json(commit.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(
+        commit.MANIFEST,
+        {"shards": [{"id": f"s{i}"} for i in range(10)], "pairs": total, "rejected": 0,
+         "duplicates": 0},
+    )  # fmt: skip
+
+
+def _marker(store: Store, shard: str, rows: int, at: float) -> None:
+    m = commit.Marker(shard, rows, "x", "y", commit.ShardStats(pairs=rows), committed_at=at)
+    store.create_json(commit.marker_path(shard), m.to_dict())
+
+
+def test_status_eta_uses_the_current_attempt_rate(tmp_path):
+    """Bug 5: after a resume, the rate is measured over the current attempt, not across the
+    downtime (the first attempt scored 1000 pairs in 10 s, then the job sat idle an hour)."""
+    store = Store(str(tmp_path / "out"))
+    _status_folder(store, total=3000)
+    now = time.time()
+    _marker(store, "s0", 500, now - 3600)
+    _marker(store, "s1", 500, now - 3590)
+    plant(store, started=now - 200)  # this process: alive
+    _marker(store, "s2", 100, now - 100)
+    _marker(store, "s3", 100, now - 50)  # 100 pairs in 50 s: 2 pairs/s
+    status = read_status(store)
+    assert status["state"] == "scoring" and status["run"].endswith(f":{lease.os.getpid()}")
+    left = 3000 - 1200
+    assert status["eta_seconds"] == pytest.approx(left / 2 - 50, abs=2)
+
+
+def test_status_of_a_stopped_job_says_how_to_resume(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    _status_folder(store, total=3000)
+    _marker(store, "s0", 500, time.time() - 10)
+    plant(store, pid=dead_pid())
+    status = read_status(store)
+    assert status["state"] == "stopped" and status["eta_seconds"] is None
+    assert "`rank1-batch run` with the same job resumes it" in format_status(status)

@@ -1,0 +1,371 @@
+"""Reuse across jobs: the result key field by field, the shard merge, and end to end on the
+toy model (device: cpu) with local and S3 earlier outputs, interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from rank1_batch import commit, reuse
+from rank1_batch.spec import spec_from_mapping
+from rank1_batch.storage import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "jobs" / "demo.yaml"
+DEMO_INPUT = ROOT / "jobs" / "data" / "demo-pairs.parquet"
+
+
+def demo_mapping(**over: object) -> dict:
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["input"]["path"] = str(DEMO_INPUT)
+    raw["model"]["device"] = "cpu"
+    raw.update(over)
+    return raw
+
+
+def pairs(**over: list) -> pa.Table:
+    cols: dict[str, list] = {
+        "query_id": ["q1", "q1"],
+        "doc_id": ["d1", "d2"],
+        "query": ["what do cats eat", "what do cats eat"],
+        "passage": ["Cats eat fish.", "Dogs bark."],
+        "title": [None, None],
+        "instruction": [None, None],
+    }
+    cols.update(over)
+    return pa.table(cols, schema=pa.schema([(c, pa.string()) for c in cols]))
+
+
+# -- the key --------------------------------------------------------------------------------
+KEY_FIELDS = [
+    "model.name=other",
+    "model.revision=abc123",
+    "model.engine=vllm",
+    "model.dtype=float16",
+    "model.quantization=gptq",
+    "model.max_model_len=4096",
+    "reasoning.max_tokens=32",
+    "reasoning.min_reserve=32",
+    "reasoning.require_stop=true",
+    "reasoning.prompt_template='Search: FILL_QUERY_HERE'",
+    "reasoning.instruction='answer carefully'",
+]
+NOT_KEY_FIELDS = [
+    "name=renamed",
+    "output.path=/elsewhere",
+    "output.shard_size=7",
+    "input.path=/other.parquet",
+    "model.device=cuda",
+    "model.gpu_memory_utilization=0.5",
+    "model.enforce_eager=true",
+    "compute.workers=4",
+    "compute.batch_size=3",
+    "compute.torch_threads=2",
+    "reuse=['/some/earlier/output']",
+]
+
+
+@pytest.mark.parametrize("override", KEY_FIELDS)
+def test_each_result_setting_changes_the_key(override):
+    base = spec_from_mapping(demo_mapping())
+    changed = spec_from_mapping(demo_mapping(), overrides=[override])
+    assert reuse.keys_for(pairs(), base) != reuse.keys_for(pairs(), changed)
+    assert all(
+        a != b
+        for a, b in zip(
+            reuse.keys_for(pairs(), base), reuse.keys_for(pairs(), changed), strict=True
+        )
+    )
+
+
+@pytest.mark.parametrize("override", NOT_KEY_FIELDS)
+def test_tuning_knobs_and_locations_keep_the_key(override):
+    base = spec_from_mapping(demo_mapping())
+    changed = spec_from_mapping(demo_mapping(), overrides=[override])
+    assert reuse.keys_for(pairs(), base) == reuse.keys_for(pairs(), changed)
+
+
+def test_key_covers_composed_texts_not_ids():
+    spec = spec_from_mapping(demo_mapping())
+    base = reuse.keys_for(pairs(), spec)
+    assert base[0] != base[1]
+    assert reuse.keys_for(pairs(query_id=["x", "y"], doc_id=["a", "b"]), spec) == base
+    for variant in (
+        pairs(query=["what do dogs eat"] * 2),
+        pairs(passage=["Cats eat fish!", "Dogs bark!"]),
+        pairs(title=["Cats", "Dogs"]),
+        pairs(instruction=["be brief", "be brief"]),
+    ):
+        assert all(a != b for a, b in zip(reuse.keys_for(variant, spec), base, strict=True))
+    # Composition, not raw columns: a title is the passage's prefix, stripping is applied.
+    same = pairs(passage=["  Cats eat fish.  ", " Dogs bark."])
+    assert reuse.keys_for(same, spec) == base
+    assert (
+        reuse.result_key(reuse.key_settings(spec), "what do cats eat", "Cats eat fish.") == base[0]
+    )
+
+
+def test_reuse_is_not_in_the_fingerprint():
+    a = spec_from_mapping(demo_mapping())
+    b = spec_from_mapping(demo_mapping(reuse=["/earlier/out", "s3://bucket/run1"]))
+    ra, rb = commit.job_record(a, []), commit.job_record(b, [])
+    assert ra["fingerprint"] == rb["fingerprint"]
+
+
+def test_a_reuse_source_that_is_no_output_is_named(tmp_path):
+    spec = spec_from_mapping(demo_mapping(reuse=[str(tmp_path / "nothing")]))
+    with pytest.raises(FileNotFoundError, match=r"reuse: .*nothing: no job\.json"):
+        reuse.usable_sources(spec)
+
+
+def test_reuse_may_not_name_the_job_own_output():
+    from rank1_batch.spec import JobError
+
+    with pytest.raises(JobError, match=r"reuse\[0\].*own output"):
+        spec_from_mapping(demo_mapping(output={"path": "/o"}, reuse=["/o/"]))
+
+
+# -- the shard merge (pure) -----------------------------------------------------------------
+def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
+    from rank1_batch.pipeline.score import SCORES_SCHEMA
+
+    shard = pairs(
+        query_id=["q1", "q1", "q1"], doc_id=["d1", "d2", "d3"], query=["q"] * 3,
+        passage=["a", "b", "c"], title=[None] * 3, instruction=[None] * 3,
+    )  # fmt: skip
+    reused = pa.table(
+        {
+            "query_id": ["q1", "q1"],
+            "doc_id": ["d1", "d3"],
+            "score": [0.2, 0.9],
+            "logit": [-1.4, 2.2],
+            "status": ["complete", "forced"],
+            "error": [None, None],
+            "prompt_tokens": [10, 11],
+            "reasoning_tokens": [5, 6],
+            "truncated": [False, True],
+            "model_revision": ["rev1", "rev0"],  # d3 was scored by another revision
+            "reasoning": ["because a", "because c"],
+            "finish_reason": ["stop", "length"],
+            "reused_from": ["/earlier", "/earlier"],
+        },
+        schema=reuse.MATCH_SCHEMA.remove(0),
+    )
+    to_judge, copied = reuse.split_reused(shard, reused, "rev1")
+    assert to_judge.column("doc_id").to_pylist() == ["d2", "d3"]
+    assert copied.column("doc_id").to_pylist() == ["d1"]
+    judged = pa.table(
+        {"query_id": ["q1", "q1"], "doc_id": ["d2", "d3"], "score": [0.5, 0.1],
+         "logit": [0.0, -2.0], "status": ["complete", "complete"], "error": [None, None],
+         "prompt_tokens": [7, 8], "reasoning_tokens": [3, 4], "truncated": [False, False],
+         "rank": [1, 2], "model": ["toy"] * 2, "model_revision": ["rev1"] * 2,
+         "prompt_id": ["p"] * 2},
+        schema=SCORES_SCHEMA,
+    )  # fmt: skip
+    traces = pa.table(
+        {"query_id": ["q1", "q1"], "doc_id": ["d2", "d3"], "reasoning": ["x", "y"],
+         "finish_reason": ["stop", "stop"]}
+    )  # fmt: skip
+    scores, tr = reuse.merge_results(
+        shard, judged, traces, copied, model="toy", model_revision="rev1", prompt_id="p"
+    )
+    assert scores.column("doc_id").to_pylist() == ["d1", "d2", "d3"]
+    assert scores.column("score").to_pylist() == [0.2, 0.5, 0.1]
+    assert scores.column("rank").to_pylist() == [2, 1, 3]
+    assert scores.column("reused_from").to_pylist() == ["/earlier", None, None]
+    assert tr.column("reasoning").to_pylist() == ["because a", "x", "y"]
+    stats = reuse.copied_stats(copied)
+    assert (stats.pairs, stats.reused, stats.complete, stats.reasoning_tokens) == (1, 1, 1, 5)
+    assert reuse.reused_count(scores) == 1
+    # No reuse file: nothing copied, the pairs pass through untouched.
+    same, none = reuse.split_reused(shard, None, "rev1")
+    assert same is shard and none.num_rows == 0
+
+
+def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
+    def row(**kw: object) -> dict:
+        return {**{f.name: None for f in reuse.JOIN_SCHEMA}, **kw}
+
+    t = pa.Table.from_pylist(
+        [
+            row(key="k1", bucket=0, side="target", shard="s1", query_id="q", doc_id="d1"),
+            row(key="k2", bucket=0, side="target", shard="s1", query_id="q", doc_id="d2"),
+            row(key="k1", bucket=0, side="source", priority=(1 << 32), score=0.1,
+                reasoning="second source", reused_from="B"),
+            row(key="k1", bucket=0, side="source", priority=3, score=0.9,
+                reasoning="first source", reused_from="A"),
+            row(key="k3", bucket=0, side="source", priority=0, score=0.5, reused_from="A"),
+        ],
+        schema=reuse.JOIN_SCHEMA,
+    )  # fmt: skip
+    out = reuse.join_bucket(t).to_pylist()
+    assert [(r["doc_id"], r["score"], r["reasoning"], r["reused_from"]) for r in out] == [
+        ("d1", 0.9, "first source", "A")
+    ]
+    assert reuse.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
+
+
+# -- end to end -----------------------------------------------------------------------------
+COPIED = ["score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated"]
+
+
+def committed(out: str) -> tuple[pa.Table, pa.Table]:
+    store = Store(out)
+    shards = sorted(commit.committed_shards(store))
+    scores = pa.concat_tables(store.read_parquet(commit.scores_path(s)) for s in shards)
+    traces = pa.concat_tables(store.read_parquet(commit.traces_path(s)) for s in shards)
+    return scores, traces
+
+
+def by_pair(scores: pa.Table, traces: pa.Table) -> dict[tuple[str, str], tuple]:
+    cols = (traces.column(c).to_pylist() for c in traces.column_names)
+    t = {(q, d): (r, f) for q, d, r, f in zip(*cols, strict=True)}
+    out = {}
+    for row in scores.to_pylist():
+        key = (row["query_id"], row["doc_id"])
+        out[key] = (*(row[c] for c in COPIED), *t[key])
+    return out
+
+
+def same(a: tuple, b: tuple) -> bool:
+    return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+               for x, y in zip(a, b, strict=True))  # fmt: skip
+
+
+def extended_input(path: Path) -> pa.Table:
+    """The demo pairs plus 50% new pairs (new doc ids and passage text, same queries)."""
+    demo = pq.read_table(DEMO_INPUT)
+    extra = demo.slice(0, demo.num_rows // 2)
+    extra = extra.set_column(
+        extra.schema.get_field_index("doc_id"), "doc_id",
+        pc.binary_join_element_wise("new-", extra.column("doc_id"), ""),
+    ).set_column(
+        extra.schema.get_field_index("passage"), "passage",
+        pc.binary_join_element_wise(extra.column("passage"), " Also new.", ""),
+    )  # fmt: skip
+    table = pa.concat_tables([demo, extra.cast(demo.schema)])
+    pq.write_table(table, path)
+    return table
+
+
+@pytest.mark.ray
+def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_reference):
+    from rank1_batch.engines.factory import build_engine, model_path
+    from rank1_batch.executor.local import score_local
+    from rank1_batch.executor.ray_pool import init_ray
+    from rank1_batch.inputs import listing, scan_inputs
+    from rank1_batch.pipeline.prepare import prepare
+    from rank1_batch.pipeline.run import run
+
+    table = extended_input(tmp_path / "ext.parquet")
+    out = str(tmp_path / "ext-out")
+    spec = spec_from_mapping(
+        demo_mapping(input={"path": str(tmp_path / "ext.parquet")}, output={"path": out,
+                     "shard_size": 500}, reuse=[str(demo_reference)])
+    )  # fmt: skip
+    # An interrupted first attempt: prepare, match, and commit two shards only.
+    store = Store(out)
+    files = scan_inputs(spec.input)
+    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    init_ray(spec)
+    manifest = prepare(spec, store, files)
+    shards = [s["id"] for s in manifest["shards"]]
+    matched = reuse.build_reuse(spec, store, shards)
+    assert sum(matched.values()) == 3000
+    engine = build_engine(spec, model_path(spec))
+    first = score_local(spec, store, shards[:2], engine)
+    before = {m.shard: (tmp_path / "ext-out" / commit.marker_path(m.shard)).read_bytes()
+              for m in first}  # fmt: skip
+    # The resumed run: only the other shards are matched and scored again.
+    done = run(spec)
+    for shard, data in before.items():
+        assert (tmp_path / "ext-out" / commit.marker_path(shard)).read_bytes() == data
+    assert done["scored"] == table.num_rows == 4500
+    assert done["reused"] == 3000, done
+    markers = commit.read_markers(store)
+    assert sum(m.stats.reused for m in markers) == 3000
+    print(f"extended job: {done['scored']} pairs, {done['reused']} reused, "
+          f"{done['scored'] - done['reused']} judged")  # fmt: skip
+    # Reused rows are the earlier output's, field for field, and say where they came from.
+    old = by_pair(*committed(str(demo_reference)))
+    new_scores, new_traces = committed(out)
+    new = by_pair(new_scores, new_traces)
+    assert len(new) == 4500
+    for pair, row in old.items():
+        assert same(new[pair], row), pair
+    ids = zip(*(new_scores.column(c).to_pylist() for c in ("query_id", "doc_id")), strict=True)
+    origin = dict(zip(ids, new_scores.column("reused_from").to_pylist(), strict=True))
+    assert {origin[p] for p in old} == {str(demo_reference)}
+    assert {origin[p] for p in new if p not in old} == {None}
+    # Status shows the count.
+    from rank1_batch.status import read_status
+
+    assert read_status(store)["pairs_reused"] == 3000
+    # Readers (exports, eval) take a reuse job's output like any other.
+    from rank1_batch.results import read_results
+
+    assert read_results(store, require_complete=True).table.num_rows == 4500
+
+
+@pytest.mark.ray
+def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
+    from rank1_batch.executor.ray_pool import init_ray
+    from rank1_batch.inputs import listing, scan_inputs
+    from rank1_batch.pipeline.prepare import prepare
+
+    spec = spec_from_mapping(
+        demo_mapping(output={"path": str(tmp_path / "o"), "shard_size": 500},
+                     reuse=[str(demo_reference)]),
+        overrides=["reasoning.max_tokens=32"],
+    )  # fmt: skip
+    store = Store(spec.output.path)
+    files = scan_inputs(spec.input)
+    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    init_ray(spec)
+    manifest = prepare(spec, store, files)
+    shards = [s["id"] for s in manifest["shards"]]
+    assert reuse.usable_sources(spec) == []
+    assert reuse.build_reuse(spec, store, shards) == {}
+    # Same settings: every pair matches (the join, not a shortcut, finds them).
+    same_spec = spec_from_mapping(
+        demo_mapping(output={"path": str(tmp_path / "p"), "shard_size": 500},
+                     reuse=[str(demo_reference)])
+    )  # fmt: skip
+    store2 = Store(same_spec.output.path)
+    commit.claim_output(store2, commit.job_record(same_spec, listing(files)))
+    prepare(same_spec, store2, files)
+    assert sum(reuse.build_reuse(same_spec, store2, shards).values()) == 3000
+
+
+@pytest.mark.s3
+@pytest.mark.ray
+def test_reuse_from_and_into_s3(tmp_path, s3, demo_reference, monkeypatch):
+    """The earlier output on S3, the new job's output on S3: every pair is copied."""
+    from conftest import run_cli
+
+    client = s3.client()
+    for f in demo_reference.rglob("*"):
+        if f.is_file():
+            client.put_object(Bucket=s3.bucket, Key=f"old/{f.relative_to(demo_reference)}",
+                              Body=f.read_bytes())  # fmt: skip
+    client.put_object(Bucket=s3.bucket, Key="in/demo-pairs.parquet", Body=DEMO_INPUT.read_bytes())
+    args, store = s3.demo_run(f"s3://{s3.bucket}/new")
+    run_cli(*args, "--set", f"reuse=['s3://{s3.bucket}/old']", "--set", "model.device=cpu",
+            env=s3.env)  # fmt: skip
+    done = store.read_json(commit.SUCCESS)
+    assert done["scored"] == 3000 and done["reused"] == 3000
+    old = by_pair(*committed(str(demo_reference)))
+    shards = sorted(commit.committed_shards(store))
+    new_scores = pa.concat_tables(store.read_parquet(commit.scores_path(s)) for s in shards)
+    new_traces = pa.concat_tables(store.read_parquet(commit.traces_path(s)) for s in shards)
+    new = by_pair(new_scores, new_traces)
+    assert all(same(new[p], row) for p, row in old.items())
+    assert set(new_scores.column("reused_from").to_pylist()) == {f"s3://{s3.bucket}/old"}
+    json.dumps(done)
