@@ -138,6 +138,34 @@ def test_fingerprint_of_think_is_unchanged_and_modes_enter_it(tmp_path: Path) ->
         _spec(tmp_path, mode="cascade", cascade={"top_k": 0})
 
 
+def test_reuse_keys_the_mode_and_is_refused_with_cascade(tmp_path: Path) -> None:
+    from rank1_batch import reuse
+
+    think = reuse.key_settings(_spec(tmp_path))
+    assert set(think["reasoning"]) == set(reuse.KEY_REASONING_FIELDS)  # as before modes
+    assert reuse.key_settings(_spec(tmp_path, mode="direct"))["reasoning"] == {
+        **think["reasoning"],
+        "mode": "direct",
+    }
+    raw = {
+        "input": {"path": "unused.parquet"},
+        "output": {"path": str(tmp_path / "out")},
+        "model": {"name": "sleepy"},
+        "reuse": [str(tmp_path / "earlier")],
+    }
+    spec_from_mapping(raw, overrides=["reasoning.mode=direct"])
+    with pytest.raises(JobError, match=r"reuse: not available with reasoning\.mode cascade"):
+        spec_from_mapping(raw, overrides=["reasoning.mode=cascade"])
+    cols = cascade.columns_from_status(
+        ["direct", "complete", "fallback", "error"], [0.9, 0.2, 0.5, 1]
+    )
+    assert cols == {
+        "score_direct": [0.9, None, None, None],
+        "score_reasoned": [None, 0.2, None, None],
+        "decided_by": ["direct", "think", "think", None],
+    }
+
+
 # -- the shared protocol on a stream engine (sync adapter and streamed alike) -----------------
 def _shards(store: Store, n: int, per_query: int, shard_rows: int) -> list[str]:
     shards = []
@@ -153,7 +181,7 @@ def _shards(store: Store, n: int, per_query: int, shard_rows: int) -> list[str]:
                 "instruction": pa.nulls(len(rows), pa.string()),
             }
         )
-        shard = commit.shard_name(s)
+        shard = f"shard-{s:05d}"
         store.publish(commit.pairs_path(shard), parquet_bytes(table))
         shards.append(shard)
     return shards
@@ -170,6 +198,7 @@ def test_stream_and_batch_paths_agree_per_mode(tmp_path: Path, mode: str) -> Non
         if path == "streamed":
             streamer = ShardStreamer(engine, store, spec)
             markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=2))
+            assert streamer.waiting == 0 and streamer.in_flight == 0  # both passes accounted
         else:
             markers = [process_shard(s, engine, store, spec) for s in shards]
         table = pa.concat_tables(store.read_parquet(commit.scores_path(s)) for s in shards)
