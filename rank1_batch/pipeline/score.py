@@ -23,40 +23,11 @@ import pyarrow.parquet as pq
 
 from rank1_batch import commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
+from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 log = logging.getLogger(__name__)
-
-SCORES_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("score", pa.float64()),
-        ("logit", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("reasoning_tokens", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("rank", pa.int32()),
-        ("model", pa.string()),
-        ("model_revision", pa.string()),
-        ("prompt_id", pa.string()),
-        # reasoning.mode (rank1_batch.cascade); absent from outputs written before it.
-        ("score_direct", pa.float64()),
-        ("score_reasoned", pa.float64()),
-        ("decided_by", pa.string()),
-    ]
-)
-TRACES_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("reasoning", pa.large_string()),
-        ("finish_reason", pa.string()),
-    ]
-)
 
 
 def requests_for(pairs: pa.Table, spec: JobSpec) -> list[JudgeRequest]:
