@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rank1_batch import commit, rank1, reuse
+from rank1_batch import cascade, commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec
@@ -202,6 +202,18 @@ def commit_shard(
     return marker
 
 
+def judge_shard(
+    engine: Rank1Engine, requests: list[JudgeRequest], query_ids: list[str], spec: JobSpec
+) -> list[rank1.Judgement]:
+    """A shard's judgements under ``reasoning.mode``. ``think`` is the reference protocol
+    over every pair (``engine.judge``, all any engine must have); the other modes plan a
+    direct pass and reasoning through the shared ``judge_pairs``."""
+    mode = spec.reasoning_mode
+    if mode.mode == rank1.THINK:
+        return cascade.finish(len(requests), None, dict(enumerate(engine.judge(requests))))
+    return engine.judge_pairs(requests, query_ids, mode)
+
+
 def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) -> commit.Marker:
     """Score one shard and commit it; return its marker (the existing one if already done).
 
@@ -217,7 +229,7 @@ def process_shard(shard: str, engine: Rank1Engine, store: Store, spec: JobSpec) 
     # A shard copied whole from earlier outputs never reaches the engine.
     requests = requests_for(work.to_judge, spec)
     query_ids = work.to_judge.column("query_id").to_pylist()
-    judgements = engine.judge_pairs(requests, query_ids, spec.reasoning_mode) if requests else []
+    judgements = judge_shard(engine, requests, query_ids, spec) if requests else []
     return commit_shard(shard, work, judgements, engine, store, spec, time.perf_counter() - start)
 
 
