@@ -35,6 +35,7 @@ def read_status(store: Store) -> dict[str, Any]:
             shards_committed=int(done["shards"]),
             pairs_total=int(manifest["pairs"]),
             pairs_scored=int(done["scored"]),
+            pairs_reused=int(done.get("reused", 0)),
             rejected=manifest["rejected"],
             duplicates=manifest["duplicates"],
             statuses=done["statuses"],
