@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from s3_server import MotoServer, s3_env
 
+from rank1_batch import commit
 from rank1_batch.spec import StorageSpec
 from rank1_batch.storage import Store
 
@@ -141,3 +142,14 @@ def kill_after_commits(args: list[str], store: Store, shards: int = 1, timeout: 
         proc.wait()
     assert not store.exists(commit.SUCCESS), "the run ended before it could be killed"
     return len(commit.committed_shards(store))
+
+
+@pytest.fixture(scope="session")
+def report_demo_out(request: pytest.FixtureRequest) -> Path:
+    """The demo job's output: conftest's session run, or an existing finished demo output
+    named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
+    given = os.environ.get("RANK1_REPORT_DEMO_OUT")
+    if given:
+        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
+        return Path(given)
+    return Path(request.getfixturevalue("demo_reference"))

@@ -215,8 +215,11 @@ class Rank1Engine(abc.ABC):
             return rank1.fallback(len(fp.token_ids), 0, fp.truncated, "", rank1.DIRECT)
         return _answered(verdict, rank1.DIRECT, fp, NO_REASONING)
 
-    def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        """Judge every request without reasoning: one batched answer pass."""
+    def _fit_all(
+        self, requests: Sequence[JudgeRequest]
+    ) -> tuple[list[rank1.Judgement | None], dict[int, rank1.FittedPrompt]]:
+        """Fit every prompt: ``(results, fitted)`` where a prompt that cannot fit is already
+        its error judgement in ``results`` and the rest are in ``fitted`` by index."""
         results: list[rank1.Judgement | None] = [None] * len(requests)
         fitted: dict[int, rank1.FittedPrompt] = {}
         for i, req in enumerate(requests):
@@ -225,6 +228,11 @@ class Rank1Engine(abc.ABC):
                 results[i] = fp
             else:
                 fitted[i] = fp
+        return results, fitted
+
+    def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        """Judge every request without reasoning: one batched answer pass."""
+        results, fitted = self._fit_all(requests)
         if fitted:
             tops = self.answer([self.direct_prompt(fp) for fp in fitted.values()])
             for (i, fp), top in zip(fitted.items(), tops, strict=True):
@@ -249,14 +257,7 @@ class Rank1Engine(abc.ABC):
     def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
         """Judge every request in two batched passes; the result list is aligned with
         ``requests``."""
-        results: list[rank1.Judgement | None] = [None] * len(requests)
-        fitted: dict[int, rank1.FittedPrompt] = {}
-        for i, req in enumerate(requests):
-            fp = self.fit(req)
-            if isinstance(fp, rank1.Judgement):
-                results[i] = fp
-            else:
-                fitted[i] = fp
+        results, fitted = self._fit_all(requests)
         order = list(fitted)
         gens = self.generate(
             [fitted[i].token_ids for i in order], [self.budget(fitted[i]) for i in order]
