@@ -101,6 +101,9 @@ def test_demo_writes_the_layout(demo_out):
         "model",
         "model_revision",
         "prompt_id",
+        "score_direct",
+        "score_reasoned",
+        "decided_by",
     ]
     traces = pq.read_table(demo_out / commit.traces_path(shards[0]))
     assert traces.column_names == ["query_id", "doc_id", "reasoning", "finish_reason"]
