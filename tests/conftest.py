@@ -153,3 +153,14 @@ def report_demo_out(request: pytest.FixtureRequest) -> Path:
         assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
         return Path(given)
     return Path(request.getfixturevalue("demo_reference"))
+
+
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray reads RAY_AUTH_MODE from the environment when it starts a local cluster; a test (or
+    the CLI's submit path, run in-process) that sets it must not change how later tests'
+    in-process Ray starts. monkeypatch restores the variable after each test."""
+    if "RAY_AUTH_MODE" in os.environ:
+        monkeypatch.setenv("RAY_AUTH_MODE", os.environ["RAY_AUTH_MODE"])
+    else:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
