@@ -102,7 +102,8 @@ def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list
     cands = coll.candidates[: settings.total_pairs]
     queries = max(1, shard_size // per_query)
     shards = []
-    for k, start in enumerate(range(0, len(cands), queries * per_query)):
+    starts = range(0, len(cands), queries * per_query)
+    for k, start in enumerate(starts):
         part = cands[start : start + queries * per_query]
         passages = [c.passage for c in part]
         passages = [(p + " ") * max(1, settings.passage_chars // max(1, len(p))) for p in passages]
@@ -121,7 +122,7 @@ def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list
             schema=NORMALISED,
         )
         pairs, _, _ = build_shard(rows)
-        name = commit.shard_name(k)
+        name = commit.shard_name(k, len(starts))
         data = parquet_bytes(pairs)
         store.write_atomic(commit.pairs_path(name), data)
         shards.append({"id": name, "rows": pairs.num_rows, "sha256": sha256(data)})

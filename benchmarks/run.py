@@ -8,9 +8,10 @@ Cases (see README "Performance"): 1 pipeline overhead, 2 scaling, 3 resume cost,
 4 prepare throughput, 5 memory, 6 engine efficiency, 7 token economics, 8 scale (end to end
 with an instant test-double engine at 1M+ pairs: ``--only 8_scale --scale-pairs 1000000
 10000000``), 9 drain (busy-slot fraction of a simulated continuous-batching engine under the
-old and the streaming policy). Every case records its figures and settings; the document
-records the machine. Timings use the toy model on CPU: they measure the pipeline around the
-engine, not Rank1's quality or GPU speed.
+old and the streaming policy), 10 reasoning modes (think / direct / cascade: tokens vs
+nDCG@10; alone: benchmarks/adaptive_cases.py). Every case records its figures and settings;
+the document records the machine. Timings use the toy model on CPU: they measure the pipeline
+around the engine, not Rank1's quality or GPU speed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import adaptive_cases
 import common as c
 import data_cases
 import drain_cases
@@ -46,6 +48,7 @@ SIZES = {
         "repeats": 3,
         "scale_pairs": [100_000, 300_000],
         "drain": "quick",
+        "mode_queries": 20,
     },
     "full": {
         "score_pairs": 20_000,
@@ -57,6 +60,7 @@ SIZES = {
         "repeats": 3,
         "scale_pairs": [1_000_000, 3_000_000],
         "drain": "full",
+        "mode_queries": 100,
     },
 }
 CANDIDATES = 30
@@ -115,6 +119,9 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
     guarded(cases, "8_scale", lambda: scale_cases.scale(work, size["scale_pairs"]))
     drain = drain_cases.QUICK if size["drain"] == "quick" else drain_cases.FULL
     guarded(cases, "9_drain", lambda: drain_cases.drain(work, drain))
+    modes = work / "modes"
+    modes.mkdir()
+    guarded(cases, "10_reasoning_modes", lambda: adaptive_cases.demo(size["mode_queries"], modes))
     return cases
 
 

@@ -27,6 +27,20 @@ EPILOG = """examples:
 """
 
 
+def _add_job_arguments(parser: argparse.ArgumentParser, job_help: str = "job file (YAML)") -> None:
+    """The job file and its overrides, the same for run, plan and submit."""
+    parser.add_argument("job", help=job_help)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job field (repeatable), e.g. --set compute.workers=2",
+    )
+    parser.add_argument("--output", metavar="URI", help="override output.path")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rank1-batch",
@@ -46,16 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "written with different result-determining settings is refused. Joins the Ray "
         "cluster named by RAY_ADDRESS (as inside a Ray job), else starts a local Ray.",
     )
-    run.add_argument("job", help="job file (YAML), e.g. jobs/demo.yaml")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a job field (repeatable), e.g. --set compute.workers=2",
-    )
-    run.add_argument("--output", metavar="URI", help="override output.path")
+    _add_job_arguments(run, "job file (YAML), e.g. jobs/demo.yaml")
     run.add_argument("--json", action="store_true", help="print _SUCCESS.json, not a summary")
     busy = run.add_mutually_exclusive_group()
     busy.add_argument(
@@ -110,16 +115,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         "plan.json; exits 1 naming why when run would fail. Scores nothing, writes nothing "
         "under the output (a probe file is written and deleted).",
     )
-    pl.add_argument("job", help="job file (YAML)")
-    pl.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a job field (repeatable)",
-    )
-    pl.add_argument("--output", metavar="URI", help="override output.path")
+    _add_job_arguments(pl)
     pl.add_argument(
         "--sample",
         type=int,
@@ -184,17 +180,8 @@ def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
         "(RAY_AUTH_MODE=token; token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
         "~/.ray/auth_token). Flow: submit -> jobs/logs -> status OUTPUT -> results in OUTPUT.",
     )
-    sm.add_argument("job", help="job file (YAML)")
+    _add_job_arguments(sm)
     sm.add_argument("--address", **address)
-    sm.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a job field (repeatable)",
-    )
-    sm.add_argument("--output", metavar="URI", help="override output.path")
     sm.add_argument(
         "--wait",
         action="store_true",

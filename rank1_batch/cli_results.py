@@ -44,7 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(scores with text, traces)",
     )
     ex.add_argument("--out", metavar="PATH", help="where to write (file or folder)")
-    ex.add_argument("--tag", default="rank1", help="TREC run tag (default rank1)")
+    ex.add_argument(
+        "--tag", default=None, help="TREC run tag (default rank1; rank1-<mode> for direct/cascade)"
+    )
     g = ex.add_argument_group("label selection (label formats)")
     g.add_argument("--pos-threshold", type=float, default=0.5, help="min P(true) of a positive")
     g.add_argument("--neg-threshold", type=float, default=0.5, help="max P(true) of a negative")

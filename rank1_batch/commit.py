@@ -87,6 +87,7 @@ class ShardStats:
     forced: int = 0
     fallback: int = 0
     error: int = 0
+    direct: int = 0  # reasoning.mode direct/cascade: pairs scored without reasoning
     truncated: int = 0
     prompt_tokens: int = 0
     reasoning_tokens: int = 0

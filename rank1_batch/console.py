@@ -17,7 +17,7 @@ from typing import Any
 
 from rank1_batch.progress import format_eta
 
-STATUS_ORDER = ("complete", "forced", "fallback", "error")
+STATUS_ORDER = ("complete", "forced", "direct", "fallback", "error")
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve")
 
 # Printed at ERROR level by Ray's core worker (C++, not filterable) for every scoring actor:

@@ -60,6 +60,17 @@ def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
         yield q, d, rank, s
 
 
+def run_tag(results: Results) -> str:
+    """Default TREC tag: ``rank1``, or ``rank1-direct`` / ``rank1-cascade-k10-m0.1`` when
+    ``reasoning.mode`` is not ``think``, so a run file says which mode produced it."""
+    reasoning = results.job.get("spec", {}).get("reasoning", {})
+    mode = reasoning.get("mode", "think")
+    if mode == "cascade":
+        c = reasoning.get("cascade", {})
+        return f"rank1-cascade-k{c.get('top_k')}-m{c.get('margin')}"
+    return "rank1" if mode == "think" else f"rank1-{mode}"
+
+
 def run_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
     """:func:`ranked_rows` with run scores that stay strictly decreasing within a query, even
     for evaluators that read scores as float32.
@@ -224,9 +235,11 @@ def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]
         "- `traces`: `query_id`, `doc_id`, `reasoning` (the model's reasoning text), "
         "`finish_reason`; join with `scores` on (query_id, doc_id).\n\n"
         "`score` is P(true) from the model's last-position logprobs; `logit` is "
-        "log P(true) - log P(false); `status` is complete | forced | fallback (0.5 by rule, "
-        "not a judgement) | error (NaN). Only complete and forced rows are judgements to "
-        "train on.\n\n"
+        "log P(true) - log P(false); `status` is complete | forced | direct (no reasoning) | "
+        "fallback (0.5 by rule, not a judgement) | error (NaN). Only complete, forced and "
+        "direct rows are judgements to train on. `reasoning_mode` below says which "
+        "reasoning.mode produced `score`; `score_direct`, `score_reasoned` and `decided_by` "
+        "keep both scores.\n\n"
         "```json\n" + json.dumps(info, indent=2, default=str) + "\n```\n"
     )
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
@@ -250,7 +263,7 @@ def export(
     fmt: str,
     out: str | None = None,
     *,
-    tag: str = "rank1",
+    tag: str | None = None,
     rules: labels.LabelRules | None = None,
     st_kind: str = "triplet",
     st_save: str = "parquet",
@@ -265,7 +278,7 @@ def export(
     if rules is None:
         rules = labels.LabelRules(value=labels.default_value(fmt))
     if fmt == "trec":
-        target.write_file(trec_text(results.table, tag).encode())
+        target.write_file(trec_text(results.table, tag or run_tag(results)).encode())
     elif fmt == "json-run":
         target.write_file(_json(json_run(results.table)))
     elif fmt == "hf":

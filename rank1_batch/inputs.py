@@ -160,7 +160,7 @@ def _open_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> Any:
         raise InputError(f"input file {path}: not a readable {kind.upper()} file ({exc})") from None
 
 
-def _read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
+def read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
     reader = _open_text(path, spec, storage)
     try:
         return pa.Table.from_batches(list(reader), schema=reader.schema)
@@ -299,7 +299,7 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
     if file_type(unit.file, spec.file_type) == "parquet":
         table = _open_parquet(unit.file, storage).read_row_group(unit.row_group)
     else:
-        table = _read_text(unit.file, spec, storage)
+        table = read_text(unit.file, spec, storage)
     cols = spec.columns
     n = table.num_rows
 

@@ -233,7 +233,10 @@ def calibrate(spec: JobSpec, sample: pa.Table, model_dir: str) -> dict[str, Any]
     load = time.perf_counter() - t0
     try:
         t1 = time.perf_counter()
-        judgements = engine.judge(requests_for(sample, spec))
+        # reasoning.mode applies (direct: no reasoning; a cascade selects within the
+        # sample's pairs of each query, so it overstates the reasoned share a little)
+        qids = sample.column("query_id").to_pylist()
+        judgements = engine.judge_pairs(requests_for(sample, spec), qids, spec.reasoning_mode)
         seconds = time.perf_counter() - t1
     finally:
         engine.close()

@@ -32,7 +32,12 @@ COMPLETE = "complete"
 FORCED = "forced"
 FALLBACK = "fallback"
 ERROR = "error"
-STATUSES = (COMPLETE, FORCED, FALLBACK, ERROR)
+DIRECT = "direct"
+STATUSES = (COMPLETE, FORCED, FALLBACK, ERROR, DIRECT)
+
+# ``reasoning.mode``: how much reasoning a job spends (see :mod:`rank1_batch.cascade`).
+THINK = "think"
+MODES = (THINK, DIRECT, "cascade")
 
 # Error codes carried by `error` rows.
 PROMPT_TOO_LONG = "prompt_too_long"
@@ -140,6 +145,17 @@ def forced_prompt(prompt: str, reasoning: str) -> str:
     return f"{prompt}\n{clean_reasoning(reasoning)}\n{THINK_CLOSE}"
 
 
+def direct_prompt(prompt: str) -> str:
+    """The ``direct`` (no reasoning) prompt: the Rank1 prompt, an empty reasoning, ``</think>``.
+
+    Exactly the forced prompt with no reasoning — ``prompt + "\\n\\n</think>"``, i.e.
+    ``...\\nPassage: <passage>\\n<think>\\n\\n</think>`` — so the next token is the answer,
+    read from one token restricted to ``" true"``/``" false"`` with the same two-way softmax.
+    This is the "reasoning switched off" setting of "Don't Overthink" (arXiv 2505.16886).
+    """
+    return forced_prompt(prompt, "")
+
+
 def _shorten_at_sentence(text: str) -> str:
     """Drop the last sentence (or, without one, the last word) of already cleaned text."""
     body = text.rstrip()[:-1] if text and text.rstrip()[-1:] in SENTENCE_ENDS else text
@@ -234,6 +250,11 @@ class Judgement:
     truncated: bool = False
     reasoning: str = ""
     finish_reason: str = ""
+    # Reasoning modes (None where not computed): the direct and reasoned scores, and which
+    # of the two decided ``score`` (``"direct"`` or ``"think"``; None for error rows).
+    score_direct: float | None = None
+    score_reasoned: float | None = None
+    decided_by: str | None = None
 
 
 def complete_or_none(

@@ -22,9 +22,10 @@ from rank1_batch import commit
 from rank1_batch.pipeline.score import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.storage import Store
 
-# Statuses whose score is the model's own judgement; ``fallback`` (0.5 by rule) and
-# ``error`` (NaN) rows never become labels.
-LABEL_STATUSES = ("complete", "forced")
+# Statuses whose score is the model's own judgement (``direct``: without reasoning, from
+# reasoning.mode direct/cascade); ``fallback`` (0.5 by rule) and ``error`` (NaN) rows never
+# become labels.
+LABEL_STATUSES = ("complete", "forced", "direct")
 
 PAIR_COLUMNS = ("query", "passage", "title", "input_rank")
 
@@ -62,12 +63,22 @@ class Results:
         values = pc.unique(self.table.column("prompt_id")).to_pylist()
         return values[0] if len(values) == 1 else (None if not values else ",".join(values))
 
+    @property
+    def reasoning_mode(self) -> str:
+        """``reasoning.mode`` that produced ``score`` (think, direct or cascade)."""
+        mode = self.job.get("spec", {}).get("reasoning", {}).get("mode", "think")
+        if mode == "cascade":
+            cascade = self.job["spec"]["reasoning"].get("cascade", {})
+            return f"cascade(top_k={cascade.get('top_k')},margin={cascade.get('margin')})"
+        return str(mode)
+
     def provenance(self) -> dict[str, Any]:
         revisions = pc.unique(self.table.column("model_revision")).to_pylist()
         return {
             "model": self.model,
             "model_revision": revisions[0] if len(revisions) == 1 else revisions,
             "prompt_id": self.prompt_id,
+            "reasoning_mode": self.reasoning_mode,
             "fingerprint": self.job.get("fingerprint"),
             "shards": len(self.shards),
             "complete": self.complete,
@@ -96,6 +107,10 @@ def read_shard(store: Store, shard: str) -> pa.Table:
         raise ResultsError(f"{store.uri}: {shard}: scores do not match its pairs file")
     if "reused_from" in scores.column_names:  # jobs with reuse: (rank1_batch.reuse)
         scores = scores.drop_columns(["reused_from"])
+    for field in SCORES_SCHEMA:
+        if field.name not in scores.column_names:  # outputs written before reasoning.mode
+            scores = scores.append_column(field, pa.nulls(scores.num_rows, field.type))
+    scores = scores.select(SCORES_SCHEMA.names)
     for name in PAIR_COLUMNS:
         scores = scores.append_column(name, pairs.column(name))
     return scores.cast(RESULTS_SCHEMA)

@@ -41,7 +41,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch import commit
+from rank1_batch import cascade, commit
+from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec, StorageSpec
 from rank1_batch.storage import Store, parquet_bytes
 
@@ -51,18 +52,15 @@ REUSE = "reuse"
 KEY_MODEL_FIELDS = ("name", "revision", "engine", "dtype", "quantization", "max_model_len")
 KEY_REASONING_FIELDS = ("max_tokens", "min_reserve", "require_stop")
 BUCKETS = 64
+RESULT_COLUMNS = (
+    "score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated",
+    "model_revision",
+)  # fmt: skip
+# What a copied row carries: the scores columns a result is made of, its trace, its origin.
 PAYLOAD = pa.schema(
     [
-        ("score", pa.float64()),
-        ("logit", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("reasoning_tokens", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("model_revision", pa.string()),
-        ("reasoning", pa.large_string()),
-        ("finish_reason", pa.string()),
+        *(SCORES_SCHEMA.field(name) for name in RESULT_COLUMNS),
+        *TRACES_SCHEMA.remove(0).remove(0),
         ("reused_from", pa.string()),
     ]
 )
@@ -84,7 +82,11 @@ def key_settings(spec: JobSpec) -> dict[str, Any]:
     return {
         "model": {f: getattr(spec.model, f) for f in KEY_MODEL_FIELDS},
         "prompt_id": spec.prompt_id,
-        "reasoning": {f: getattr(spec.reasoning, f) for f in KEY_REASONING_FIELDS},
+        "reasoning": {
+            **{f: getattr(spec.reasoning, f) for f in KEY_REASONING_FIELDS},
+            # think (the default) leaves the key as it was before reasoning.mode
+            **({"mode": spec.reasoning.mode} if spec.reasoning.mode != "think" else {}),
+        },
     }
 
 
@@ -308,12 +310,16 @@ def merge_results(
 ) -> tuple[pa.Table, pa.Table]:
     """Judged and copied rows as one shard, in ``pairs`` order, ranks over the whole shard,
     and a ``reused_from`` column (null for judged rows)."""
-    from rank1_batch.pipeline.score import SCORES_SCHEMA, TRACES_SCHEMA, ranks_within_query
+    from rank1_batch.pipeline.score import ranks_within_query
 
     n = copied.num_rows
+    mode_columns = cascade.columns_from_status(
+        copied.column("status").to_pylist(), copied.column("score").to_pylist()
+    )
     copied_scores = (
         pa.table(
             {
+                **mode_columns,
                 **{c: copied.column(c) for c in SCORES_SCHEMA.names if c in copied.column_names},
                 "rank": pa.nulls(n, pa.int32()),
                 "model": [model] * n,

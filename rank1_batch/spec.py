@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rank1_batch import rank1
+from rank1_batch.cascade import ReasoningMode
 
 
 class JobError(ValueError):
@@ -158,14 +159,44 @@ class ModelSpec(_Section):
         return v
 
 
+class CascadeSpec(_Section):
+    """Which pairs a ``cascade`` reasons about (see :mod:`rank1_batch.cascade`): each query's
+    ``top_k`` by direct score, and pairs with ``|p - 0.5| < margin`` (0 turns either off)."""
+
+    top_k: int = Field(default=10, ge=0)
+    margin: float = Field(default=0.0, ge=0, le=0.5)
+
+
 class ReasoningSpec(_Section):
-    """Rank1 reasoning: budget, prompt template, instruction, completeness rule."""
+    """Rank1 reasoning: budget, prompt template, instruction, completeness rule, and the
+    mode: ``think`` (reason on every pair), ``direct`` (no reasoning) or ``cascade``."""
 
     max_tokens: int = Field(default=8192, ge=0)
     min_reserve: int = Field(default=1024, ge=1)
     prompt_template: str | None = None
     instruction: str | None = None
     require_stop: bool = False
+    mode: Literal["think", "direct", "cascade"] = "think"
+    cascade: CascadeSpec = CascadeSpec()
+
+    @model_validator(mode="after")
+    def _cascade_selects(self) -> ReasoningSpec:
+        if self.mode == "cascade" and self.cascade.top_k == 0 and self.cascade.margin == 0:
+            raise ValueError(
+                "reasoning.cascade: top_k and margin are both 0, so nothing would be "
+                "reasoned; use mode direct, or set top_k or margin"
+            )
+        return self
+
+    def result_settings(self) -> dict[str, Any]:
+        """What of this section decides results. ``think`` (the default) leaves out mode
+        and cascade, so fingerprints of outputs written before the option are unchanged."""
+        out = self.model_dump(exclude={"mode", "cascade"})
+        if self.mode != "think":
+            out["mode"] = self.mode
+        if self.mode == "cascade":
+            out["cascade"] = self.cascade.model_dump()
+        return out
 
     @field_validator("prompt_template")
     @classmethod
@@ -245,6 +276,11 @@ class JobSpec(_Section):
             check_uri(uri, f"reuse[{i}]", output=False, allow_unsafe=allow)
             if uri.rstrip("/") == self.output.path.rstrip("/"):
                 raise ValueError(f"reuse[{i}]: {uri!r} is this job's own output")
+        if self.reuse and self.reasoning.mode == "cascade":
+            raise ValueError(
+                "reuse: not available with reasoning.mode cascade (whether a pair is reasoned "
+                "depends on the other pairs of its query, so single pairs cannot be copied)"
+            )
         return self
 
     def result_settings(self) -> dict[str, Any]:
@@ -260,7 +296,7 @@ class JobSpec(_Section):
                 # Only when on: other fingerprints stay as they were before the option.
                 **({"batch_invariant": True} if self.model.batch_invariant else {}),
             },
-            "reasoning": self.reasoning.model_dump(),
+            "reasoning": self.reasoning.result_settings(),
             "prompt_id": self.prompt_id,
             "input": {
                 "format": self.input.format,
@@ -278,6 +314,12 @@ class JobSpec(_Section):
             },
             "shard_size": self.output.shard_size,
         }
+
+    @property
+    def reasoning_mode(self) -> ReasoningMode:
+        """``reasoning.mode`` with the cascade's parameters, as the engines' protocol takes it."""
+        r = self.reasoning
+        return ReasoningMode(r.mode, r.cascade.top_k, r.cascade.margin)
 
     @property
     def prompt_id(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rank1_batch import commit, lease
+from rank1_batch import commit, lease, rank1
 from rank1_batch.progress import format_eta
 from rank1_batch.storage import Store
 
@@ -35,6 +35,7 @@ def read_status(store: Store) -> dict[str, Any]:
             shards_committed=int(done["shards"]),
             pairs_total=int(manifest["pairs"]),
             pairs_scored=int(done["scored"]),
+            pairs_reused=int(done.get("reused", 0)),
             rejected=manifest["rejected"],
             duplicates=manifest["duplicates"],
             statuses=done["statuses"],
@@ -54,7 +55,7 @@ def read_status(store: Store) -> dict[str, Any]:
         pairs_reused=stats.reused,
         rejected=manifest["rejected"],
         duplicates=manifest["duplicates"],
-        statuses={s: getattr(stats, s) for s in ("complete", "forced", "fallback", "error")},
+        statuses={s: getattr(stats, s) for s in rank1.STATUSES},
         truncated=stats.truncated,
     )
     if store.exists(commit.SUCCESS):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from s3_server import MotoServer, s3_env
 
+from rank1_batch import commit
 from rank1_batch.spec import StorageSpec
 from rank1_batch.storage import Store
 
@@ -111,3 +112,55 @@ def demo_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     run_cli("run", str(DEMO), "--output", str(out))
     return out
+
+
+def kill_after_commits(args: list[str], store: Store, shards: int = 1, timeout: float = 600) -> int:
+    """Start ``rank1-batch *args``, SIGKILL its whole process group once ``shards`` shards are
+    committed (and before the job has finished); return how many were committed then."""
+    import signal
+    import time
+
+    from rank1_batch import commit
+
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if store.exists(commit.MANIFEST) and len(commit.committed_shards(store)) >= shards:
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
+        proc.wait()
+    assert not store.exists(commit.SUCCESS), "the run ended before it could be killed"
+    return len(commit.committed_shards(store))
+
+
+@pytest.fixture(scope="session")
+def report_demo_out(request: pytest.FixtureRequest) -> Path:
+    """The demo job's output: conftest's session run, or an existing finished demo output
+    named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
+    given = os.environ.get("RANK1_REPORT_DEMO_OUT")
+    if given:
+        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
+        return Path(given)
+    return Path(request.getfixturevalue("demo_reference"))
+
+
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray reads RAY_AUTH_MODE from the environment when it starts a local cluster; a test (or
+    the CLI's submit path, run in-process) that sets it must not change how later tests'
+    in-process Ray starts. monkeypatch restores the variable after each test."""
+    if "RAY_AUTH_MODE" in os.environ:
+        monkeypatch.setenv("RAY_AUTH_MODE", os.environ["RAY_AUTH_MODE"])
+    else:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)

@@ -115,7 +115,7 @@ def build_messy_output(root: Path) -> tuple[Path, Path]:
         table = pa.Table.from_pylist(rows).append_column(
             "shard", pa.array([index] * len(rows), pa.int32())
         )
-        stats.append(_write_shard(table, store).to_pylist()[0])
+        stats.append(_write_shard(table, store, 2).to_pylist()[0])
     manifest = {
         "n_buckets": 2,
         "input_rows": sum(s["input_rows"] for s in stats),

@@ -211,10 +211,9 @@ def test_submit_demo_waits_for_success_and_writes_output(head, tmp_path):
     logs = cli(["logs", sid, "--address", head.address], head.env)
     assert "committed" in logs.stdout
 
-    # The submitted runtime_env carries code and the job file, never a credential.
-    from ray.job_submission import JobSubmissionClient
-
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # The submitted runtime_env carries code and the job file, never a credential. Asked
+    # from a subprocess with the head's environment: setting RAY_AUTH_MODE in this process
+    # would leak into every later test that starts Ray in-process.
     info = subprocess.run(
         [
             sys.executable,
@@ -230,7 +229,6 @@ def test_submit_demo_waits_for_success_and_writes_output(head, tmp_path):
     )
     assert "py_modules" in info.stdout
     assert PLANTED not in info.stdout and head.token not in info.stdout
-    del JobSubmissionClient
 
 
 def test_second_submit_of_running_job_reports_it(head, tmp_path):

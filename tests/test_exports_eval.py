@@ -22,6 +22,8 @@ from rank1_batch.results import read_results
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
+MODE_COLUMNS = ("score_direct", "score_reasoned", "decided_by")
+SCORES_BEFORE_MODES = pa.schema([f for f in SCORES_SCHEMA if f.name not in MODE_COLUMNS])
 
 # (query_id, doc_id, score, status, input_rank); q1's first stage is the reverse of Rank1's.
 SHARD0 = [
@@ -77,7 +79,7 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
             "model_revision": ["rev1"] * n,
             "prompt_id": ["rank1-abc"] * n,
         },
-        schema=SCORES_SCHEMA,
+        schema=SCORES_BEFORE_MODES,  # as written before reasoning.mode: readers fill the rest
     )
     traces = pa.table(
         {"query_id": qids, "doc_id": dids, "reasoning": ["r"] * n, "finish_reason": ["stop"] * n}
@@ -111,6 +113,8 @@ def test_results_read_only_committed_shards(out):
     assert "q9" not in res.table.column("query_id").to_pylist()
     assert res.table.column("doc_id").to_pylist() == [*"abcdfe", "x", "y", "z"]
     assert res.provenance()["model"] == "toy" and res.prompt_id == "rank1-abc"
+    assert res.provenance()["reasoning_mode"] == "think"
+    assert res.table.column("decided_by").null_count == res.table.num_rows
 
 
 def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):

@@ -100,6 +100,9 @@ def test_demo_writes_the_layout(demo_out):
         "model",
         "model_revision",
         "prompt_id",
+        "score_direct",
+        "score_reasoned",
+        "decided_by",
     ]
     traces = shard_table(Store(str(demo_out)), shards[0], "traces")
     assert traces.column_names == ["query_id", "doc_id", "reasoning", "finish_reason"]

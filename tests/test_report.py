@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from collections import Counter
@@ -31,17 +30,6 @@ from rank1_batch.results import read_results, read_traces
 from rank1_batch.storage import Store
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
-
-
-@pytest.fixture(scope="session")
-def demo_out(request: pytest.FixtureRequest) -> Path:
-    """The demo job's output: conftest's session run, or an existing finished demo output
-    named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
-    given = os.environ.get("RANK1_REPORT_DEMO_OUT")
-    if given:
-        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
-        return Path(given)
-    return Path(request.getfixturevalue("demo_reference"))
 
 
 @pytest.fixture(scope="session")
@@ -85,17 +73,17 @@ def test_expected_calibration_error_by_hand():
 
 
 @pytest.mark.ray
-def test_demo_report_agrees_with_eval_labels_and_markers(demo_out: Path, tmp_path: Path):
+def test_demo_report_agrees_with_eval_labels_and_markers(report_demo_out: Path, tmp_path: Path):
     out = tmp_path / "demo.html"
-    proc = run_cli("report", str(demo_out), "--qrels", str(QRELS), "--out", str(out))
+    proc = run_cli("report", str(report_demo_out), "--qrels", str(QRELS), "--out", str(out))
     summary = json.loads(proc.stdout)
-    success = json.loads((demo_out / commit.SUCCESS).read_text())
+    success = json.loads((report_demo_out / commit.SUCCESS).read_text())
     assert summary["report"] == str(out) and summary["bytes"] == out.stat().st_size
     assert summary["pairs"] == success["scored"]
     assert {k: v for k, v in success["statuses"].items() if v} == summary["statuses"]
     assert summary["explorer_queries"] == 25 and "a sample of 25 of 100" in summary["selection"]
 
-    store = Store(str(demo_out))
+    store = Store(str(report_demo_out))
     report = collect(store, qrels=str(QRELS))
     results = read_results(store)
     runs = {"first_stage": first_stage_run(results.table), "reranked": reranked_run(results.table)}
@@ -120,8 +108,8 @@ def test_demo_report_agrees_with_eval_labels_and_markers(demo_out: Path, tmp_pat
 
 
 @pytest.mark.ray
-def test_explorer_selection_and_limits(demo_out: Path, tmp_path: Path):
-    store = Store(str(demo_out))
+def test_explorer_selection_and_limits(report_demo_out: Path, tmp_path: Path):
+    store = Store(str(report_demo_out))
     named = collect(store, queries=["q0042", "q0007"], limits=Limits(max_candidates=5))
     assert [q["id"] for q in named.explorer.queries] == ["q0042", "q0007"]
     q42 = named.explorer.queries[0]
@@ -143,9 +131,9 @@ def test_explorer_selection_and_limits(demo_out: Path, tmp_path: Path):
     again = [q["id"] for q in collect(store, limits=Limits(sample=10)).explorer.queries]
     assert len(again) == 10 and set(ids) <= set(again)  # the same sample, all of it
 
-    bad = run_cli("report", str(demo_out), "--queries", "q0001,nope", check=False)
+    bad = run_cli("report", str(report_demo_out), "--queries", "q0001,nope", check=False)
     assert bad.returncode == 2 and "'nope'" in bad.stderr
-    assert not (demo_out / "exports" / "report.html").exists()
+    assert not (report_demo_out / "exports" / "report.html").exists()
 
 
 # -- every status -----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import pytest
 from conftest import ROOT, run_cli
 from report_outputs import messy_output
 
-from rank1_batch import commit
 from rank1_batch.results import read_traces
 from rank1_batch.storage import Store
 
@@ -42,17 +41,6 @@ pytestmark = pytest.mark.skipif(
     reason="no Chromium found (install Debian's: apt-get install -y chromium, as .ci/run does; "
     "or set RANK1_CHROMIUM to a Chromium binary)",
 )
-
-
-@pytest.fixture(scope="session")
-def demo_out(request: pytest.FixtureRequest) -> Path:
-    """The demo job's output: conftest's session run, or an existing finished demo output
-    named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
-    given = os.environ.get("RANK1_REPORT_DEMO_OUT")
-    if given:
-        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
-        return Path(given)
-    return Path(request.getfixturevalue("demo_reference"))
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +91,9 @@ def shot(name: str) -> str:
 
 
 @pytest.mark.ray
-def test_demo_report_in_chromium(browser: Any, demo_out: Path, tmp_path: Path) -> None:
+def test_demo_report_in_chromium(browser: Any, report_demo_out: Path, tmp_path: Path) -> None:
     html = tmp_path / "demo-report.html"
-    run_cli("report", str(demo_out), "--qrels", str(QRELS), "--out", str(html))
+    run_cli("report", str(report_demo_out), "--qrels", str(QRELS), "--out", str(html))
     view = Page(browser, html)
     page = view.page
 
@@ -156,7 +144,7 @@ def test_demo_report_in_chromium(browser: Any, demo_out: Path, tmp_path: Path) -
     second.click()
     trace = page.locator(f'.trace[data-doc-id="{doc}"]')
     assert trace.is_visible()
-    traces = read_traces(Store(str(demo_out)))
+    traces = read_traces(Store(str(report_demo_out)))
     want = traces.filter(
         pc.and_(pc.equal(traces.column("query_id"), target), pc.equal(traces.column("doc_id"), doc))
     ).column("reasoning")[0]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_exports_eval import SHARD0, SHARD1, _write_shard
 
-from rank1_batch import commit, evaluate, exports, labels
+from rank1_batch import commit, evaluate, exports, labels, results
 from rank1_batch.cli import main
 from rank1_batch.storage import Store
 
@@ -38,7 +38,7 @@ TIES_QRELS = "q1 0 a 1\nq1 0 b 1\nq2 0 m 1\nq2 0 q 1\n"
 def _folder(tmp_path, *shards: list[tuple], complete: bool = True) -> Store:
     store = Store(str(tmp_path / "out"))
     for i, rows in enumerate(shards):
-        _write_shard(store, commit.shard_name(i), rows)
+        _write_shard(store, commit.shard_name(i, len(shards)), rows)
     store.write_json(commit.JOB_FILE, {"fingerprint": "fp", "spec": {}})
     if complete:
         store.write_json(commit.SUCCESS, {"scored": sum(len(s) for s in shards)})
@@ -102,7 +102,9 @@ def test_scores_equal_in_float32_are_kept_apart():
 def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_path, capsys):
     """Bug 3: a running job's eval covers the scored queries only, and says it is incomplete."""
     store = _folder(tmp_path, SHARD0, SHARD1, complete=False)
-    store.write_json(commit.MANIFEST, {"shards": [{"id": commit.shard_name(i)} for i in range(5)]})
+    store.write_json(
+        commit.MANIFEST, {"shards": [{"id": commit.shard_name(i, 5)} for i in range(5)]}
+    )
     qrels = tmp_path / "qrels"
     # q1 and q2 are scored; q3..q6 sit in shards not committed yet
     qrels.write_text("q1 0 a 1\nq2 0 x 1\nq3 0 k 1\nq4 0 k 1\nq5 0 k 1\nq6 0 k 1\n")
@@ -164,7 +166,7 @@ def test_bad_qrels_and_rank_windows_are_named(tmp_path, capsys):
     """Bug 15: a binary qrels file and ``--neg-ranks abc`` fail in one line naming them."""
     store = _folder(tmp_path, SHARD0)
     binary = tmp_path / "qrels.parquet"
-    pq.write_table(store.read_parquet(commit.scores_path("shard-00000")), binary)
+    pq.write_table(results.shard_table(store, "shard-00000", "scores"), binary)
     assert main(["-q", "eval", store.uri, "--qrels", str(binary)]) == 2
     err = capsys.readouterr().err
     assert f"qrels {binary}: not a UTF-8 text file" in err and "Traceback" not in err

@@ -167,7 +167,8 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
          "logit": [0.0, -2.0], "status": ["complete", "complete"], "error": [None, None],
          "prompt_tokens": [7, 8], "reasoning_tokens": [3, 4], "truncated": [False, False],
          "rank": [1, 2], "model": ["toy"] * 2, "model_revision": ["rev1"] * 2,
-         "prompt_id": ["p"] * 2},
+         "prompt_id": ["p"] * 2, "score_direct": [None] * 2, "score_reasoned": [0.5, 0.1],
+         "decided_by": ["think"] * 2},
         schema=SCORES_SCHEMA,
     )  # fmt: skip
     traces = pa.table(

@@ -115,3 +115,23 @@ def test_status_of_50000_shards_on_s3_in_seconds(s3):
     assert status["shards_committed"] == SHARDS - 1 - 0  # digest + marker objects
     assert status["pairs_scored"] == expected(range(SHARDS - 1))["pairs"]
     assert took < LIMIT_S
+
+
+def test_status_of_a_complete_output_counts_reused_pairs(tmp_path):
+    """A complete output answers from _SUCCESS.json alone, reused pairs included (a folder of
+    a version without reuse reads 0)."""
+    from rank1_batch.status import format_status, read_status
+
+    store = Store(str(tmp_path / "out"))
+    store.write_json(commit.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(
+        commit.MANIFEST,
+        {"shards": [{"id": "shard-00000", "rows": 3}], "pairs": 3, "rejected": 0, "duplicates": 0},
+    )
+    success = {"shards": 1, "scored": 3, "statuses": {"complete": 3}, "truncated": 0}
+    store.write_json(commit.SUCCESS, success | {"reused": 2})
+    status = read_status(store)
+    assert status["state"] == "complete" and status["pairs_reused"] == 2
+    assert "2 copied from earlier outputs" in format_status(status)
+    store.write_json(commit.SUCCESS, success)
+    assert read_status(store)["pairs_reused"] == 0

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rank1_batch import rank1
+from rank1_batch import cascade, rank1
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,27 @@ class Rank1Engine(abc.ABC):
             )
         return _answered(verdict, rank1.FORCED, fp, gen)
 
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        """Judge every request in two batched passes; the result list is aligned with
-        ``requests``."""
+    def direct_prompt(self, fp: rank1.FittedPrompt) -> list[int]:
+        """Token ids of the ``direct`` prompt (:func:`rank1.direct_prompt`), bounded to fit."""
+        text = rank1.fit_forced_prompt(
+            fp.text, "", encode=self.encode_prompt, max_tokens=self.options.max_model_len - 1
+        )
+        return self.encode_prompt(text)
+
+    def after_direct(
+        self, fp: rank1.FittedPrompt, top: Mapping[int, float] | None
+    ) -> rank1.Judgement:
+        """The ``direct`` verdict (no reasoning), or the flagged 0.5 fallback."""
+        verdict = rank1.answer_from_top_logprobs(top, self.true_id, self.false_id)
+        if verdict is None:
+            return rank1.fallback(len(fp.token_ids), 0, fp.truncated, "", rank1.DIRECT)
+        return _answered(verdict, rank1.DIRECT, fp, NO_REASONING)
+
+    def _fit_all(
+        self, requests: Sequence[JudgeRequest]
+    ) -> tuple[list[rank1.Judgement | None], dict[int, rank1.FittedPrompt]]:
+        """Fit every prompt: ``(results, fitted)`` where a prompt that cannot fit is already
+        its error judgement in ``results`` and the rest are in ``fitted`` by index."""
         results: list[rank1.Judgement | None] = [None] * len(requests)
         fitted: dict[int, rank1.FittedPrompt] = {}
         for i, req in enumerate(requests):
@@ -210,6 +228,36 @@ class Rank1Engine(abc.ABC):
                 results[i] = fp
             else:
                 fitted[i] = fp
+        return results, fitted
+
+    def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        """Judge every request without reasoning: one batched answer pass."""
+        results, fitted = self._fit_all(requests)
+        if fitted:
+            tops = self.answer([self.direct_prompt(fp) for fp in fitted.values()])
+            for (i, fp), top in zip(fitted.items(), tops, strict=True):
+                results[i] = self.after_direct(fp, top)
+        out = [r for r in results if r is not None]
+        assert len(out) == len(requests)
+        return out
+
+    def judge_pairs(
+        self,
+        requests: Sequence[JudgeRequest],
+        query_ids: Sequence[str],
+        mode: cascade.ReasoningMode,
+    ) -> list[rank1.Judgement]:
+        """A shard's judgements under ``reasoning.mode`` (:mod:`rank1_batch.cascade`):
+        the direct pass where the mode has one, then reasoning for the pairs it plans."""
+        direct = self.judge_direct(requests) if mode.mode != rank1.THINK else None
+        chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)
+        reasoned = self.judge([requests[i] for i in chosen]) if chosen else []
+        return cascade.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        """Judge every request in two batched passes; the result list is aligned with
+        ``requests``."""
+        results, fitted = self._fit_all(requests)
         order = list(fitted)
         gens = self.generate(
             [fitted[i].token_ids for i in order], [self.budget(fitted[i]) for i in order]
@@ -229,6 +277,7 @@ class Rank1Engine(abc.ABC):
 
 
 NO_GENERATION = Generation("", 0, None, stopped=False, finish_reason="length")
+NO_REASONING = Generation("", 0, None, stopped=False, finish_reason=rank1.DIRECT)
 
 
 class StreamEngine(Rank1Engine):
@@ -268,6 +317,13 @@ class StreamEngine(Rank1Engine):
         if done is not None:
             return done
         return self.after_forced(fp, gen, await self.answer_one(self.forced_prompt(fp, gen)))
+
+    async def judge_direct_one(self, request: JudgeRequest) -> rank1.Judgement:
+        """One pair without reasoning: fit, then its one-token answer pass."""
+        fp = self.fit(request)
+        if isinstance(fp, rank1.Judgement):
+            return fp
+        return self.after_direct(fp, await self.answer_one(self.direct_prompt(fp)))
 
     # -- synchronous adapters -------------------------------------------------------------------
     def home_loop(self) -> asyncio.AbstractEventLoop:
@@ -317,6 +373,9 @@ class StreamEngine(Rank1Engine):
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
         return self.run_sync(_gather([self.judge_one(r) for r in requests]))
+
+    def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
+        return self.run_sync(_gather([self.judge_direct_one(r) for r in requests]))
 
     def close(self) -> None:
         self.stop_sync_loop()

@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from rank1_batch import commit, rank1
+from rank1_batch import cascade, commit, rank1
 from rank1_batch.engines.base import JudgeRequest, StreamEngine
 from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
 from rank1_batch.spec import JobSpec
@@ -79,7 +79,12 @@ class ShardStreamer:
             self._state = _LoopState(loop, self.max_requests)
         return self._state
 
-    async def _judge(self, state: _LoopState, request: JudgeRequest) -> rank1.Judgement:
+    async def _judge(
+        self,
+        state: _LoopState,
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        request: JudgeRequest,
+    ) -> rank1.Judgement:
         queued = True
         try:
             async with state.slots:
@@ -89,7 +94,7 @@ class ShardStreamer:
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
                 try:
-                    return await self.engine.judge_one(request)
+                    return await judge(request)
                 finally:
                     self.in_flight -= 1
         finally:
@@ -106,6 +111,36 @@ class ShardStreamer:
             state.changed.clear()
             await state.changed.wait()
 
+    async def _judge_all(
+        self,
+        state: _LoopState,
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        requests: Sequence[JudgeRequest],
+    ) -> list[rank1.Judgement]:
+        # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
+        # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._judge(state, judge, r)) for r in requests]
+        return [t.result() for t in tasks]
+
+    async def judge_pairs(
+        self, state: _LoopState, requests: Sequence[JudgeRequest], query_ids: Sequence[str]
+    ) -> list[rank1.Judgement]:
+        """The streaming twin of :meth:`Rank1Engine.judge_pairs`: the same plan
+        (:mod:`rank1_batch.cascade`), each pass's pairs streamed one request at a time.
+        ``requests`` are already counted as waiting (admission); a cascade's second pass
+        adds its own."""
+        mode = self.spec.reasoning_mode
+        direct = None
+        if mode.mode != rank1.THINK:
+            direct = await self._judge_all(state, self.engine.judge_direct_one, requests)
+        chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)
+        if direct is not None:
+            self.waiting += len(chosen)
+        todo = [requests[i] for i in chosen]
+        reasoned = await self._judge_all(state, self.engine.judge_one, todo)
+        return cascade.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
+
     async def score_shard(self, shard: str, attempt: str = "") -> commit.Marker:
         """Judge every pair of ``shard`` and commit it; the existing marker if already done."""
         done = await asyncio.to_thread(committed_marker, shard, self.store)
@@ -121,13 +156,10 @@ class ShardStreamer:
         self.open_shards += 1
         self.peak_open_shards = max(self.peak_open_shards, self.open_shards)
         try:
-            # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
-            # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._judge(state, r)) for r in requests]
+            query_ids = work.to_judge.column("query_id").to_pylist()
+            judgements = await self.judge_pairs(state, requests, query_ids)
         finally:
             self.open_shards -= 1
-        judgements = [t.result() for t in tasks]
         seconds = time.perf_counter() - start
         return await asyncio.to_thread(
             commit_shard,

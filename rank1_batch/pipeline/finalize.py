@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rank1_batch import commit
+from rank1_batch import commit, rank1
 from rank1_batch.storage import Store
 
 
@@ -41,7 +41,7 @@ def finalize(
         "reused": total.reused,
         "rejected": manifest["rejected"],
         "duplicates": manifest["duplicates"],
-        "statuses": {s: getattr(total, s) for s in ("complete", "forced", "fallback", "error")},
+        "statuses": {s: getattr(total, s) for s in rank1.STATUSES},
         "truncated": total.truncated,
         "prompt_tokens": total.prompt_tokens,
         "reasoning_tokens": total.reasoning_tokens,

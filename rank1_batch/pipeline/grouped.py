@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rank1_batch import commit
-from rank1_batch.inputs import InputError, InputFile, Unit, read_unit, units
-from rank1_batch.spec import JobSpec, StorageSpec
+from rank1_batch.inputs import InputError, InputFile, Unit, file_type, read_text, read_unit, units
+from rank1_batch.spec import InputSpec, JobSpec, StorageSpec
 from rank1_batch.storage import Store, filesystem, parquet_bytes, sha256
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,14 @@ def _hash64(ids: list[str]) -> np.ndarray:
     )
 
 
-def scan_unit(unit: Unit, column: str, storage: StorageSpec | None) -> UnitScan:
-    fs, bare = filesystem(unit.file, storage)
-    with fs.open(bare, "rb") as fh:
-        col = pq.ParquetFile(fh).read_row_group(unit.row_group, columns=[column]).column(0)
+def scan_unit(unit: Unit, input_spec: InputSpec, storage: StorageSpec | None) -> UnitScan:
+    column = input_spec.columns.query_id
+    if file_type(unit.file, input_spec.file_type) == "parquet":
+        fs, bare = filesystem(unit.file, storage)
+        with fs.open(bare, "rb") as fh:
+            col = pq.ParquetFile(fh).read_row_group(unit.row_group, columns=[column]).column(0)
+    else:  # a CSV/TSV/JSONL file is one unit, read whole (inputs.read_unit does the same)
+        col = read_text(unit.file, input_spec, storage).column(column)
     rows = len(col)
     ids = pc.cast(col, pa.string()).drop_null().combine_chunks()
     if not len(ids):
@@ -126,9 +130,8 @@ def plan(
     Raises :class:`NotGrouped` when some query's rows are not contiguous in the input.
     """
     work = units(files)
-    column = spec.input.columns.query_id
     with ThreadPoolExecutor(threads) as pool:
-        scans = list(pool.map(lambda u: scan_unit(u, column, spec.storage), work))
+        scans = list(pool.map(lambda u: scan_unit(u, spec.input, spec.storage), work))
     continues = [False] * len(work)
     for k in range(1, len(work)):
         # Only the unit right before may hand a query over (a unit of null ids breaks the run).

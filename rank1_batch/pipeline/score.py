@@ -21,38 +21,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch import commit, rank1, reuse
+from rank1_batch import cascade, commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
+from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 log = logging.getLogger(__name__)
-
-SCORES_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("score", pa.float64()),
-        ("logit", pa.float64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("reasoning_tokens", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("rank", pa.int32()),
-        ("model", pa.string()),
-        ("model_revision", pa.string()),
-        ("prompt_id", pa.string()),
-    ]
-)
-TRACES_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("reasoning", pa.large_string()),
-        ("finish_reason", pa.string()),
-    ]
-)
 
 
 def requests_for(pairs: pa.Table, spec: JobSpec) -> list[JudgeRequest]:
@@ -113,6 +88,9 @@ def build_tables(
             "model": [engine.model_id] * n,
             "model_revision": [engine.model_revision] * n,
             "prompt_id": [prompt_id] * n,
+            "score_direct": [j.score_direct for j in judgements],
+            "score_reasoned": [j.score_reasoned for j in judgements],
+            "decided_by": [j.decided_by for j in judgements],
         },
         schema=SCORES_SCHEMA,
     )
@@ -236,6 +214,18 @@ def commit_shard(
     return marker
 
 
+def judge_shard(
+    engine: Rank1Engine, requests: list[JudgeRequest], query_ids: list[str], spec: JobSpec
+) -> list[rank1.Judgement]:
+    """A shard's judgements under ``reasoning.mode``. ``think`` is the reference protocol
+    over every pair (``engine.judge``, all any engine must have); the other modes plan a
+    direct pass and reasoning through the shared ``judge_pairs``."""
+    mode = spec.reasoning_mode
+    if mode.mode == rank1.THINK:
+        return cascade.finish(len(requests), None, dict(enumerate(engine.judge(requests))))
+    return engine.judge_pairs(requests, query_ids, mode)
+
+
 def process_shard(
     shard: str, engine: Rank1Engine, store: Store, spec: JobSpec, attempt: str = ""
 ) -> commit.Marker:
@@ -252,6 +242,7 @@ def process_shard(
     work = read_work(shard, store, spec, engine)
     # A shard copied whole from earlier outputs never reaches the engine.
     requests = requests_for(work.to_judge, spec)
-    judgements = engine.judge(requests) if requests else []
+    query_ids = work.to_judge.column("query_id").to_pylist()
+    judgements = judge_shard(engine, requests, query_ids, spec) if requests else []
     seconds = time.perf_counter() - start
     return commit_shard(shard, work, judgements, engine, store, spec, seconds, attempt)

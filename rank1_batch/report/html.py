@@ -18,7 +18,7 @@ from rank1_batch.report import plots
 from rank1_batch.report.build import Report
 from rank1_batch.report.stats import Histogram, quantiles
 
-STATUSES = ("complete", "forced", "fallback", "error")
+STATUSES = ("complete", "forced", "direct", "fallback", "error")
 SIZE_MARK = "@@PAGE_SIZE@@"
 
 

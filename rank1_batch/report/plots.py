@@ -19,6 +19,7 @@ M_LEFT, M_RIGHT, M_TOP, M_BOTTOM = 52, 14, 26, 40
 STATUS_COLORS = {
     "complete": "#2f7d32",
     "forced": "#d08a00",
+    "direct": "#00838f",
     "fallback": "#7b4fa0",
     "error": "#c62828",
 }

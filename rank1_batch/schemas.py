@@ -1,0 +1,40 @@
+"""The committed files' schemas: one row per pair in ``scores/``, its trace in ``traces/``.
+
+Kept apart from the score stage so readers (results, reuse, report) import them without it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCORES_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("score", pa.float64()),
+        ("logit", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("reasoning_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("rank", pa.int32()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("prompt_id", pa.string()),
+        # reasoning.mode (rank1_batch.cascade); absent from outputs written before it.
+        ("score_direct", pa.float64()),
+        ("score_reasoned", pa.float64()),
+        ("decided_by", pa.string()),
+    ]
+)
+# Columns added with reasoning.mode: outputs written before it lack them (readers fill nulls).
+MODE_COLUMNS = ("score_direct", "score_reasoned", "decided_by")
+TRACES_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("reasoning", pa.large_string()),
+        ("finish_reason", pa.string()),
+    ]
+)
