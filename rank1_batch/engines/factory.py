@@ -18,14 +18,11 @@ TEST_ENGINE_ENV = "RANK1_BATCH_TEST_ENGINE"
 
 
 def model_path(spec: JobSpec) -> str:
-    """Local folder (or hub id / URI) to load; ``toy`` resolves to the built-in toy model."""
-    from rank1_batch.toy import TOY_MODEL_NAME
+    """Local folder (or hub id) to load: ``toy`` resolves to the built-in toy model, an
+    object-store folder to this node's cached copy (:mod:`rank1_batch.model_cache`)."""
+    from rank1_batch.model_cache import model_path as resolve
 
-    if spec.model.name == TOY_MODEL_NAME:
-        from rank1_batch.toy.model import resolve_toy_model
-
-        return str(resolve_toy_model())
-    return spec.model.name
+    return resolve(spec)
 
 
 def vllm_usable() -> bool:

@@ -31,7 +31,7 @@ import os
 import time
 from typing import Any
 
-from rank1_batch import commit
+from rank1_batch import commit, model_cache
 from rank1_batch.engines.base import StreamEngine
 from rank1_batch.engines.factory import build_engine, model_path
 from rank1_batch.executor import attempts
@@ -242,6 +242,7 @@ def score_pending(
     shards still pending are quarantined.
     """
     _ensure_gpus(spec)
+    model_cache.fetch_on_nodes(spec)  # once per node, not by every actor at once
     run = commit.new_attempt_id()
     limit = spec.compute.max_shard_attempts
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))

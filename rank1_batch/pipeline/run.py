@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from rank1_batch import commit, console, lease
+from rank1_batch import commit, console, lease, model_cache
 from rank1_batch.engines.factory import model_path
 from rank1_batch.executor.attempts import settle
 from rank1_batch.executor.ray_pool import init_ray, score_pending
@@ -80,7 +80,8 @@ def _run_held(
     start: float,
     quiet: bool,
 ) -> dict[str, Any]:
-    model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
+    if model_cache.kind(spec.model.name) == "toy":
+        model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
     console.tame_ray(quiet)
     init_ray(spec)
     manifest = prepare(spec, store, files)
