@@ -244,6 +244,7 @@ def score_pending(
     _ensure_gpus(spec)
     model_cache.fetch_on_nodes(spec)  # once per node, not by every actor at once
     run = commit.new_attempt_id()
+    threads = torch_threads(spec)
     limit = spec.compute.max_shard_attempts
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
     quarantined: list[attempts.Quarantine] = []
@@ -253,7 +254,7 @@ def score_pending(
         rounds += 1
         reason = attempts.DIED
         try:
-            _score_round(spec, store, todo, run, progress)
+            _score_round(spec, store, todo, run, progress, threads)
         except Exception as exc:  # the pool itself failed (e.g. no actor could start)
             reason = f"the round failed: {type(exc).__name__}: {str(exc)[:500]}"
             log.warning("scoring round %d failed: %s", rounds, reason)
@@ -294,17 +295,28 @@ def _not_quarantined(
     return keep
 
 
+def torch_threads(spec: JobSpec) -> int:
+    """Threads per CPU actor, from the cluster's total CPUs when the job starts, not the
+    momentarily free ones: torch's CPU results depend on the thread count, so every round
+    (and a resumed run) must use the same count, even after a node is lost."""
+    import ray
+
+    total_cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
+    return spec.compute.torch_threads or max(1, math.ceil(total_cpus - 1e-9))
+
+
 def _score_round(
-    spec: JobSpec, store: Store, pending: list[dict[str, Any]], run: str, progress: Progress
+    spec: JobSpec,
+    store: Store,
+    pending: list[dict[str, Any]],
+    run: str,
+    progress: Progress,
+    threads: int,
 ) -> None:
     """One pass of an actor pool over ``pending``: each shard gets one attempt."""
     import ray
 
     cpus = worker_cpus(spec, float(ray.available_resources().get("CPU", 1)))
-    # Threads from the cluster's total, not the momentarily free CPUs: torch's CPU results
-    # depend on the thread count, and a resumed run must reproduce the scores exactly.
-    total_cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
-    threads = spec.compute.torch_threads or max(1, math.ceil(total_cpus - 1e-9))
     workers = min(spec.compute.workers, len(pending))
     in_flight = shards_per_actor(spec)
     items = [{"shard": s["id"]} for s in pending]
