@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -52,6 +53,7 @@ from rank1_batch.spec import JobSpec, spec_from_mapping
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 TARGET = 0.95
+ENGINE = "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)"
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def rss_child(
     prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
 ) -> dict[str, Any]:
     import psutil
+    import pyarrow as pa
 
     shards = shard_names(prepared)
     store = fresh_copy(prepared, scratch)
@@ -260,16 +263,30 @@ def rss_child(
         "peak_pairs_open": counts["peak_open_shards"] * rows,
         "rss_before_scoring_mib": round(before / mib, 1),
         "peak_rss_mib": round(peak / mib, 1),
+        # Arrow's allocator (Parquet reads and writes), outside Python's heap
+        "arrow_pool_peak_mib": round(pa.default_memory_pool().max_memory() / mib, 1),
+        "arrow_pool": pa.default_memory_pool().backend_name,
         "run_s": round(time.perf_counter() - start, 2),
     }
 
 
 def rss_in_subprocess(
-    prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
+    prepared: Path,
+    scratch: Path,
+    settings: DrainSettings,
+    shards_in_flight: int,
+    code: Path | None = None,
 ) -> dict[str, Any]:
+    """Peak RSS of a fresh child scoring every shard; ``code``: a source tree (its
+    ``rank1_batch`` and ``benchmarks``) to measure instead of this one, e.g. an older commit."""
+    env = None
+    script = Path(__file__).resolve()
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+        script = code.resolve() / "benchmarks" / "drain_cases.py"
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(script),
         "--rss-child",
         str(prepared),
         "--scratch",
@@ -279,7 +296,7 @@ def rss_in_subprocess(
         "--shards-in-flight",
         str(shards_in_flight),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -287,10 +304,7 @@ def rss_in_subprocess(
 # -- the case -------------------------------------------------------------------------------
 def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
     """Busy-slot fractions of the three policies at each shard size, and peak RSS."""
-    prepared = {}
-    for size in settings.shard_sizes:
-        prepared[size] = work / f"drain-prepared-{size}"
-        write_shards(Store(str(prepared[size])), settings, size)
+    prepared = prepare_all(work, settings)
     names = {size: shard_names(path) for size, path in prepared.items()}
     # Every size holds the same pairs in the same order, so the one-queue reference is one run.
     first = settings.shard_sizes[0]
@@ -322,7 +336,7 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
             flush=True,
         )
     result: dict[str, Any] = {
-        "engine": "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)",
+        "engine": ENGINE,
         "settings": settings.as_dict(),
         "pairs": settings.total_pairs,
         "target_stream_over_never_draining": TARGET,
@@ -331,27 +345,56 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
         "sizes": sizes,
     }
     if settings.rss:
-        k = settings.rss_shards_in_flight or default_shards_in_flight()
-        rss = {
-            str(size): rss_in_subprocess(prepared[size], work / f"drain-rss-{size}", settings, k)
-            for size in settings.shard_sizes
-        }
-        runs = list(rss.values())
-        # more pairs held (open shards: read, judged or queued, not yet committed)
-        held = runs[-1]["peak_pairs_open"] - runs[0]["peak_pairs_open"]
-        result["peak_rss"] = {
-            "stream_per_shard_size": rss,
-            "growth_smallest_to_largest": round(
-                runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"] - 1, 3
-            ),
-            "target_growth": 0.10,
-            "kib_per_extra_pair_open": round(
-                (runs[-1]["peak_rss_mib"] - runs[0]["peak_rss_mib"]) * 1024 / held, 2
-            )
-            if held
-            else None,
-        }
+        result["peak_rss"] = peak_rss(work, settings, prepared)
     return result
+
+
+def prepare_all(work: Path, settings: DrainSettings) -> dict[int, Path]:
+    prepared = {}
+    for size in settings.shard_sizes:
+        prepared[size] = work / f"drain-prepared-{size}"
+        write_shards(Store(str(prepared[size])), settings, size)
+    return prepared
+
+
+def peak_rss(
+    work: Path,
+    settings: DrainSettings,
+    prepared: dict[int, Path],
+    baseline: Path | None = None,
+) -> dict[str, Any]:
+    """Peak RSS of the stream at each shard size, a fresh process each; with ``baseline`` (a
+    source tree of other code) that code too, on the same shards, the two alternating."""
+    k = settings.rss_shards_in_flight or default_shards_in_flight()
+    trees: dict[str, Path | None] = {"stream_per_shard_size": None}
+    if baseline is not None:
+        trees["baseline_per_shard_size"] = baseline
+    runs: dict[str, dict[str, Any]] = {name: {} for name in trees}
+    for size in settings.shard_sizes:
+        for name, code in trees.items():
+            scratch = work / f"drain-rss-{size}"
+            runs[name][str(size)] = rss_in_subprocess(prepared[size], scratch, settings, k, code)
+            print(f"[drain] rss {name} {size}: {runs[name][str(size)]}", file=sys.stderr)
+    out: dict[str, Any] = {"target_growth": 0.10}
+    if baseline is not None:
+        out["baseline_code"] = str(baseline)
+    for name, rss in runs.items():
+        first, last = rss[str(settings.shard_sizes[0])], rss[str(settings.shard_sizes[-1])]
+        # more pairs held (open shards: read, judged or queued, not yet committed)
+        held = last["peak_pairs_open"] - first["peak_pairs_open"]
+        growth = round(last["peak_rss_mib"] / first["peak_rss_mib"] - 1, 3)
+        extra = (last["peak_rss_mib"] - first["peak_rss_mib"]) * 1024 / held if held else None
+        prefix = name.removesuffix("_per_shard_size")
+        out[name] = rss
+        if prefix == "stream":
+            out["growth_smallest_to_largest"] = growth
+            out["kib_per_extra_pair_open"] = round(extra, 2) if extra is not None else None
+        else:
+            out[f"{prefix}_growth_smallest_to_largest"] = growth
+            out[f"{prefix}_kib_per_extra_pair_open"] = (
+                round(extra, 2) if extra is not None else None
+            )
+    return out
 
 
 def default_shards_in_flight() -> int:
@@ -376,6 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8,000 pairs, shards_in_flight 2 and 8")
     p.add_argument("--out", help="also write the JSON document here")
+    p.add_argument(
+        "--rss-only", action="store_true", help="only the peak-RSS part (a fresh process a size)"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --rss-only: also measure the code of this source tree (e.g. an older\n"
+        "commit: git archive COMMIT rank1_batch benchmarks | tar -x -C DIR)",
+    )
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
@@ -394,8 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "command": " ".join(["python", "benchmarks/drain_cases.py", *(argv or sys.argv[1:])]),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "case": drain(work, QUICK if args.quick else FULL),
         }
+        settings = QUICK if args.quick else FULL
+        if args.rss_only:
+            doc["case"] = {
+                "engine": ENGINE,
+                "settings": settings.as_dict(),
+                "peak_rss": peak_rss(work, settings, prepare_all(work, settings), args.baseline),
+            }
+        else:
+            doc["case"] = drain(work, settings)
         doc["total_wall_s"] = round(time.perf_counter() - start, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
