@@ -250,7 +250,7 @@ class WordyStreamEngine(SleepyStreamEngine):
     async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
         self.requests += 1
         if self.requests % 10 == 0:
-            live = sum(isinstance(o, rank1.Judgement) for o in gc.get_objects())
+            live = sum(type(o) is rank1.Judgement for o in gc.get_objects())
             self.live_peak = max(self.live_peak, live)
         await self._work("generate")
         h = self._digest(prompt)

@@ -31,7 +31,7 @@ from rank1_batch.storage import Store, parquet_bytes, sha256
 
 log = logging.getLogger(__name__)
 # Traces row groups: the text one group holds (UTF-8), and a row cap for tiny traces.
-TRACE_GROUP_BYTES = 4 << 20
+TRACE_GROUP_BYTES = 1 << 20
 TRACE_GROUP_ROWS = 16_384
 
 
@@ -206,6 +206,12 @@ class ShardWork:
     pairs: pa.Table
     to_judge: pa.Table
     copied: pa.Table
+
+    def ids_only(self) -> ShardWork:
+        """The same shard with only the pairs' ids: all the commit body reads of them (no
+        query or passage texts held while the shard's last pairs run)."""
+        ids = ["query_id", "doc_id"]
+        return ShardWork(self.pairs.select(ids), self.to_judge.select(ids), self.copied)
 
 
 def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> ShardWork:
