@@ -289,3 +289,29 @@ def test_an_open_shard_holds_only_the_requests_in_flight(tmp_path, monkeypatch) 
     expected = sync.judge(requests_for(pairs, ref_spec))
     assert texts == [j.reasoning for j in expected]
     assert all(len(t) == 4096 for t in texts) and len(set(texts)) == 300
+
+
+def test_spilled_rows_leave_no_file_and_read_back_what_was_put(tmp_path, monkeypatch) -> None:
+    """The spill file lives in $RANK1_SPILL_DIR, unlinked from the start (nothing is left
+    behind, even by a killed process); rows come back by index whatever the order of arrival."""
+    from rank1_batch.pipeline.spill import SPILL_DIR_ENV, JudgedRows
+
+    monkeypatch.setenv(SPILL_DIR_ENV, str(tmp_path))
+    made = [
+        rank1.Judgement(0.1 * i, float(i), rank1.COMPLETE, reasoning=f"é {i} " * (i * 50))
+        for i in range(6)
+    ]
+    rows = JudgedRows(6)
+    for i in (3, 0, 5, 1, 4, 2):
+        rows.put(i, made[i])
+    assert list(tmp_path.iterdir()) == []
+    assert rows.spilled_bytes == sum(len(j.reasoning.encode()) for j in made)
+    assert [rows.judgement(i) for i in range(6)] == made
+    with pytest.raises(ValueError, match="already judged"):
+        rows.put(2, made[2])
+    assert rows.stats(1.0).complete == 6
+    rows.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rows.reasoning(5)
+    with pytest.raises(RuntimeError, match="never judged"):
+        JudgedRows(2).stats(0.0)
