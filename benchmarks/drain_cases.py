@@ -20,11 +20,15 @@ virtual clock (see :mod:`sim_engine`): host work, storage I/O included, costs no
 which flatters the old policy (its commits between shards are free) and makes the figures
 independent of how busy this machine is. Peak RSS is read in a fresh subprocess per shard size
 (the kernel's ``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across
-``exec``), the stream scoring every shard.
+``exec``), the stream scoring every shard, three times per size (the median is reported).
+``--baseline DIR`` measures the code of another source tree (``DIR/rank1_batch``, e.g. from
+``git archive COMMIT rank1_batch benchmarks``) on the same shards, alternating with this one.
 
     python benchmarks/drain_cases.py            # this case alone, full sizes (JSON on stdout)
     python benchmarks/drain_cases.py --quick
     python benchmarks/drain_cases.py --out benchmarks/results/drain.json
+    python benchmarks/drain_cases.py --rss-only                    # peak RSS only (~1 min)
+    python benchmarks/drain_cases.py --rss-only --baseline DIR     # ... and DIR's code beside it
 """
 
 from __future__ import annotations
