@@ -20,11 +20,15 @@ virtual clock (see :mod:`sim_engine`): host work, storage I/O included, costs no
 which flatters the old policy (its commits between shards are free) and makes the figures
 independent of how busy this machine is. Peak RSS is read in a fresh subprocess per shard size
 (the kernel's ``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across
-``exec``), the stream scoring every shard.
+``exec``), the stream scoring every shard, three times per size (the median is reported).
+``--baseline DIR`` measures the code of another source tree (``DIR/rank1_batch``, e.g. from
+``git archive COMMIT rank1_batch benchmarks``) on the same shards, alternating with this one.
 
     python benchmarks/drain_cases.py            # this case alone, full sizes (JSON on stdout)
     python benchmarks/drain_cases.py --quick
     python benchmarks/drain_cases.py --out benchmarks/results/drain.json
+    python benchmarks/drain_cases.py --rss-only                    # peak RSS only (~1 min)
+    python benchmarks/drain_cases.py --rss-only --baseline DIR     # ... and DIR's code beside it
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -52,6 +57,8 @@ from rank1_batch.spec import JobSpec, spec_from_mapping
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 TARGET = 0.95
+RSS_REPEATS = 3
+ENGINE = "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)"
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,7 @@ def rss_child(
     prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
 ) -> dict[str, Any]:
     import psutil
+    import pyarrow as pa
 
     shards = shard_names(prepared)
     store = fresh_copy(prepared, scratch)
@@ -260,16 +268,30 @@ def rss_child(
         "peak_pairs_open": counts["peak_open_shards"] * rows,
         "rss_before_scoring_mib": round(before / mib, 1),
         "peak_rss_mib": round(peak / mib, 1),
+        # Arrow's allocator (Parquet reads and writes), outside Python's heap
+        "arrow_pool_peak_mib": round(pa.default_memory_pool().max_memory() / mib, 1),
+        "arrow_pool": pa.default_memory_pool().backend_name,
         "run_s": round(time.perf_counter() - start, 2),
     }
 
 
 def rss_in_subprocess(
-    prepared: Path, scratch: Path, settings: DrainSettings, shards_in_flight: int
+    prepared: Path,
+    scratch: Path,
+    settings: DrainSettings,
+    shards_in_flight: int,
+    code: Path | None = None,
 ) -> dict[str, Any]:
+    """Peak RSS of a fresh child scoring every shard; ``code``: a source tree (its
+    ``rank1_batch`` and ``benchmarks``) to measure instead of this one, e.g. an older commit."""
+    env = None
+    script = Path(__file__).resolve()
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+        script = code.resolve() / "benchmarks" / "drain_cases.py"
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(script),
         "--rss-child",
         str(prepared),
         "--scratch",
@@ -279,18 +301,17 @@ def rss_in_subprocess(
         "--shards-in-flight",
         str(shards_in_flight),
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 # -- the case -------------------------------------------------------------------------------
-def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
+def drain(
+    work: Path, settings: DrainSettings = FULL, rss_repeats: int = RSS_REPEATS
+) -> dict[str, Any]:
     """Busy-slot fractions of the three policies at each shard size, and peak RSS."""
-    prepared = {}
-    for size in settings.shard_sizes:
-        prepared[size] = work / f"drain-prepared-{size}"
-        write_shards(Store(str(prepared[size])), settings, size)
+    prepared = prepare_all(work, settings)
     names = {size: shard_names(path) for size, path in prepared.items()}
     # Every size holds the same pairs in the same order, so the one-queue reference is one run.
     first = settings.shard_sizes[0]
@@ -322,7 +343,7 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
             flush=True,
         )
     result: dict[str, Any] = {
-        "engine": "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)",
+        "engine": ENGINE,
         "settings": settings.as_dict(),
         "pairs": settings.total_pairs,
         "target_stream_over_never_draining": TARGET,
@@ -331,27 +352,67 @@ def drain(work: Path, settings: DrainSettings = FULL) -> dict[str, Any]:
         "sizes": sizes,
     }
     if settings.rss:
-        k = settings.rss_shards_in_flight or default_shards_in_flight()
-        rss = {
-            str(size): rss_in_subprocess(prepared[size], work / f"drain-rss-{size}", settings, k)
-            for size in settings.shard_sizes
-        }
-        runs = list(rss.values())
-        # more pairs held (open shards: read, judged or queued, not yet committed)
-        held = runs[-1]["peak_pairs_open"] - runs[0]["peak_pairs_open"]
-        result["peak_rss"] = {
-            "stream_per_shard_size": rss,
-            "growth_smallest_to_largest": round(
-                runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"] - 1, 3
-            ),
-            "target_growth": 0.10,
-            "kib_per_extra_pair_open": round(
-                (runs[-1]["peak_rss_mib"] - runs[0]["peak_rss_mib"]) * 1024 / held, 2
-            )
-            if held
-            else None,
-        }
+        result["peak_rss"] = peak_rss(work, settings, prepared, repeats=rss_repeats)
     return result
+
+
+def prepare_all(work: Path, settings: DrainSettings) -> dict[int, Path]:
+    prepared = {}
+    for size in settings.shard_sizes:
+        prepared[size] = work / f"drain-prepared-{size}"
+        write_shards(Store(str(prepared[size])), settings, size)
+    return prepared
+
+
+def peak_rss(
+    work: Path,
+    settings: DrainSettings,
+    prepared: dict[int, Path],
+    baseline: Path | None = None,
+    repeats: int = RSS_REPEATS,
+) -> dict[str, Any]:
+    """Peak RSS of the stream at each shard size, a fresh process each, ``repeats`` times
+    (the run with the median peak is reported, every peak listed: a process's high-water mark
+    varies by ±10 MiB from run to run with allocator and thread timing); with ``baseline`` (a
+    source tree of other code) that code too, on the same shards, the trees alternating."""
+    k = settings.rss_shards_in_flight or default_shards_in_flight()
+    trees: dict[str, Path | None] = {"stream_per_shard_size": None}
+    if baseline is not None:
+        trees["baseline_per_shard_size"] = baseline
+    runs: dict[str, dict[str, Any]] = {name: {} for name in trees}
+    for size in settings.shard_sizes:
+        tries: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for _ in range(repeats):
+            for name, code in trees.items():
+                scratch = work / f"drain-rss-{size}"
+                run = rss_in_subprocess(prepared[size], scratch, settings, k, code)
+                tries[name].append(run)
+                print(f"[drain] rss {name} {size}: {run}", file=sys.stderr, flush=True)
+        for name, found in tries.items():
+            found.sort(key=lambda r: r["peak_rss_mib"])
+            median = dict(found[len(found) // 2])
+            median["peak_rss_mib_runs"] = [r["peak_rss_mib"] for r in found]
+            runs[name][str(size)] = median
+    out: dict[str, Any] = {"target_growth": 0.10, "repeats": repeats}
+    if baseline is not None:
+        out["baseline_code"] = str(baseline)
+    for name, rss in runs.items():
+        first, last = rss[str(settings.shard_sizes[0])], rss[str(settings.shard_sizes[-1])]
+        # more pairs held (open shards: read, judged or queued, not yet committed)
+        held = last["peak_pairs_open"] - first["peak_pairs_open"]
+        growth = round(last["peak_rss_mib"] / first["peak_rss_mib"] - 1, 3)
+        extra = (last["peak_rss_mib"] - first["peak_rss_mib"]) * 1024 / held if held else None
+        prefix = name.removesuffix("_per_shard_size")
+        out[name] = rss
+        if prefix == "stream":
+            out["growth_smallest_to_largest"] = growth
+            out["kib_per_extra_pair_open"] = round(extra, 2) if extra is not None else None
+        else:
+            out[f"{prefix}_growth_smallest_to_largest"] = growth
+            out[f"{prefix}_kib_per_extra_pair_open"] = (
+                round(extra, 2) if extra is not None else None
+            )
+    return out
 
 
 def default_shards_in_flight() -> int:
@@ -376,11 +437,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8,000 pairs, shards_in_flight 2 and 8")
     p.add_argument("--out", help="also write the JSON document here")
+    p.add_argument(
+        "--rss-only", action="store_true", help="only the peak-RSS part (a fresh process a size)"
+    )
+    p.add_argument(
+        "--rss-repeats",
+        type=int,
+        default=RSS_REPEATS,
+        help="fresh processes per shard size (the median peak is reported)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --rss-only: also measure the code of this source tree (e.g. an older\n"
+        "commit: git archive COMMIT rank1_batch benchmarks | tar -x -C DIR)",
+    )
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--shards-in-flight", type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.baseline is not None and not args.rss_only:
+        p.error("--baseline needs --rss-only")
     if args.rss_child:
         settings = settings_from_dict(json.loads(args.settings))
         out = rss_child(Path(args.rss_child), Path(args.scratch), settings, args.shards_in_flight)
@@ -394,8 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "command": " ".join(["python", "benchmarks/drain_cases.py", *(argv or sys.argv[1:])]),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "case": drain(work, QUICK if args.quick else FULL),
         }
+        settings = QUICK if args.quick else FULL
+        if args.rss_only:
+            doc["case"] = {
+                "engine": ENGINE,
+                "settings": settings.as_dict(),
+                "peak_rss": peak_rss(
+                    work, settings, prepare_all(work, settings), args.baseline, args.rss_repeats
+                ),
+            }
+        else:
+            doc["case"] = drain(work, settings, args.rss_repeats)
         doc["total_wall_s"] = round(time.perf_counter() - start, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -84,7 +84,7 @@ def test_a_capped_pair_is_forced_and_every_pair_scored():
 
 
 def test_drain_case_end_to_end(tmp_path):
-    result = drain_cases.drain(tmp_path, TINY)
+    result = drain_cases.drain(tmp_path, TINY, rss_repeats=1)
     assert result["settings"]["sim"]["slots"] == 8
     ref = result["never_draining"]
     assert 0 < ref["busy_fraction"] <= 1
@@ -114,3 +114,19 @@ def test_token_ids_do_not_depend_on_what_was_seen_before():
     text = "Determine if the passage is relevant.\nQuery: q1\n<think>"
     assert a.encode(text) == b.encode(text)
     assert a.decode(a.encode(text)) == text
+
+
+def test_peak_rss_against_a_baseline_tree(tmp_path):
+    """``--rss-only --baseline DIR``: the same shards measured with this tree's code and with
+    DIR's (here this tree again), a fresh process per size and tree."""
+    prepared = drain_cases.prepare_all(tmp_path, TINY)
+    root = Path(__file__).resolve().parents[1]
+    rss = drain_cases.peak_rss(tmp_path, TINY, prepared, baseline=root, repeats=1)
+    assert rss["baseline_code"] == str(root)
+    for name in ("stream_per_shard_size", "baseline_per_shard_size"):
+        assert set(rss[name]) == {"20", "80"}
+        for run in rss[name].values():
+            assert run["peak_rss_mib"] >= run["rss_before_scoring_mib"] > 0
+            assert run["arrow_pool_peak_mib"] >= 0
+            assert run["peak_rss_mib_runs"] == [run["peak_rss_mib"]]
+    assert isinstance(rss["baseline_growth_smallest_to_largest"], float)

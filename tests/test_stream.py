@@ -9,16 +9,19 @@ and checks the per-pair protocol gives exactly the batch protocol's judgements.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import io
 import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import commit, rank1
+from rank1_batch import commit, rank1, results
 from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, StreamEngine
 from rank1_batch.executor.stream import ShardStreamer, default_max_requests, score_shards
 from rank1_batch.pipeline.score import process_shard
@@ -231,3 +234,84 @@ def test_judge_one_is_the_batch_protocol_on_the_toy_model() -> None:
         assert (rank1.COMPLETE if budget == 64 else rank1.FORCED) in statuses
     stream.close()
     inner.close()
+
+
+class WordyStreamEngine(SleepyStreamEngine):
+    """Test double: every pair completes with ``text_chars`` of reasoning unique to it. Every
+    10th request it counts the :class:`rank1.Judgement` objects alive in the process (gc):
+    finished pairs still held in memory, whoever holds them."""
+
+    def __init__(self, text_chars: int, max_in_flight: int = 8) -> None:
+        super().__init__(max_in_flight=max_in_flight)
+        self.text_chars = text_chars
+        self.requests = 0
+        self.live_peak = 0
+
+    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        self.requests += 1
+        if self.requests % 10 == 0:
+            live = sum(type(o) is rank1.Judgement for o in gc.get_objects())
+            self.live_peak = max(self.live_peak, live)
+        await self._work("generate")
+        h = self._digest(prompt)
+        p = (h % 1000 + 1) / 1002
+        top = {self.true_id: math.log(p), self.false_id: math.log(1 - p)}
+        text = (f"pair {h} thinks. " * (self.text_chars // 12 + 1))[: self.text_chars]
+        return Generation(text, 3, top, True, "stop")
+
+
+def test_an_open_shard_holds_only_the_requests_in_flight(tmp_path, monkeypatch) -> None:
+    """Finished judgements are spilled at once: the process holds about as many as it has
+    requests in flight (9), not the 2 x 300 pairs of its open shards; the traces file is
+    written in bounded row groups, in pairs order, and equals the batch path's."""
+    from rank1_batch.pipeline import score
+
+    monkeypatch.setattr(score, "TRACE_GROUP_BYTES", 64 << 10)
+    spec, store, shards = _job(tmp_path / "a", 600, 300)
+    engine = WordyStreamEngine(text_chars=4096)
+    streamer = ShardStreamer(engine, store, spec)
+    markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=2))
+    assert streamer.peak_open_shards == 2 and streamer.max_requests == 9
+    assert engine.requests == 600
+    assert 0 < engine.live_peak <= 2 * streamer.max_requests
+    traces = pq.ParquetFile(io.BytesIO(store.read_bytes(markers[0].traces_file)))
+    assert traces.metadata.num_row_groups == 300 * 4096 // (64 << 10) + 1  # 16 pairs a group
+
+    ref_spec, ref_store, _ = _job(tmp_path / "b", 600, 300)
+    sync = WordyStreamEngine(text_chars=4096)
+    reference = [process_shard(s, sync, ref_store, ref_spec) for s in shards]
+    assert [m.traces_sha256 for m in markers] == [m.traces_sha256 for m in reference]
+    assert [m.scores_sha256 for m in markers] == [m.scores_sha256 for m in reference]
+    texts = results.shard_table(store, shards[1], "traces").column("reasoning").to_pylist()
+    pairs = ref_store.read_parquet(commit.pairs_path(shards[1]))
+    from rank1_batch.pipeline.score import requests_for
+
+    expected = sync.judge(requests_for(pairs, ref_spec))
+    assert texts == [j.reasoning for j in expected]
+    assert all(len(t) == 4096 for t in texts) and len(set(texts)) == 300
+
+
+def test_spilled_rows_leave_no_file_and_read_back_what_was_put(tmp_path, monkeypatch) -> None:
+    """The spill file lives in $RANK1_SPILL_DIR, unlinked from the start (nothing is left
+    behind, even by a killed process); rows come back by index whatever the order of arrival."""
+    from rank1_batch.pipeline.spill import SPILL_DIR_ENV, JudgedRows
+
+    monkeypatch.setenv(SPILL_DIR_ENV, str(tmp_path))
+    made = [
+        rank1.Judgement(0.1 * i, float(i), rank1.COMPLETE, reasoning=f"é {i} " * (i * 50))
+        for i in range(6)
+    ]
+    rows = JudgedRows(6)
+    for i in (3, 0, 5, 1, 4, 2):
+        rows.put(i, made[i])
+    assert list(tmp_path.iterdir()) == []
+    assert rows.spilled_bytes == sum(len(j.reasoning.encode()) for j in made)
+    assert [rows.judgement(i) for i in range(6)] == made
+    with pytest.raises(ValueError, match="already judged"):
+        rows.put(2, made[2])
+    assert rows.stats(1.0).complete == 6
+    rows.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rows.reasoning(5)
+    with pytest.raises(RuntimeError, match="never judged"):
+        JudgedRows(2).stats(0.0)

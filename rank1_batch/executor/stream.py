@@ -10,8 +10,9 @@ finish and the next shard's first pairs start. A shard commits through the one c
 (:func:`rank1_batch.pipeline.score.commit_shard`) when its last pair is judged; storage I/O
 runs in a thread so the event loop keeps feeding the engine meanwhile.
 
-The cap is an ``asyncio.Semaphore`` (FIFO): pairs of the shard that started first are served
-first, so shards finish roughly in the order they started instead of all at the end.
+The cap is an ``asyncio.Semaphore``, and passes take its slots in the order they started
+(``_LoopState.turns``): pairs of the shard that started first are served first, so shards
+finish roughly in the order they started instead of all at the end.
 
 Shards are opened on demand: of the ``shards_in_flight`` shards the actor may hold, a new one
 is read and queued only when fewer than ``max_requests`` requests of the open shards are still
@@ -19,8 +20,13 @@ waiting for a slot. With long-tailed reasoning a shard stays open for its slowes
 after its bulk is done; the next shards keep the engine full meanwhile (small shards need
 several open at once, large ones two), and a shard is never read before the engine needs it.
 
-Memory per actor holds the judgements of the shards in flight (scalars and reasoning text)
-and the engine's requests in flight; no per-token logprobs are kept anywhere.
+Memory does not grow with the shard size or the reasoning budget. A pair's request (prompt,
+task) is made only when it gets a slot; each finished judgement goes at once into the shard's
+:class:`~rank1_batch.pipeline.spill.JudgedRows` (scalars in memory, reasoning text in a
+node-local spill file); once a shard's last request is sent its query and passage texts are
+dropped, leaving its ids for the commit. So an actor holds the requests in flight, the input
+tables of shards still sending requests, and about 100 bytes a pair of open shards; no
+per-token logprobs anywhere.
 
 The Ray actor (:class:`rank1_batch.executor.ray_pool.ShardWorker`) calls
 :meth:`ShardStreamer.score_shard` from its async ``__call__``, one call per shard, with
@@ -31,13 +37,18 @@ Ray, for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+import pyarrow as pa
+
 from rank1_batch import cascade, commit, rank1
 from rank1_batch.engines.base import JudgeRequest, StreamEngine
 from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
+from rank1_batch.pipeline.spill import JudgedRows
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
 
@@ -79,29 +90,6 @@ class ShardStreamer:
             self._state = _LoopState(loop, self.max_requests)
         return self._state
 
-    async def _judge(
-        self,
-        state: _LoopState,
-        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
-        request: JudgeRequest,
-    ) -> rank1.Judgement:
-        queued = True
-        try:
-            async with state.slots:
-                queued = False
-                self.waiting -= 1
-                state.changed.set()
-                self.in_flight += 1
-                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                try:
-                    return await judge(request)
-                finally:
-                    self.in_flight -= 1
-        finally:
-            if queued:  # cancelled before it got a slot (a sibling failed)
-                self.waiting -= 1
-                state.changed.set()
-
     async def _admit(self, state: _LoopState) -> None:
         """Wait until the queued requests of the open shards fall below the cap: a new shard
         is opened only when the engine is about to run out of queued work, so shards whose
@@ -111,35 +99,109 @@ class ShardStreamer:
             state.changed.clear()
             await state.changed.wait()
 
-    async def _judge_all(
+    async def _stream(
         self,
         state: _LoopState,
         judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
-        requests: Sequence[JudgeRequest],
-    ) -> list[rank1.Judgement]:
-        # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
-        # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._judge(state, judge, r)) for r in requests]
-        return [t.result() for t in tasks]
+        requests: _Requests,
+        indices: Sequence[int],
+        done: Callable[[int, rank1.Judgement], None],
+        *,
+        last: bool,
+    ) -> None:
+        """Judge ``requests[i]`` for each ``i`` of ``indices``, handing each judgement to
+        ``done(i, judgement)`` as it completes. ``indices`` are already counted as waiting.
+        ``last``: the shard's last pass, after whose last request its query and passage
+        texts are dropped (its stragglers may run for minutes yet).
+
+        A request is built and its task created only when it gets a slot, so an open shard
+        holds its input table and its finished rows (spilled), never a prompt and a
+        coroutine per pair. Passes take slots in the order they started (``state.turns``):
+        the oldest pass with pairs left gets every slot that frees, as a FIFO queue of all
+        its requests would, so shards finish roughly in the order they started.
+        """
+        if not indices:
+            if last:
+                requests.close()
+            return
+        turn = state.take_turn()
+        sent = 0
+        try:
+            # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
+            # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
+            async with asyncio.TaskGroup() as group:
+                try:
+                    await turn.wait()
+                    for i in indices:
+                        request = requests[i]
+                        await state.slots.acquire()
+                        sent += 1
+                        self.waiting -= 1
+                        state.changed.set()
+                        self.in_flight += 1
+                        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                        task = group.create_task(self._one(judge, request, i, done))
+                        # A callback, not a ``finally`` in the task: a task cancelled
+                        # before it first runs never enters its body.
+                        task.add_done_callback(functools.partial(self._release, state))
+                    if last:
+                        requests.close()
+                finally:
+                    state.pass_turn(turn)
+        finally:
+            if sent < len(indices):  # cancelled before every request got a slot
+                self.waiting -= len(indices) - sent
+                state.changed.set()
+
+    @staticmethod
+    async def _one(
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        request: JudgeRequest,
+        i: int,
+        done: Callable[[int, rank1.Judgement], None],
+    ) -> None:
+        done(i, await judge(request))
+
+    def _release(self, state: _LoopState, _task: asyncio.Task[None]) -> None:
+        self.in_flight -= 1
+        state.slots.release()
 
     async def judge_pairs(
-        self, state: _LoopState, requests: Sequence[JudgeRequest], query_ids: Sequence[str]
-    ) -> list[rank1.Judgement]:
+        self, state: _LoopState, requests: _Requests, query_ids: pa.Array, rows: JudgedRows
+    ) -> None:
         """The streaming twin of :meth:`Rank1Engine.judge_pairs`: the same plan
-        (:mod:`rank1_batch.cascade`), each pass's pairs streamed one request at a time.
-        ``requests`` are already counted as waiting (admission); a cascade's second pass
-        adds its own."""
+        (:mod:`rank1_batch.cascade`), each pass's pairs streamed one request at a time, each
+        final judgement put into ``rows`` (spilled) the moment it exists. The pairs are
+        already counted as waiting (admission); a cascade's second pass adds its own."""
         mode = self.spec.reasoning_mode
-        direct = None
-        if mode.mode != rank1.THINK:
-            direct = await self._judge_all(state, self.engine.judge_direct_one, requests)
-        chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)
-        if direct is not None:
-            self.waiting += len(chosen)
-        todo = [requests[i] for i in chosen]
-        reasoned = await self._judge_all(state, self.engine.judge_one, todo)
-        return cascade.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
+        n = len(requests)
+        if mode.mode == rank1.THINK:
+
+            def reasoned_only(i: int, j: rank1.Judgement) -> None:
+                rows.put(i, cascade.combine(None, j))
+
+            judge = self.engine.judge_one
+            await self._stream(state, judge, requests, range(n), reasoned_only, last=True)
+            return
+        # The direct pass's judgements carry no reasoning: a shard's worth stays in memory
+        # until the plan has chosen which pairs to reason about.
+        direct: list[rank1.Judgement] = [_PENDING] * n
+        await self._stream(
+            state, self.engine.judge_direct_one, requests, range(n), direct.__setitem__, last=False
+        )
+        chosen = cascade.plan(
+            mode.mode, query_ids.to_pylist(), direct, top_k=mode.top_k, margin=mode.margin
+        )
+        picked = set(chosen)
+        for i in range(n):
+            if i not in picked:
+                rows.put(i, cascade.combine(direct[i], None))
+        self.waiting += len(chosen)
+
+        def both(i: int, j: rank1.Judgement) -> None:
+            rows.put(i, cascade.combine(direct[i], j))
+
+        await self._stream(state, self.engine.judge_one, requests, chosen, both, last=True)
 
     async def score_shard(self, shard: str, attempt: str = "") -> commit.Marker:
         """Judge every pair of ``shard`` and commit it; the existing marker if already done."""
@@ -151,27 +213,65 @@ class ShardStreamer:
             await self._admit(state)
             start = time.perf_counter()
             work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
-            requests = requests_for(work.to_judge, self.spec)
-            self.waiting += len(requests)
+            self.waiting += work.to_judge.num_rows
+        requests = _Requests(work.to_judge, self.spec)
+        work = work.ids_only()  # what the commit reads; the texts live on in ``requests``
         self.open_shards += 1
         self.peak_open_shards = max(self.peak_open_shards, self.open_shards)
-        try:
-            query_ids = work.to_judge.column("query_id").to_pylist()
-            judgements = await self.judge_pairs(state, requests, query_ids)
-        finally:
-            self.open_shards -= 1
-        seconds = time.perf_counter() - start
-        return await asyncio.to_thread(
-            commit_shard,
-            shard,
-            work,
-            judgements,
-            self.engine,
-            self.store,
-            self.spec,
-            seconds,
-            attempt,
-        )
+        # Closed whatever happens; a commit thread still reading when a cancelled shard
+        # gets here fails cleanly (JudgedRows locks its reads against the close).
+        with JudgedRows(work.to_judge.num_rows) as rows:
+            try:
+                await self.judge_pairs(state, requests, work.to_judge.column("query_id"), rows)
+                del requests
+            finally:
+                self.open_shards -= 1
+            seconds = time.perf_counter() - start
+            return await asyncio.to_thread(
+                commit_shard,
+                shard,
+                work,
+                rows,
+                self.engine,
+                self.store,
+                self.spec,
+                seconds,
+                attempt,
+            )
+
+
+_PENDING = rank1.Judgement(math.nan, math.nan, "pending")
+
+
+class _Requests:
+    """The :class:`JudgeRequest` of each row of ``pairs``, built on demand a block of rows
+    at a time (a pass walks its indices in ascending order), so a shard's prompts are never
+    all in memory at once."""
+
+    BLOCK = 256
+
+    def __init__(self, pairs: pa.Table, spec: JobSpec) -> None:
+        self.pairs: pa.Table | None = pairs
+        self.spec = spec
+        self.n = pairs.num_rows
+        self._first = -1
+        self._block: list[JudgeRequest] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        """Drop the table (its query and passage texts): every request has been made."""
+        self.pairs, self._block, self._first = None, [], -1
+
+    def __getitem__(self, i: int) -> JudgeRequest:
+        if self.pairs is None:
+            raise RuntimeError("the shard's requests were all made already")
+        first = i - i % self.BLOCK
+        if first != self._first:
+            self._block = requests_for(self.pairs.slice(first, self.BLOCK), self.spec)
+            self._first = first
+        return self._block[i - first]
 
 
 class _LoopState:
@@ -180,6 +280,21 @@ class _LoopState:
         self.slots = asyncio.Semaphore(max_requests)
         self.admission = asyncio.Lock()
         self.changed = asyncio.Event()
+        self.turns: collections.deque[asyncio.Event] = collections.deque()
+
+    def take_turn(self) -> asyncio.Event:
+        """A place at the back of the queue of passes waiting to send requests; the event is
+        set when it reaches the front."""
+        turn = asyncio.Event()
+        self.turns.append(turn)
+        if self.turns[0] is turn:
+            turn.set()
+        return turn
+
+    def pass_turn(self, turn: asyncio.Event) -> None:
+        self.turns.remove(turn)
+        if self.turns:
+            self.turns[0].set()
 
 
 async def score_shards(

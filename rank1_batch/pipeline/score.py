@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -23,11 +24,15 @@ import pyarrow.parquet as pq
 
 from rank1_batch import cascade, commit, rank1, reuse
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
+from rank1_batch.pipeline.spill import JudgedRows
 from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 log = logging.getLogger(__name__)
+# Traces row groups: the text one group holds (UTF-8), and a row cap for tiny traces.
+TRACE_GROUP_BYTES = 1 << 20
+TRACE_GROUP_ROWS = 16_384
 
 
 def requests_for(pairs: pa.Table, spec: JobSpec) -> list[JudgeRequest]:
@@ -66,54 +71,105 @@ def ranks_within_query(
     return ranks
 
 
-def build_tables(
-    pairs: pa.Table, judgements: list[rank1.Judgement], engine: Rank1Engine, prompt_id: str
-) -> tuple[pa.Table, pa.Table]:
+def scores_table(
+    pairs: pa.Table, rows: JudgedRows, engine: Rank1Engine, prompt_id: str
+) -> pa.Table:
+    """The scores of ``pairs`` (aligned with ``rows``): scalars only, built in memory."""
     qids = pairs.column("query_id").to_pylist()
     dids = pairs.column("doc_id").to_pylist()
-    scores = [j.score for j in judgements]
+    scores = rows.score.tolist()
     n = len(qids)
-    scores_table = pa.table(
+    return pa.table(
         {
             "query_id": qids,
             "doc_id": dids,
             "score": scores,
-            "logit": [j.logit for j in judgements],
-            "status": [j.status for j in judgements],
-            "error": [j.error for j in judgements],
-            "prompt_tokens": [j.prompt_tokens for j in judgements],
-            "reasoning_tokens": [j.reasoning_tokens for j in judgements],
-            "truncated": [j.truncated for j in judgements],
+            "logit": rows.logit.tolist(),
+            "status": rows.status,
+            "error": rows.error,
+            "prompt_tokens": rows.prompt_tokens.tolist(),
+            "reasoning_tokens": rows.reasoning_tokens.tolist(),
+            "truncated": [bool(t) for t in rows.truncated],
             "rank": ranks_within_query(qids, dids, scores),
             "model": [engine.model_id] * n,
             "model_revision": [engine.model_revision] * n,
             "prompt_id": [prompt_id] * n,
-            "score_direct": [j.score_direct for j in judgements],
-            "score_reasoned": [j.score_reasoned for j in judgements],
-            "decided_by": [j.decided_by for j in judgements],
+            "score_direct": rows.score_direct,
+            "score_reasoned": rows.score_reasoned,
+            "decided_by": rows.decided_by,
         },
         schema=SCORES_SCHEMA,
     )
-    traces = pa.table(
+
+
+def traces_skeleton(pairs: pa.Table, rows: JudgedRows) -> pa.Table:
+    """The traces of ``pairs`` without their text (empty ``reasoning``; it stays spilled
+    until :func:`traces_bytes` reads it back, a row group at a time)."""
+    return pa.table(
         {
-            "query_id": qids,
-            "doc_id": dids,
-            "reasoning": [j.reasoning for j in judgements],
-            "finish_reason": [j.finish_reason for j in judgements],
+            "query_id": pairs.column("query_id"),
+            "doc_id": pairs.column("doc_id"),
+            "reasoning": pa.array([""] * rows.n, pa.large_string()),
+            "finish_reason": rows.finish_reason,
         },
         schema=TRACES_SCHEMA,
     )
-    return scores_table, traces
 
 
-def stats_of(judgements: list[rank1.Judgement], seconds: float) -> commit.ShardStats:
-    stats = commit.ShardStats(pairs=len(judgements), seconds=seconds)
-    for j in judgements:
-        stats.count(j.status)
-        stats.truncated += int(j.truncated)
-        stats.prompt_tokens += j.prompt_tokens
-        stats.reasoning_tokens += j.reasoning_tokens
-    return stats
+def build_tables(
+    pairs: pa.Table, judgements: list[rank1.Judgement], engine: Rank1Engine, prompt_id: str
+) -> tuple[pa.Table, pa.Table]:
+    """Both tables whole, in memory (small shards and tests; the commit body streams the
+    traces instead, see :func:`traces_bytes`)."""
+    with JudgedRows.of(judgements, len(judgements)) as rows:
+        traces = traces_skeleton(pairs, rows)
+        texts = pa.array([rows.reasoning(i) for i in range(rows.n)], pa.large_string())
+        return scores_table(pairs, rows, engine, prompt_id), traces.set_column(
+            TRACES_SCHEMA.get_field_index("reasoning"), "reasoning", texts
+        )
+
+
+def traces_bytes(
+    skeleton: pa.Table, rows: JudgedRows, judged: Sequence[bool] | None = None
+) -> bytes:
+    """The traces file (Parquet bytes): ``skeleton``'s rows in order, each judged row's
+    reasoning read back from ``rows`` (the k-th judged row is ``rows``' pair k), the
+    others (copied by ``reuse:``) keeping the skeleton's text; ``judged=None``: every row is
+    judged. A row group closes once it holds :data:`TRACE_GROUP_BYTES` of text or
+    :data:`TRACE_GROUP_ROWS` rows, so at most one group's text is in memory. Group bounds
+    depend only on the texts, so equal judgements give equal bytes; a file of one group is
+    byte-identical to ``pq.write_table`` of the whole table."""
+    n = skeleton.num_rows
+    copied_text = skeleton.column("reasoning")
+    field = TRACES_SCHEMA.get_field_index("reasoning")
+    k = 0
+    start = 0
+    sink = io.BytesIO()
+    with pq.ParquetWriter(sink, TRACES_SCHEMA, compression="zstd") as writer:
+        while True:
+            texts: list[str] = []
+            size = 0
+            stop = start
+            while stop < n and size < TRACE_GROUP_BYTES and stop - start < TRACE_GROUP_ROWS:
+                if judged is None or judged[stop]:
+                    texts.append(rows.reasoning(k))
+                    size += rows.reasoning_size(k)
+                    k += 1
+                else:
+                    text = copied_text[stop].as_py() or ""
+                    texts.append(text)
+                    size += len(text.encode("utf-8", "surrogatepass"))
+                stop += 1
+            group = skeleton.slice(start, stop - start)
+            writer.write_table(
+                group.set_column(field, "reasoning", pa.array(texts, pa.large_string()))
+            )
+            start = stop
+            if start >= n:
+                break
+    if k != rows.n:
+        raise RuntimeError(f"traces: {k} judged rows written, {rows.n} judged")
+    return sink.getvalue()
 
 
 def _verify(data: bytes, rows: int, what: str) -> None:
@@ -151,6 +207,12 @@ class ShardWork:
     to_judge: pa.Table
     copied: pa.Table
 
+    def ids_only(self) -> ShardWork:
+        """The same shard with only the pairs' ids: all the commit body reads of them (no
+        query or passage texts held while the shard's last pairs run)."""
+        ids = ["query_id", "doc_id"]
+        return ShardWork(self.pairs.select(ids), self.to_judge.select(ids), self.copied)
+
 
 def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> ShardWork:
     """Read a shard's pairs and split off the rows reuse copies (:mod:`rank1_batch.reuse`)."""
@@ -163,7 +225,7 @@ def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> S
 def commit_shard(
     shard: str,
     work: ShardWork,
-    judgements: list[rank1.Judgement],
+    judgements: JudgedRows | Sequence[rank1.Judgement],
     engine: Rank1Engine,
     store: Store,
     spec: JobSpec,
@@ -172,26 +234,54 @@ def commit_shard(
 ) -> commit.Marker:
     """The one commit body: write this attempt's scores and traces under its own names,
     create the marker exclusively; return the marker that holds (another attempt's, if one
-    won). ``judgements`` are aligned with ``work.to_judge``; copied rows are merged in, in
-    ``work.pairs`` order."""
+    won). ``judgements`` are aligned with ``work.to_judge``: the streamer's
+    :class:`~rank1_batch.pipeline.spill.JudgedRows`, or a list (spilled here, so both
+    paths write the same bytes); copied rows are merged in, in ``work.pairs`` order.
+
+    Memory: the scores (scalars) are built whole; the traces file is built a row group at
+    a time from the spilled text (:func:`traces_bytes`), so a shard's reasoning is never
+    in memory at once, only its compressed file (which the single create-only PUT sends
+    whole anyway)."""
+    if isinstance(judgements, JudgedRows):
+        return _commit(shard, work, judgements, engine, store, spec, seconds, attempt)
+    with JudgedRows.of(judgements, len(judgements)) as rows:
+        return _commit(shard, work, rows, engine, store, spec, seconds, attempt)
+
+
+def _commit(
+    shard: str,
+    work: ShardWork,
+    rows: JudgedRows,
+    engine: Rank1Engine,
+    store: Store,
+    spec: JobSpec,
+    seconds: float,
+    attempt: str,
+) -> commit.Marker:
     attempt = attempt or commit.new_attempt_id()
     pairs = work.pairs
-    scores, traces = build_tables(work.to_judge, judgements, engine, spec.prompt_id)
+    if rows.n != work.to_judge.num_rows:
+        raise RuntimeError(f"{shard}: {rows.n} judgements for {work.to_judge.num_rows} pairs")
+    stats = rows.stats(seconds) + reuse.copied_stats(work.copied)
+    scores = scores_table(work.to_judge, rows, engine, spec.prompt_id)
+    traces = traces_skeleton(work.to_judge, rows)
+    judged = None
     if work.copied.num_rows:
         scores, traces = reuse.merge_results(
             pairs, scores, traces, work.copied, model=engine.model_id,
             model_revision=engine.model_revision, prompt_id=spec.prompt_id,
         )  # fmt: skip
+        judged = scores.column("reused_from").is_null().to_pylist()
     files = {
         commit.scores_path(shard, attempt): parquet_bytes(scores),
-        commit.traces_path(shard, attempt): parquet_bytes(traces),
+        commit.traces_path(shard, attempt): traces_bytes(traces, rows, judged),
     }
+    del scores, traces
     for rel, data in files.items():
         _verify(data, pairs.num_rows, rel)
         if not store.create_exclusive(rel, data):
             raise RuntimeError(f"{store.uri}: {rel} exists: attempt {attempt} is not unique")
     (scores_rel, scores_data), (traces_rel, traces_data) = files.items()
-    stats = stats_of(judgements, seconds) + reuse.copied_stats(work.copied)
     marker = commit.Marker(
         shard=shard,
         rows=pairs.num_rows,
