@@ -292,7 +292,7 @@ def test_an_open_shard_holds_only_the_requests_in_flight(tmp_path, monkeypatch) 
 
 
 def test_spilled_rows_leave_no_file_and_read_back_what_was_put(tmp_path, monkeypatch) -> None:
-    """The spill file lives in $RANK1_SPILL_DIR, unlinked from the start (nothing is left
+    """The spill file lives in $RANK1_BATCH_SPILL_DIR, unlinked from the start (nothing is left
     behind, even by a killed process); rows come back by index whatever the order of arrival."""
     from rank1_batch.pipeline.spill import SPILL_DIR_ENV, JudgedRows
 

@@ -9,11 +9,11 @@ index, a row group at a time (:func:`rank1_batch.pipeline.score.commit_shard`), 
 process holds the reasoning of the requests in flight and of one row group being written,
 whatever the shard size or the reasoning budget.
 
-Spill files live in ``$RANK1_SPILL_DIR``, else the system temp folder (``TMPDIR``, then
+Spill files live in ``$RANK1_BATCH_SPILL_DIR``, else the system temp folder (``TMPDIR``, then
 ``/tmp``): node-local scratch, never the output folder. Each is unlinked as soon as it is
 created (POSIX), so it is gone when the shard commits or fails, and when the process dies
 (``kill -9`` included): the kernel frees it with the last open descriptor. Point
-``RANK1_SPILL_DIR`` at a disk where ``/tmp`` is a RAM-backed tmpfs, or the text lands in
+``RANK1_BATCH_SPILL_DIR`` at a disk where ``/tmp`` is a RAM-backed tmpfs, or the text lands in
 memory after all.
 """
 
@@ -28,11 +28,11 @@ from collections.abc import Iterable
 
 from rank1_batch import commit, rank1
 
-SPILL_DIR_ENV = "RANK1_SPILL_DIR"
+SPILL_DIR_ENV = "RANK1_BATCH_SPILL_DIR"
 
 
 def spill_dir() -> str:
-    """Where spill files go (``$RANK1_SPILL_DIR``, else the system temp folder)."""
+    """Where spill files go (``$RANK1_BATCH_SPILL_DIR``, else the system temp folder)."""
     return os.environ.get(SPILL_DIR_ENV) or tempfile.gettempdir()
 
 
