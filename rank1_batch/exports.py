@@ -30,7 +30,6 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rank1_batch import commit, labels
 from rank1_batch.results import (
@@ -131,11 +130,11 @@ def json_run(table: pa.Table) -> dict[str, dict[str, float]]:
     return run
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-def _json(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
@@ -181,7 +180,7 @@ def streamed_file(parent: Store, name: str) -> Iterator[IO[bytes]]:
         parent.fs.put_file(fh.name, parent.path(name))
 
 
-def _write_run(committed: Committed, target: _Target, fmt: str, tag: str) -> int:
+def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
     """Stream the reranked run into one file, shard by shard; return its rows."""
     if fmt == "trec" and (not tag or any(c.isspace() for c in tag)):
         raise ValueError(f"run tag {tag!r} must be one word")
@@ -205,7 +204,7 @@ def _write_run(committed: Committed, target: _Target, fmt: str, tag: str) -> int
     return rows
 
 
-class _Target:
+class Target:
     """Where an export goes: a file (parent store + name) or a folder (its own store)."""
 
     def __init__(self, output: Store, out: str | None, default: str) -> None:
@@ -219,7 +218,7 @@ class _Target:
         self.parent.write_atomic(self.name, data)
 
     def write_sidecar(self, obj: Any) -> str:
-        self.parent.write_atomic(self.name + ".labels.json", _json(obj))
+        self.parent.write_atomic(self.name + ".labels.json", json_bytes(obj))
         return self.uri + ".labels.json"  # spelt like ``out``: relative stays relative
 
 
@@ -234,149 +233,7 @@ def dataset_card(title: str, configs: dict[str, str], body: str, *, default: str
     return "\n".join(lines)
 
 
-def _add_counts(total: labels.LabelCounts, part: labels.LabelCounts) -> None:
-    for key, value in vars(part).items():
-        if key == "excluded_status":
-            for status, n in value.items():
-                total.excluded_status[status] = total.excluded_status.get(status, 0) + n
-        else:
-            setattr(total, key, getattr(total, key) + value)
-
-
-LABEL_SCORE_COLUMNS = (
-    "query_id",
-    "doc_id",
-    "score",
-    "logit",
-    "status",
-    "rank",
-    *Provenance.COLUMNS,
-)
-
-
-def _label_shards(
-    committed: Committed, rules: labels.LabelRules, counts: labels.LabelCounts, prov: Provenance
-) -> Iterator[list[labels.QueryLabels]]:
-    """Labels of each committed shard (text joined per shard); counts and provenance added up."""
-    guard = QueryGuard(committed.store.uri)
-    tables = committed.tables(LABEL_SCORE_COLUMNS, PAIR_COLUMNS)
-    for shard, table in zip(committed.shards, tables, strict=True):
-        guard.check(pc.unique(table.column("query_id")).to_pylist(), shard)
-        prov.add(table)
-        chosen, part = labels.select(table, rules)
-        _add_counts(counts, part)
-        yield chosen
-
-
-def _st_schema(kind: str, n_neg: int) -> pa.Schema:
-    names = {
-        "triplet": ["query", "positive", "negative"],
-        "margin-mse": ["query", "positive", "negative", "score"],
-        "n-tuple": ["query", "positive", *(f"negative_{i + 1}" for i in range(n_neg))],
-        "labeled-pair": ["query", "passage", "label"],
-    }
-    names["n-tuple-scores"] = [*names["n-tuple"], "score"]
-    if kind not in names:
-        raise ValueError(f"unknown sentence-transformers kind {kind!r}")
-    types = {"label": pa.float64(), "score": pa.float64()}
-    if kind == "n-tuple-scores":
-        types["score"] = pa.list_(pa.float64())
-    return pa.schema([(n, types.get(n, pa.string())) for n in names[kind]])
-
-
-def _write_st(
-    target: _Target, shards: Iterable[list[labels.QueryLabels]], kind: str, n_neg: int, save: str
-) -> int:
-    """One Parquet file, a row group per shard (or a ``datasets`` folder made from it)."""
-    if save != "parquet" and not target.folder.local:
-        raise ValueError("--st-save disk needs a local --out; use parquet for object storage")
-    schema, rows = _st_schema(kind, n_neg), 0
-    with contextlib.ExitStack() as stack:
-        if save == "parquet":
-            fh = stack.enter_context(streamed_file(target.parent, target.name))
-        else:
-            fh = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".parquet"))
-        with pq.ParquetWriter(fh, schema) as writer:
-            for chosen in shards:
-                table = labels.sentence_transformers_table(chosen, kind, n_neg)
-                if table.num_rows:
-                    writer.write_table(table.select(schema.names).cast(schema))
-                    rows += table.num_rows
-        if save != "parquet":
-            import datasets
-
-            fh.flush()
-            with tempfile.TemporaryDirectory() as cache:
-                ds = datasets.Dataset.from_parquet(fh.name, cache_dir=cache)
-                ds.save_to_disk(target.uri)
-    return rows
-
-
-def _write_pylate(target: _Target, shards: Iterable[list[labels.QueryLabels]]) -> None:
-    """Configs ``train``, ``queries``, ``documents``: one Parquet file per shard with labels
-    (at least one file per config); a document is written once, in the first shard naming it."""
-    written: set[str] = set()
-    parts = 0
-    for chosen in shards:
-        if not chosen and parts:
-            continue
-        tables = labels.pylate_tables(chosen)
-        docs = tables["documents"]
-        fresh = [d not in written for d in docs.column("document_id").to_pylist()]
-        written.update(docs.column("document_id").to_pylist())
-        tables["documents"] = docs.filter(pa.array(fresh, pa.bool_()))
-        for name, t in tables.items():
-            target.folder.write_atomic(f"{name}/{name}-{parts:05d}.parquet", parquet_bytes(t))
-        parts += 1
-
-
-def export_labels(
-    committed: Committed,
-    fmt: str,
-    target: _Target,
-    rules: labels.LabelRules,
-    *,
-    st_kind: str = "triplet",
-    st_save: str = "parquet",
-) -> dict[str, Any]:
-    counts, prov = labels.LabelCounts(), Provenance()
-    shards = _label_shards(committed, rules, counts, prov)
-    fmt_name = f"{fmt}:{st_kind}" if fmt == "sentence-transformers" else fmt
-    st_rows = None
-    if fmt in ("flagembedding", "tevatron"):
-        layout = labels.flagembedding_rows if fmt == "flagembedding" else labels.tevatron_rows
-        with streamed_file(target.parent, target.name) as fh:
-            for chosen in shards:
-                fh.write(_jsonl(layout(chosen)))
-    elif fmt == "sentence-transformers":
-        st_rows = _write_st(target, shards, st_kind, rules.max_neg, st_save)
-    elif fmt == "pylate":
-        _write_pylate(target, shards)
-    else:
-        raise ValueError(f"unknown label format {fmt!r}")
-    meta = labels.sidecar(rules, counts, fmt_name, prov.to_dict(committed))
-    if st_rows is not None:
-        meta["rows"] = st_rows
-    if fmt == "pylate":
-        body = (
-            "Rank1 distillation data for PyLate (`train`: query_id, document_ids, scores; "
-            f"`queries`; `documents`). Model: {meta['model']}; prompt: {meta['prompt_id']}."
-        )
-        configs = {n: f"{n}/*.parquet" for n in ("train", "queries", "documents")}
-        card = dataset_card("Rank1 scores for PyLate", configs, body, default="train")
-        target.folder.write_atomic("README.md", card.encode())
-        target.folder.write_atomic("labels.json", _json(meta))
-        return {"format": fmt, "out": target.uri, **counts_dict(meta)}
-    sidecar_path = target.write_sidecar(meta)
-    return {"format": fmt_name, "out": target.uri, "sidecar": sidecar_path, **counts_dict(meta)}
-
-
-def counts_dict(meta: dict[str, Any]) -> dict[str, Any]:
-    c = meta["counts"]
-    return {k: c[k] for k in ("queries", "labelled_queries", "positives", "negatives")}
-
-
-def export_hf(committed: Committed, target: _Target) -> dict[str, Any]:
+def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     """Parquet shards (configs ``scores`` and ``traces``) plus a dataset card.
 
     ``scores`` rows carry the pair's text (query, passage, title) and first-stage rank
@@ -454,7 +311,7 @@ def export(
     if st_kind not in labels.ST_KINDS:
         raise ValueError(f"unknown --st-kind {st_kind!r} (one of {', '.join(labels.ST_KINDS)})")
     committed = open_committed(store)
-    target = _Target(store, out, default_name(fmt, st_kind, st_save))
+    target = Target(store, out, default_name(fmt, st_kind, st_save))
     if rules is None:
         rules = labels.LabelRules(value=labels.default_value(fmt))
     if fmt in RUN_FORMATS:
@@ -462,4 +319,6 @@ def export(
         return {"format": fmt, "out": target.uri, "rows": rows, "complete": committed.complete}
     if fmt == "hf":
         return export_hf(committed, target)
+    from rank1_batch.label_exports import export_labels
+
     return export_labels(committed, fmt, target, rules, st_kind=st_kind, st_save=st_save)
