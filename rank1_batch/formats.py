@@ -11,8 +11,9 @@ Memory (driver): the queries, the ids and text of the documents the run names (d
 does not name are skipped while streaming the corpus), and one part of pairs (500,000); never
 the run: :mod:`rank1_batch.run_files` reads it as query blocks (a grouped TREC run one block
 at a time; an ungrouped one through local temporary files partitioned by query, plus an index
-of its query ids; a JSON run one query's object at a time). The run is read twice (document
-ids first, then pairs). ``hf`` data is memory-mapped Arrow, written out part by part.
+of its query ids; a JSON run one query's object at a time). The run is read more than once
+(document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
+``hf`` data is memory-mapped Arrow, written out part by part.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -208,7 +209,8 @@ def iter_run_pairs(
 
     Memory: the queries, the set of document ids the run names and their text, one chunk of
     pairs, and what :mod:`rank1_batch.run_files` holds for the run's shape (one block, or an
-    index of query ids plus one bucket). The run is read twice (ids first, then pairs).
+    index of query ids plus one bucket). The run is read more than once (ids first, then
+    pairs), never held whole.
     """
     wanted: set[str] = set()
     for block in _run_blocks(spec, storage):
