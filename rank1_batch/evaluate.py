@@ -241,10 +241,9 @@ def evaluate_output(
             if per_query:
                 tables[name].setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
 
-    shards = committed.tables(EVAL_COLUMNS, ("input_rank",))
-    for shard, table in zip(committed.shards, shards, strict=True):
+    for marker, table in committed.tables(EVAL_COLUMNS, ("input_rank",)):
         qids = pc.unique(table.column("query_id")).to_pylist()
-        guard.check(qids, shard)
+        guard.check(qids, marker.shard)
         prov.add(table)
         judged = qrels.for_queries(qids)
         scored += len(judged)
@@ -274,7 +273,7 @@ def evaluate_output(
         # scored ones were evaluated (each shard sees its own queries' qrels).
         manifest = store.read_json(commit.MANIFEST) if store.exists(commit.MANIFEST) else {}
         report["incomplete"] = {
-            "shards_committed": len(committed.markers),
+            "shards_committed": len(committed.shards),
             "shards_total": len(manifest.get("shards", [])) or None,
             "qrels_queries": len(qrels),
             "qrels_queries_scored": scored,

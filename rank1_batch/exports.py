@@ -188,8 +188,8 @@ def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
     with streamed_file(target.parent, target.name) as fh:
         if fmt == "json-run":
             fh.write(b"{")
-        for shard, table in zip(committed.shards, committed.tables(RUN_COLUMNS), strict=True):
-            guard.check(pc.unique(table.column("query_id")).to_pylist(), shard)
+        for marker, table in committed.tables(RUN_COLUMNS):
+            guard.check(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
             if fmt == "trec":
                 text = trec_text(table, tag)
                 rows += text.count("\n")
@@ -242,8 +242,7 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     """
     store, prov, statuses = committed.store, Provenance(), Counter[str]()
     guard, n, queries = QueryGuard(store.uri), 0, 0
-    tables = committed.tables(SCORES_SCHEMA.names, PAIR_COLUMNS)
-    for marker, table in zip(committed.markers, tables, strict=True):
+    for marker, table in committed.tables(SCORES_SCHEMA.names, PAIR_COLUMNS):
         qids = pc.unique(table.column("query_id")).to_pylist()
         guard.check(qids, marker.shard)
         prov.add(table)
@@ -282,7 +281,7 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
     card = dataset_card("Rank1 reranking scores", configs, body, default="scores")
     target.folder.write_atomic("README.md", card.encode())
-    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(committed.markers)}
+    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(committed.shards)}
 
 
 def push_to_hub(folder: str, repo_id: str, private: bool = True) -> str:

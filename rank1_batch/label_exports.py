@@ -52,9 +52,8 @@ def _label_shards(
 ) -> Iterator[list[labels.QueryLabels]]:
     """Labels of each committed shard (text joined per shard); counts and provenance added up."""
     guard = QueryGuard(committed.store.uri)
-    tables = committed.tables(LABEL_SCORE_COLUMNS, PAIR_COLUMNS)
-    for shard, table in zip(committed.shards, tables, strict=True):
-        guard.check(pc.unique(table.column("query_id")).to_pylist(), shard)
+    for marker, table in committed.tables(LABEL_SCORE_COLUMNS, PAIR_COLUMNS):
+        guard.check(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
         prov.add(table)
         chosen, part = labels.select(table, rules)
         _add_counts(counts, part)

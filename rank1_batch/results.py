@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -218,105 +219,115 @@ def _scores_columns(data: bytes, columns: Sequence[str]) -> pa.Table:
 
 @dataclass(frozen=True)
 class Committed:
-    """The committed shards of an output folder, read one at a time (never all at once)."""
+    """The committed shards of an output folder, read one at a time (never all at once).
+
+    Holds the shard names only (one listing of ``_commits/``); each shard's marker is read
+    when the shard is, so nothing per shard accumulates while reading.
+    """
 
     store: Store
-    markers: tuple[commit.Marker, ...]
+    shards: tuple[str, ...]
     job: dict[str, Any]
     complete: bool  # _SUCCESS.json exists
-
-    @property
-    def shards(self) -> tuple[str, ...]:
-        return tuple(m.shard for m in self.markers)
 
     @property
     def reasoning_mode(self) -> str:
         return reasoning_mode(self.job)
 
     def read(
-        self, marker: commit.Marker, columns: Sequence[str], pair_columns: Sequence[str] = ()
-    ) -> pa.Table:
-        """One shard: ``columns`` of its committed scores file (checksum verified), plus
-        ``pair_columns`` of its pairs file (only those column chunks are fetched)."""
+        self, shard: str, columns: Sequence[str], pair_columns: Sequence[str] = ()
+    ) -> tuple[commit.Marker, pa.Table]:
+        """One shard's marker and table: ``columns`` of its committed scores file (checksum
+        verified), plus ``pair_columns`` of its pairs file (only those column chunks)."""
+        marker = commit.read_marker(self.store, shard)
         table = _scores_columns(commit.read_committed(self.store, marker, "scores"), columns)
         if not pair_columns:
-            return table
+            return marker, table
         wanted = ["query_id", "doc_id", *(c for c in pair_columns if c not in table.column_names)]
-        pairs = self.store.read_parquet(commit.pairs_path(marker.shard), columns=wanted)
+        pairs = self.store.read_parquet(commit.pairs_path(shard), columns=wanted)
         COUNTER.pair_columns.update(wanted)
         if pairs.num_rows != table.num_rows or not all(
             table.column(c).equals(pairs.column(c)) for c in wanted[:2] if c in table.column_names
         ):
-            raise ResultsError(f"{self.store.uri}: {marker.shard}: scores do not match its pairs")
+            raise ResultsError(f"{self.store.uri}: {shard}: scores do not match its pairs")
         for name in wanted[2:]:
             table = table.append_column(name, pairs.column(name))
-        return table
+        return marker, table
 
     def tables(
         self, columns: Sequence[str], pair_columns: Sequence[str] = (), prefetch: int = PREFETCH
-    ) -> Iterator[pa.Table]:
+    ) -> Iterator[tuple[commit.Marker, pa.Table]]:
         """Each committed shard as :meth:`read` gives it, in shard order; at most
         ``1 + prefetch`` shards are held at once (:data:`COUNTER` records the peak)."""
 
-        def load(marker: commit.Marker) -> pa.Table:
-            table = self.read(marker, columns, pair_columns)
+        def load(shard: str) -> tuple[commit.Marker, pa.Table]:
+            marker, table = self.read(shard, columns, pair_columns)
             COUNTER.take(table.num_rows)
-            return table
+            return marker, table
 
-        markers = iter(self.markers)
         with ThreadPoolExecutor(max(1, prefetch)) as pool:
-            ahead: deque[Future[pa.Table]] = deque()
+            ahead: deque[Future[tuple[commit.Marker, pa.Table]]] = deque()
             try:
-                for marker in markers:
-                    ahead.append(pool.submit(load, marker))
+                for shard in self.shards:
+                    ahead.append(pool.submit(load, shard))
                     if len(ahead) > prefetch:
-                        yield from self._hand_over(ahead.popleft())
+                        yield from _hand_over(ahead.popleft())
                 while ahead:
-                    yield from self._hand_over(ahead.popleft())
+                    yield from _hand_over(ahead.popleft())
             finally:
                 for future in ahead:  # a consumer that stopped early
                     if future.cancel() is False and future.exception() is None:
-                        COUNTER.give(future.result().num_rows)
+                        COUNTER.give(future.result()[1].num_rows)
 
-    @staticmethod
-    def _hand_over(future: Future[pa.Table]) -> Iterator[pa.Table]:
-        table = future.result()
-        try:
-            yield table
-        finally:
-            COUNTER.give(table.num_rows)
+
+def _hand_over(
+    future: Future[tuple[commit.Marker, pa.Table]],
+) -> Iterator[tuple[commit.Marker, pa.Table]]:
+    marker, table = future.result()
+    try:
+        yield marker, table
+    finally:
+        COUNTER.give(table.num_rows)
 
 
 def open_committed(store: Store, *, require_complete: bool = False) -> Committed:
-    """The committed shards of ``store`` (markers read once, concurrently or from the digest)."""
-    markers = commit.read_markers(store)
-    if not markers:
+    """The committed shards of ``store`` (one listing of ``_commits/``)."""
+    shards = committed(store)
+    if not shards:
         raise ResultsError(f"{store.uri}: no committed shards (run the job first)")
     complete = store.exists(commit.SUCCESS)
     if require_complete and not complete:
         raise ResultsError(f"{store.uri}: the job is not finished (no {commit.SUCCESS})")
     job = store.read_json(commit.JOB_FILE) if store.exists(commit.JOB_FILE) else {}
-    return Committed(store, tuple(markers), job, complete)
+    return Committed(store, tuple(shards), job, complete)
 
 
 class QueryGuard:
     """Refuses a query seen in an earlier shard (prepare keeps each query whole in one shard;
-    per-query work done shard by shard would count a split query twice). Memory: one 64-bit
-    hash per query, never per pair."""
+    per-query work done shard by shard would count a split query twice).
+
+    Memory: 8 bytes a query (64-bit hashes in a few sorted NumPy arrays, merged as they grow,
+    so a check is a handful of binary searches), never per pair.
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.seen: set[int] = set()
+        self.blocks: list[np.ndarray] = []
 
     def check(self, shard_queries: Sequence[str], shard: str) -> None:
-        hashes = {hash(q) for q in shard_queries}
-        if not self.seen.isdisjoint(hashes):
-            again = next(q for q in shard_queries if hash(q) in self.seen)
-            raise ResultsError(
-                f"{self.uri}: query {again!r} comes back in {shard} after an earlier shard: "
-                "per-query exports need each query whole in one shard (as prepare writes them)"
-            )
-        self.seen |= hashes
+        hashes = np.unique(np.fromiter((hash(q) for q in shard_queries), np.int64))
+        for block in self.blocks:
+            at = np.minimum(np.searchsorted(block, hashes), len(block) - 1)
+            if (block[at] == hashes).any():
+                again = next(q for q in shard_queries if hash(q) in set(block[at].tolist()))
+                raise ResultsError(
+                    f"{self.uri}: query {again!r} comes back in {shard} after an earlier "
+                    "shard: per-query exports need each query whole in one shard (as prepare "
+                    "writes them)"
+                )
+        while self.blocks and len(self.blocks[-1]) <= len(hashes):
+            hashes = np.union1d(self.blocks.pop(), hashes)
+        self.blocks.append(hashes)
 
 
 class Provenance:
@@ -344,6 +355,6 @@ class Provenance:
             "prompt_id": self.one("prompt_id"),
             "reasoning_mode": committed.reasoning_mode,
             "fingerprint": committed.job.get("fingerprint"),
-            "shards": len(committed.markers),
+            "shards": len(committed.shards),
             "complete": committed.complete,
         }

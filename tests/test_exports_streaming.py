@@ -157,3 +157,13 @@ def test_a_query_split_across_shards_is_refused(tmp_path):
     with pytest.raises(results.ResultsError, match="query 'q1' comes back in shard-00001"):
         exports.export(store, "trec")
     assert not (tmp_path / "out" / "exports" / "run.trec").exists()  # nothing published
+
+
+def test_query_guard_keeps_sorted_hash_blocks_and_finds_a_repeat_among_many():
+    guard = results.QueryGuard("out")
+    for s in range(300):
+        guard.check([f"q{s}-{k}" for k in range(7)], f"shard-{s}")
+    # 2,100 hashes in a few merged blocks (a binary search each), not one array per shard
+    assert sum(len(b) for b in guard.blocks) == 2100 and len(guard.blocks) <= 12
+    with pytest.raises(results.ResultsError, match="query 'q17-3' comes back in shard-x"):
+        guard.check(["new", "q17-3"], "shard-x")
