@@ -203,7 +203,10 @@ class ReadCounter:
 
 
 COUNTER = ReadCounter()
-PREFETCH = 2  # shards read ahead of the one being processed (hides object-store latency)
+# Shards read ahead of the one being processed: local reads need little overlap; an object
+# store's latency (3-4 requests a shard) is hidden by more (a shard's columns are ~100 KB).
+PREFETCH = 2
+REMOTE_PREFETCH = 16
 
 
 def _scores_columns(data: bytes, columns: Sequence[str]) -> pa.Table:
@@ -255,10 +258,13 @@ class Committed:
         return marker, table
 
     def tables(
-        self, columns: Sequence[str], pair_columns: Sequence[str] = (), prefetch: int = PREFETCH
+        self, columns: Sequence[str], pair_columns: Sequence[str] = (), prefetch: int | None = None
     ) -> Iterator[tuple[commit.Marker, pa.Table]]:
         """Each committed shard as :meth:`read` gives it, in shard order; at most
-        ``1 + prefetch`` shards are held at once (:data:`COUNTER` records the peak)."""
+        ``1 + prefetch`` shards are held at once (:data:`COUNTER` records the peak; default
+        :data:`PREFETCH` locally, :data:`REMOTE_PREFETCH` on an object store)."""
+        if prefetch is None:
+            prefetch = PREFETCH if self.store.local else REMOTE_PREFETCH
 
         def load(shard: str) -> tuple[commit.Marker, pa.Table]:
             marker, table = self.read(shard, columns, pair_columns)
