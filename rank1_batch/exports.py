@@ -62,24 +62,26 @@ def default_name(fmt: str, st_kind: str = "triplet", st_save: str = "parquet") -
     return "exports/" + names[fmt]
 
 
-def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
-    """(query_id, doc_id, rank, score) by query, score desc, doc_id; NaN (error) rows skipped."""
-    rows = [
-        (q, d, s)
-        for q, d, s in zip(
-            table.column("query_id").to_pylist(),
-            table.column("doc_id").to_pylist(),
-            table.column("score").to_pylist(),
-            strict=True,
-        )
-        if s is not None and not math.isnan(s)
-    ]
-    rows.sort(key=lambda r: (r[0], -r[2], r[1]))
-    prev, rank = None, 0
-    for q, d, s in rows:
+def _ranked(table: pa.Table) -> tuple[list[str], list[str], list[int], np.ndarray]:
+    """Columns of the ranked rows: by query, score desc, doc_id; NaN/null (error) rows out."""
+    score = table.column("score")
+    keep = pc.fill_null(pc.invert(pc.is_nan(score)), False)
+    t = table.select(["query_id", "doc_id", "score"]).filter(keep)
+    order = [("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")]
+    t = t.take(pc.sort_indices(t, order))  # Arrow orders strings by UTF-8 bytes: code points
+    qids, docs = t.column("query_id").to_pylist(), t.column("doc_id").to_pylist()
+    ranks, prev, rank = [], None, 0
+    for q in qids:
         rank = rank + 1 if q == prev else 1
         prev = q
-        yield q, d, rank, s
+        ranks.append(rank)
+    return qids, docs, ranks, t.column("score").to_numpy()
+
+
+def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
+    """(query_id, doc_id, rank, score) by query, score desc, doc_id; NaN (error) rows skipped."""
+    qids, docs, ranks, scores = _ranked(table)
+    return zip(qids, docs, ranks, scores.tolist(), strict=True)
 
 
 def run_tag(results: Results | Committed) -> str:
@@ -105,13 +107,16 @@ def run_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
     the ranking ``eval`` evaluates (score desc, then doc_id). Other scores keep full float64
     precision; ``scores/`` keeps the exact values.
     """
-    prev_q, prev = None, math.inf
-    for q, d, r, s in ranked_rows(table):
+    qids, docs, ranks, scores = _ranked(table)
+    as32 = scores.astype(np.float32).tolist()  # float32 values, as exact Python floats
+    prev_q, prev32 = None, math.inf  # float32 of the previous exported value
+    for q, d, r, s, s32 in zip(qids, docs, ranks, scores.tolist(), as32, strict=True):
         if q != prev_q:
-            prev_q, prev = q, math.inf
-        below = float(np.nextafter(np.float32(prev), np.float32(-np.inf)))
-        value = s if np.float32(s) < np.float32(prev) else below
-        prev = value
+            prev_q, prev32 = q, math.inf
+        if s32 < prev32:
+            value, prev32 = s, s32
+        else:  # ties with the one above in float32: one float32 step below it
+            value = prev32 = float(np.nextafter(np.float32(prev32), np.float32(-np.inf)))
         yield q, d, r, value
 
 

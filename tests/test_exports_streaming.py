@@ -167,3 +167,59 @@ def test_query_guard_keeps_sorted_hash_blocks_and_finds_a_repeat_among_many():
     assert sum(len(b) for b in guard.blocks) == 2100 and len(guard.blocks) <= 12
     with pytest.raises(results.ResultsError, match="query 'q17-3' comes back in shard-x"):
         guard.check(["new", "q17-3"], "shard-x")
+
+
+def _reference_run_rows(table):
+    """The run rows as computed before the vectorised sort: a Python sort by (query, -score,
+    doc_id) and per-row float32 comparisons (the rule ``run_rows`` documents)."""
+    import numpy as np
+
+    rows = [
+        (q, d, s)
+        for q, d, s in zip(
+            table.column("query_id").to_pylist(),
+            table.column("doc_id").to_pylist(),
+            table.column("score").to_pylist(),
+            strict=True,
+        )
+        if s is not None and not math.isnan(s)
+    ]
+    rows.sort(key=lambda r: (r[0], -r[2], r[1]))
+    out, prev_q, prev, rank = [], None, math.inf, 0
+    for q, d, s in rows:
+        if q != prev_q:
+            prev_q, prev, rank = q, math.inf, 0
+        rank += 1
+        below = float(np.nextafter(np.float32(prev), np.float32(-np.inf)))
+        value = s if np.float32(s) < np.float32(prev) else below
+        prev = value
+        out.append((q, d, rank, value))
+    return out
+
+
+def test_run_rows_equal_the_per_row_rule_with_ties_saturation_nan_and_unicode():
+    import pyarrow as pa
+
+    rng = random.Random(5)
+    pool = [0.2, 0.5, 0.99999999, 0.999999995, 0.99999998, 1.0, 0.0, 1e-9, math.nan, None]
+    qids = ["q1", "q10", "q2", "é", "Z", "q1 "]
+    rows = [
+        (q, f"d{rng.randint(0, 40)}{rng.choice(['', 'é', 'a'])}", rng.choice(pool))
+        for q in (rng.choice(qids) for _ in range(3000))
+    ]
+    rows += [(rng.choice(qids), f"r{i}", rng.random()) for i in range(500)]
+    seen, unique = set(), []
+    for q, d, s in rows:
+        if (q, d) not in seen:
+            seen.add((q, d))
+            unique.append((q, d, s))
+    table = pa.table(
+        {
+            "query_id": [r[0] for r in unique],
+            "doc_id": [r[1] for r in unique],
+            "score": pa.array([r[2] for r in unique], pa.float64()),
+        }
+    )
+    got = list(exports.run_rows(table))
+    assert got == _reference_run_rows(table) and len(got) > 100
+    assert list(exports.run_rows(table.slice(0, 0))) == []
