@@ -8,17 +8,15 @@ phase, so one run gives the driver's and the workers' peaks while preparing and 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import common as c
+from children import run_phased
 
 
 def pyarrow_copy(data: Path, work: Path, repeats: int) -> dict[str, Any]:
@@ -55,33 +53,7 @@ def prepare_and_score(work: Path, n_pairs: int, score_shards: int) -> dict[str, 
         work / f"prepare-{n_pairs}.yaml", data, out, shard_size=2000, workers=1, torch_threads=2
     )
     child = [sys.executable, str(Path(__file__).with_name("prepare_child.py")), str(job)]
-    with tempfile.TemporaryFile(mode="w+") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [*child, str(score_shards)],
-            cwd=c.ROOT,
-            env=c.bench_env(),  # Ray workers at nice 0, see common.WORKER_NICENESS
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-        sampler = c.RssSampler(proc.pid)
-        result: dict[str, Any] = {}
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("{"):
-                msg = json.loads(line)
-                sampler.phase = msg.pop("phase", sampler.phase)
-                result.update(msg)
-        proc.wait()
-        wall = time.perf_counter() - start
-        peaks = sampler.stop()
-        if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(
-                f"prepare_child {job} exited {proc.returncode}: {log.read()[-2000:]}"
-            )
+    result, peaks, wall = run_phased([*child, str(score_shards)], f"prepare_child {job}")
     result.update(
         pairs=n_pairs,
         input_bytes=os.path.getsize(data),

@@ -1,8 +1,9 @@
 """Case 8: one synthetic job end to end at 1M and larger sizes, against plain pyarrow.
 
 Each size: a query-grouped Parquet input of short passages (100 candidates per query), run by
-``scale_child.py`` in its own process: prepare -> score (instant test-double engine, local
-executor) -> finalize -> status -> export trec -> eval. The parent samples the child's process
+``scale_child.py``: one process runs the job (prepare -> score with the instant test-double
+engine on the local executor -> finalize), then status, export trec and eval each run in a
+process of their own, as a user runs those commands. The parent samples the child's process
 tree RSS per stage and times a plain pyarrow pass over the same input (read all + write all,
 zstd) for the ratios. Sizes are a parameter (``--scale-pairs``): 10M pairs on two shared cores
 takes a long time, so the default run does 1M and what fits.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import common as c
+from children import run_phased
 
 CANDIDATES = 100
 
@@ -85,6 +86,25 @@ def pyarrow_pass(data: Path, work: Path, repeats: int = 3) -> float:
     return float(c.summary(walls)["median_s"])
 
 
+def pyarrow_scores_pass(out: Path, work: Path) -> float:
+    """The plain pyarrow pass export and eval are compared with: read ``query_id, doc_id,
+    score`` of every scores file and write them as one CSV file."""
+    import pyarrow as pa
+    import pyarrow.csv as pv
+    import pyarrow.parquet as pq
+
+    target = work / "scores-pass.csv"
+    start = time.perf_counter()
+    files = sorted((out / "scores").glob("*.parquet"))
+    with pv.CSVWriter(target, pa.schema([("query_id", pa.string()), ("doc_id", pa.string()),
+                                         ("score", pa.float64())])) as writer:  # fmt: skip
+        for f in files:
+            writer.write_table(pq.read_table(f, columns=["query_id", "doc_id", "score"]))
+    wall = time.perf_counter() - start
+    target.unlink(missing_ok=True)
+    return round(wall, 3)
+
+
 def one_size(work: Path, n_pairs: int) -> dict[str, Any]:
     data = write_scale_pairs(work / f"scale-{n_pairs}.parquet", n_pairs)
     qrels = write_qrels(work / f"scale-{n_pairs}.qrels", n_pairs)
@@ -95,26 +115,17 @@ def one_size(work: Path, n_pairs: int) -> dict[str, Any]:
     )
     baseline = pyarrow_pass(data, work)
     child = [sys.executable, str(Path(__file__).with_name("scale_child.py")), str(job), str(qrels)]
-    result: dict[str, Any] = {}
-    with tempfile.TemporaryFile(mode="w+") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            child, cwd=c.ROOT, env=c.bench_env(), stdout=subprocess.PIPE, stderr=log, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        sampler = c.RssSampler(proc.pid)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("{"):
-                msg = json.loads(line)
-                sampler.phase = msg.pop("phase", sampler.phase)
-                result.update(msg)
-        proc.wait()
-        wall = time.perf_counter() - start
-        peaks = sampler.stop()
-        if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(f"scale_child exited {proc.returncode}: {log.read()[-3000:]}")
+    result, peaks, wall = run_phased(child, "scale_child")
+    process_peak = {"run": result.pop("process_peak_mib", None)}
+    for command in ("status", "export_trec", "eval"):  # each in its own process, as users do
+        one, one_peaks, one_wall = run_phased([*child, command], f"scale_child {command}")
+        result["times"].update(one["times"])
+        one["hwm_mib"].pop("startup", None)
+        result["hwm_mib"].update(one["hwm_mib"])
+        process_peak[command] = one["process_peak_mib"]
+        peaks[command] = one_peaks.get(command, {})
+        wall += one_wall
+    scores_pass = pyarrow_scores_pass(out, work)
     times = result.get("times", {})
     return {
         "pairs": n_pairs,
@@ -122,6 +133,14 @@ def one_size(work: Path, n_pairs: int) -> dict[str, Any]:
         "pyarrow_read_write_s": baseline,
         "stage_s": times,
         "stage_over_pyarrow": {k: c.ratio(v, baseline) for k, v in times.items()},
+        "pyarrow_scores_to_csv_s": scores_pass,
+        "export_eval_over_scores_pass": {
+            k: c.ratio(times[k], scores_pass) for k in ("export_trec", "eval") if k in times
+        },
+        # VmHWM of the driver, reset at each stage's start (exact, not sampled)
+        "driver_hwm_mib": result.get("hwm_mib", {}),
+        # ru_maxrss of each command's process (run = prepare + score + finalize), imports included
+        "process_peak_mib": process_peak,
         "driver_rss_peak_mib": {p: r.get("driver") for p, r in peaks.items()},
         "worker_rss_peak_mib": {p: r.get("ray_worker") for p, r in peaks.items()},
         "output_files": sum(len(f) for _, _, f in os.walk(out)),
@@ -140,14 +159,29 @@ def scale(work: Path, sizes: list[int]) -> dict[str, Any]:
         )
         for stage in small["driver_rss_peak_mib"]
     }
+    process_growth = {
+        command: c.ratio(large["process_peak_mib"].get(command) or 0, value)
+        for command, value in small["process_peak_mib"].items()
+    }
+    hwm_growth = {
+        stage: c.ratio(large["driver_hwm_mib"].get(stage) or 0, value)
+        for stage, value in small["driver_hwm_mib"].items()
+    }
     return {
         "by_pairs": {str(r["pairs"]): r for r in runs},
         "driver_rss_growth_large_over_small": growth,
+        "driver_hwm_growth_large_over_small": hwm_growth,
+        "process_peak_growth_large_over_small": process_growth,
         "note": (
             "score uses an instant test-double engine in the driver process (local executor), so "
-            "the score stage measures the pipeline around an engine; prepare runs as Ray tasks "
+            "the score stage measures the pipeline around an engine; status, export_trec and eval "
+            "each run in a fresh process (process_peak_mib: its ru_maxrss, imports included); "
+            "prepare runs as Ray tasks "
             "(ray_worker RSS). Ratios are stage wall time over one plain pyarrow read + write of "
-            "the input."
+            "the input; export and eval also over a pyarrow pass reading query_id, doc_id, score "
+            "of every scores file and writing them as CSV. driver_hwm_mib: the driver's VmHWM, "
+            "reset (/proc/self/clear_refs) as each stage starts: its exact peak in that stage; "
+            "driver_rss_peak_mib: RSS sampled every 0.2 s."
         ),
         "target": "driver RSS at the largest size within 10% of the smallest; prepare <= 3x",
     }

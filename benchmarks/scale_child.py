@@ -1,11 +1,14 @@
 """Child process of the scale case: one job end to end in this process (the driver).
 
-    python benchmarks/scale_child.py JOB.yaml QRELS
+    python benchmarks/scale_child.py JOB.yaml QRELS            # run: prepare, score, finalize
+    python benchmarks/scale_child.py JOB.yaml QRELS STAGE      # status | export_trec | eval
 
-prepare (Ray tasks, local Ray) -> score (the local executor with the instant test-double
-engine, in this process) -> finalize -> status -> export trec -> eval. Prints one JSON object
-per line: ``{"phase": ...}`` as each stage begins (the parent tags its RSS samples with it),
-then the stage timings.
+Without a stage: prepare (Ray tasks, local Ray) -> score (the local executor with the instant
+test-double engine, in this process) -> finalize, as ``rank1-batch run`` does. With one: that
+command alone in a fresh process, as a user runs ``rank1-batch status / export / eval``.
+Prints one JSON object per line: ``{"phase": ...}`` as each stage begins (the parent tags its
+RSS samples with it), then the stage timings, each stage's peak RSS (VmHWM reset as it
+starts) and the process's peak RSS over its whole life.
 """
 
 from __future__ import annotations
@@ -22,49 +25,88 @@ def say(**obj: object) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def main() -> None:
-    job, qrels = sys.argv[1], sys.argv[2]
-    from instant_engine import InstantTestEngine
+def reset_peak() -> None:
+    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
-    from rank1_batch import commit, evaluate, exports
-    from rank1_batch.executor.local import score_local
-    from rank1_batch.executor.ray_pool import init_ray
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.pipeline.finalize import finalize
-    from rank1_batch.pipeline.prepare import prepare
+
+def peak_mib() -> float:
+    """VmHWM: the peak RSS since the last :func:`reset_peak` (MiB; -1 where unknown)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return -1.0
+
+
+def main() -> None:
+    job, qrels, *only = sys.argv[1:]
+    from rank1_batch import evaluate, exports
     from rank1_batch.spec import load_job
     from rank1_batch.status import read_status
     from rank1_batch.storage import Store
 
     spec = load_job(job)
     store = Store(spec.output.path, spec.storage)
-    files = scan_inputs(spec.input, spec.storage)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
-    init_ray(spec)
     times: dict[str, float] = {}
+    hwm: dict[str, float] = {"startup": peak_mib()}  # imports (VmHWM is fresh after exec)
+
+    def process_peak_mib() -> float:
+        """The peak RSS of this process's whole life: the largest of its stages' peaks.
+        (Not ru_maxrss: Linux carries that across exec from the parent.)"""
+        return max(hwm.values())
 
     def stage(name: str, fn):  # type: ignore[no-untyped-def]
         say(phase=name)
+        reset_peak()
         start = time.perf_counter()
         result = fn()
         times[name] = round(time.perf_counter() - start, 3)
+        hwm[name] = peak_mib()
         return result
 
+    if only:  # one command of its own, as a user runs status / export / eval
+        commands = {
+            "status": lambda: read_status(store),
+            "export_trec": lambda: exports.export(store, "trec"),
+            "eval": lambda: evaluate.evaluate_output(store, qrels, ["nDCG@10"]),
+        }
+        for name in only:
+            stage(name, commands[name])
+        say(phase="done", times=times, hwm_mib=hwm, process_peak_mib=process_peak_mib())
+        return
+    from instant_engine import InstantTestEngine
+
+    from rank1_batch import commit
+    from rank1_batch.executor.local import score_local
+    from rank1_batch.executor.ray_pool import init_ray
+    from rank1_batch.inputs import listing, scan_inputs
+    from rank1_batch.pipeline.finalize import finalize
+    from rank1_batch.pipeline.prepare import prepare
+
+    files = scan_inputs(spec.input, spec.storage)
+    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    init_ray(spec)
     start = time.perf_counter()
     manifest = stage("prepare", lambda: prepare(spec, store, files))
     shards = [s["id"] for s in manifest["shards"]]
     stage("score", lambda: score_local(spec, store, shards, InstantTestEngine()))
     done = stage("finalize", lambda: finalize(store, manifest, time.perf_counter() - start))
-    status = stage("status", lambda: read_status(store))
-    stage("export_trec", lambda: exports.export(store, "trec"))
-    stage("eval", lambda: evaluate.evaluate_output(store, qrels, ["nDCG@10"]))
     say(
         phase="done",
         times=times,
+        hwm_mib=hwm,
+        process_peak_mib=process_peak_mib(),
         pairs=done["scored"],
         shards=len(shards),
         plan=manifest.get("plan"),
-        status_state=status["state"],
     )
 
 

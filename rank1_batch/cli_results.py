@@ -28,7 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write runs, training labels or a HF dataset from committed scores",
         description="Derive a file from the committed scores of OUTPUT (never from a listing "
-        "of data files). Default --out: OUTPUT/exports/<name>. Label formats keep only "
+        "of data files), one shard at a time: memory does not grow with the number of pairs. "
+        "Default --out: OUTPUT/exports/<name>. Label formats keep only "
         "complete/forced rows (fallback and error rows never become labels) and write a "
         "sidecar JSON with the rules, counts, model and prompt id.",
         epilog=EXPORT_EPILOG,
@@ -88,8 +89,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate the first-stage and reranked runs against qrels (ir_measures)",
         description="Evaluate the first-stage run (the input order) and the reranked run of "
-        "OUTPUT against qrels (TREC 'qid 0 docid rel' or BEIR 'query-id corpus-id score' "
-        "TSV); print them side by side and write OUTPUT/exports/metrics.json.",
+        "OUTPUT, one committed shard at a time, against qrels (TREC 'qid 0 docid rel' or "
+        "BEIR 'query-id corpus-id score' TSV); print them side by side and write "
+        "OUTPUT/exports/metrics.json.",
     )
     ev.add_argument("output", help="output folder of a job (local path or URI)")
     ev.add_argument("--qrels", required=True, help="qrels file")

@@ -1,26 +1,48 @@
 """``rank1-batch export``: files derived from committed scores (runs, labels, a HF dataset).
 
-Every export reads :func:`rank1_batch.results.read_results` (commit markers, never a
-listing) and writes whole files atomically through :class:`~rank1_batch.storage.Store`, by
-default under ``OUTPUT/exports/``. Label exports write a ``<name>.labels.json`` sidecar (or
-``labels.json`` inside a folder export) recording the selection rules, counts and provenance.
+Every export reads the committed shards one at a time
+(:meth:`rank1_batch.results.Committed.tables`: commit markers, never a listing; checksums
+verified), with only the columns its format needs: runs read ``query_id, doc_id, score`` from
+the scores files and never open the pairs files; label formats join the pairs' text per shard.
+One-file formats (TREC and JSON runs, JSONL labels, a sentence-transformers Parquet file) are
+streamed shard by shard into a temporary file that is published whole (a rename, or one
+upload to an object store); folder formats (``hf``, ``pylate``) are written one file per shard.
+Driver memory: a few shards, plus what a format must keep across shards (label counts, the
+ids of documents already written for ``pylate``), never the pairs. Both prepare plans keep
+each query whole in one shard, so per-query ranking and selection are done per shard; the
+files list queries in shard order. By default everything goes under ``OUTPUT/exports/``.
+Label exports write a ``<name>.labels.json`` sidecar (or ``labels.json`` inside a folder
+export) recording the selection rules, counts and provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import posixpath
-from collections.abc import Iterable
-from typing import Any
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import commit, labels
-from rank1_batch.results import Results, read_results, read_shard
-from rank1_batch.storage import Store, parquet_bytes
+from rank1_batch.results import (
+    PAIR_COLUMNS,
+    RESULTS_SCHEMA,
+    Committed,
+    Provenance,
+    QueryGuard,
+    Results,
+    open_committed,
+)
+from rank1_batch.schemas import SCORES_SCHEMA
+from rank1_batch.storage import Store, current_umask, parquet_bytes
 
 RUN_FORMATS = ("trec", "json-run")
 LABEL_FORMATS = ("flagembedding", "tevatron", "sentence-transformers", "pylate")
@@ -40,27 +62,29 @@ def default_name(fmt: str, st_kind: str = "triplet", st_save: str = "parquet") -
     return "exports/" + names[fmt]
 
 
-def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
-    """(query_id, doc_id, rank, score) by query, score desc, doc_id; NaN (error) rows skipped."""
-    rows = [
-        (q, d, s)
-        for q, d, s in zip(
-            table.column("query_id").to_pylist(),
-            table.column("doc_id").to_pylist(),
-            table.column("score").to_pylist(),
-            strict=True,
-        )
-        if s is not None and not math.isnan(s)
-    ]
-    rows.sort(key=lambda r: (r[0], -r[2], r[1]))
-    prev, rank = None, 0
-    for q, d, s in rows:
+def _ranked(table: pa.Table) -> tuple[list[str], list[str], list[int], np.ndarray]:
+    """Columns of the ranked rows: by query, score desc, doc_id; NaN/null (error) rows out."""
+    score = table.column("score")
+    keep = pc.fill_null(pc.invert(pc.is_nan(score)), False)
+    t = table.select(["query_id", "doc_id", "score"]).filter(keep)
+    order = [("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")]
+    t = t.take(pc.sort_indices(t, order))  # Arrow orders strings by UTF-8 bytes: code points
+    qids, docs = t.column("query_id").to_pylist(), t.column("doc_id").to_pylist()
+    ranks, prev, rank = [], None, 0
+    for q in qids:
         rank = rank + 1 if q == prev else 1
         prev = q
-        yield q, d, rank, s
+        ranks.append(rank)
+    return qids, docs, ranks, t.column("score").to_numpy()
 
 
-def run_tag(results: Results) -> str:
+def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
+    """(query_id, doc_id, rank, score) by query, score desc, doc_id; NaN (error) rows skipped."""
+    qids, docs, ranks, scores = _ranked(table)
+    return zip(qids, docs, ranks, scores.tolist(), strict=True)
+
+
+def run_tag(results: Results | Committed) -> str:
     """Default TREC tag: ``rank1``, or ``rank1-direct`` / ``rank1-cascade-k10-m0.1`` when
     ``reasoning.mode`` is not ``think``, so a run file says which mode produced it."""
     reasoning = results.job.get("spec", {}).get("reasoning", {})
@@ -83,13 +107,16 @@ def run_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
     the ranking ``eval`` evaluates (score desc, then doc_id). Other scores keep full float64
     precision; ``scores/`` keeps the exact values.
     """
-    prev_q, prev = None, math.inf
-    for q, d, r, s in ranked_rows(table):
+    qids, docs, ranks, scores = _ranked(table)
+    as32 = scores.astype(np.float32).tolist()  # float32 values, as exact Python floats
+    prev_q, prev32 = None, math.inf  # float32 of the previous exported value
+    for q, d, r, s, s32 in zip(qids, docs, ranks, scores.tolist(), as32, strict=True):
         if q != prev_q:
-            prev_q, prev = q, math.inf
-        below = float(np.nextafter(np.float32(prev), np.float32(-np.inf)))
-        value = s if np.float32(s) < np.float32(prev) else below
-        prev = value
+            prev_q, prev32 = q, math.inf
+        if s32 < prev32:
+            value, prev32 = s, s32
+        else:  # ties with the one above in float32: one float32 step below it
+            value = prev32 = float(np.nextafter(np.float32(prev32), np.float32(-np.inf)))
         yield q, d, r, value
 
 
@@ -108,15 +135,81 @@ def json_run(table: pa.Table) -> dict[str, dict[str, float]]:
     return run
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-def _json(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
-class _Target:
+def json_run_members(table: pa.Table) -> tuple[list[str], int]:
+    """The ``"qid": {...}`` members of ``table``'s queries as ``json.dumps(run, indent=2,
+    sort_keys=True)`` writes them inside the whole run's object, and their documents."""
+    run = json_run(table)
+    members = [json.dumps({q: run[q]}, indent=2, sort_keys=True)[2:-2] for q in sorted(run)]
+    return members, sum(len(docs) for docs in run.values())
+
+
+RUN_COLUMNS = ("query_id", "doc_id", "score")
+
+
+@contextlib.contextmanager
+def streamed_file(parent: Store, name: str) -> Iterator[IO[bytes]]:
+    """A file written piece by piece and published whole, or not at all.
+
+    Local: a temporary file beside the target, fsynced, then renamed over it. Object store: a
+    local temporary file (disk, not memory), uploaded in one put when complete: an object
+    store never shows a partly uploaded object. An exception leaves the target untouched.
+    """
+    if parent.local:
+        final = parent.path(name)
+        directory = os.path.dirname(final)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(final)}.")
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # what an ordinary open() would give
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return
+    with tempfile.NamedTemporaryFile(prefix="rank1-export-") as fh:
+        yield fh
+        fh.flush()
+        parent.fs.put_file(fh.name, parent.path(name))
+
+
+def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
+    """Stream the reranked run into one file, shard by shard; return its rows."""
+    if fmt == "trec" and (not tag or any(c.isspace() for c in tag)):
+        raise ValueError(f"run tag {tag!r} must be one word")
+    guard, rows, sep = QueryGuard(committed.store.uri), 0, "\n"
+    with streamed_file(target.parent, target.name) as fh:
+        if fmt == "json-run":
+            fh.write(b"{")
+        for marker, table in committed.tables(RUN_COLUMNS):
+            guard.check(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
+            if fmt == "trec":
+                text = trec_text(table, tag)
+                rows += text.count("\n")
+            else:
+                members, docs = json_run_members(table)
+                text = sep + ",\n".join(members) if members else ""
+                sep = ",\n" if members else sep
+                rows += docs
+            fh.write(text.encode())
+        if fmt == "json-run":
+            fh.write(b"}\n" if sep == "\n" else b"\n}\n")
+    return rows
+
+
+class Target:
     """Where an export goes: a file (parent store + name) or a folder (its own store)."""
 
     def __init__(self, output: Store, out: str | None, default: str) -> None:
@@ -130,7 +223,7 @@ class _Target:
         self.parent.write_atomic(self.name, data)
 
     def write_sidecar(self, obj: Any) -> str:
-        self.parent.write_atomic(self.name + ".labels.json", _json(obj))
+        self.parent.write_atomic(self.name + ".labels.json", json_bytes(obj))
         return self.uri + ".labels.json"  # spelt like ``out``: relative stays relative
 
 
@@ -145,84 +238,32 @@ def dataset_card(title: str, configs: dict[str, str], body: str, *, default: str
     return "\n".join(lines)
 
 
-def _write_st(target: _Target, table: pa.Table, save: str) -> None:
-    if save == "parquet":
-        target.write_file(parquet_bytes(table))
-        return
-    if not target.folder.local:
-        raise ValueError("--st-save disk needs a local --out; use parquet for object storage")
-    import datasets
-
-    datasets.Dataset(table).save_to_disk(target.uri)
-
-
-def export_labels(
-    results: Results,
-    fmt: str,
-    target: _Target,
-    rules: labels.LabelRules,
-    *,
-    st_kind: str = "triplet",
-    st_save: str = "parquet",
-) -> dict[str, Any]:
-    chosen, counts = labels.select(results.table, rules)
-    fmt_name = f"{fmt}:{st_kind}" if fmt == "sentence-transformers" else fmt
-    meta = labels.sidecar(rules, counts, fmt_name, results.provenance())
-    if fmt == "flagembedding":
-        target.write_file(_jsonl(labels.flagembedding_rows(chosen)))
-    elif fmt == "tevatron":
-        target.write_file(_jsonl(labels.tevatron_rows(chosen)))
-    elif fmt == "sentence-transformers":
-        table = labels.sentence_transformers_table(chosen, st_kind, rules.max_neg)
-        meta["rows"] = table.num_rows
-        _write_st(target, table, st_save)
-    elif fmt == "pylate":
-        tables = labels.pylate_tables(chosen)
-        for name, t in tables.items():
-            target.folder.write_atomic(f"{name}/{name}-00000.parquet", parquet_bytes(t))
-        body = (
-            "Rank1 distillation data for PyLate (`train`: query_id, document_ids, scores; "
-            f"`queries`; `documents`). Model: {results.model}; prompt: {results.prompt_id}."
-        )
-        configs = {n: f"{n}/*.parquet" for n in tables}
-        card = dataset_card("Rank1 scores for PyLate", configs, body, default="train")
-        target.folder.write_atomic("README.md", card.encode())
-        target.folder.write_atomic("labels.json", _json(meta))
-        return {"format": fmt, "out": target.uri, **counts_dict(meta)}
-    else:
-        raise ValueError(f"unknown label format {fmt!r}")
-    sidecar_path = target.write_sidecar(meta)
-    return {"format": fmt_name, "out": target.uri, "sidecar": sidecar_path, **counts_dict(meta)}
-
-
-def counts_dict(meta: dict[str, Any]) -> dict[str, Any]:
-    c = meta["counts"]
-    return {k: c[k] for k in ("queries", "labelled_queries", "positives", "negatives")}
-
-
-def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]:
+def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     """Parquet shards (configs ``scores`` and ``traces``) plus a dataset card.
 
     ``scores`` rows carry the pair's text (query, passage, title) and first-stage rank
     (``input_rank``) beside the judgement, so the export trains or evaluates on its own.
+    Written one shard at a time; the card's figures are summed over shards.
     """
-    for shard in results.shards:
-        scores = parquet_bytes(read_shard(store, shard))
-        target.folder.write_atomic(f"scores/{shard}.parquet", scores)
-        traces = commit.read_committed(store, commit.read_marker(store, shard), "traces")
-        target.folder.write_atomic(f"traces/{shard}.parquet", traces)
-    spec = results.job.get("spec", {})
-    statuses = {
-        s["values"]: int(s["counts"])
-        for s in pc.value_counts(results.table.column("status")).to_pylist()
-    }
-    n = results.table.num_rows
+    store, prov, statuses = committed.store, Provenance(), Counter[str]()
+    guard, n, queries = QueryGuard(store.uri), 0, 0
+    for marker, table in committed.tables(SCORES_SCHEMA.names, PAIR_COLUMNS):
+        qids = pc.unique(table.column("query_id")).to_pylist()
+        guard.check(qids, marker.shard)
+        prov.add(table)
+        statuses.update(table.column("status").to_pylist())
+        n, queries = n + table.num_rows, queries + len(qids)
+        scores = parquet_bytes(table.cast(RESULTS_SCHEMA))
+        target.folder.write_atomic(f"scores/{marker.shard}.parquet", scores)
+        traces = commit.read_committed(store, marker, "traces")
+        target.folder.write_atomic(f"traces/{marker.shard}.parquet", traces)
+    spec = committed.job.get("spec", {})
     info = {
-        **results.provenance(),
+        **prov.to_dict(committed),
         "reasoning": spec.get("reasoning"),
         "max_model_len": spec.get("model", {}).get("max_model_len"),
         "pairs": n,
-        "queries": len(pc.unique(results.table.column("query_id"))),
+        "queries": queries,
         "status_rates": {k: round(v / n, 6) for k, v in sorted(statuses.items())},
     }
     body = (
@@ -245,7 +286,7 @@ def export_hf(store: Store, results: Results, target: _Target) -> dict[str, Any]
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
     card = dataset_card("Rank1 reranking scores", configs, body, default="scores")
     target.folder.write_atomic("README.md", card.encode())
-    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(results.shards)}
+    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(committed.shards)}
 
 
 def push_to_hub(folder: str, repo_id: str, private: bool = True) -> str:
@@ -273,16 +314,15 @@ def export(
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     if st_kind not in labels.ST_KINDS:
         raise ValueError(f"unknown --st-kind {st_kind!r} (one of {', '.join(labels.ST_KINDS)})")
-    results = read_results(store)
-    target = _Target(store, out, default_name(fmt, st_kind, st_save))
+    committed = open_committed(store)
+    target = Target(store, out, default_name(fmt, st_kind, st_save))
     if rules is None:
         rules = labels.LabelRules(value=labels.default_value(fmt))
-    if fmt == "trec":
-        target.write_file(trec_text(results.table, tag or run_tag(results)).encode())
-    elif fmt == "json-run":
-        target.write_file(_json(json_run(results.table)))
-    elif fmt == "hf":
-        return export_hf(store, results, target)
-    else:
-        return export_labels(results, fmt, target, rules, st_kind=st_kind, st_save=st_save)
-    return {"format": fmt, "out": target.uri, "complete": results.complete}
+    if fmt in RUN_FORMATS:
+        rows = _write_run(committed, target, fmt, tag or run_tag(committed))
+        return {"format": fmt, "out": target.uri, "rows": rows, "complete": committed.complete}
+    if fmt == "hf":
+        return export_hf(committed, target)
+    from rank1_batch.label_exports import export_labels
+
+    return export_labels(committed, fmt, target, rules, st_kind=st_kind, st_save=st_save)

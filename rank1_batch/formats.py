@@ -8,10 +8,12 @@ has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_
 job's fingerprint records the *original* files (names and sizes), not the converted ones.
 
 Memory (driver): the queries, the ids and text of the documents the run names (documents it
-does not name are skipped while streaming the corpus), one query block of the run and one
-part of pairs (500,000). The run itself streams (read twice) when it is a TREC run grouped by
-query, the usual shape; an ungrouped TREC run and a JSON run are read whole. ``hf`` data is
-memory-mapped Arrow, written out part by part.
+does not name are skipped while streaming the corpus), and one part of pairs (500,000); never
+the run: :mod:`rank1_batch.run_files` reads it as query blocks (a grouped TREC run one block
+at a time; an ungrouped one through local temporary files partitioned by query, plus an index
+of its query ids; a JSON run one query's object at a time). The run is read more than once
+(document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
+``hf`` data is memory-mapped Arrow, written out part by part.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -33,7 +35,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON, InputError
+from rank1_batch.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON
+from rank1_batch.run_files import FormatError, Row, json_blocks, lines, trec_blocks, trec_line
 from rank1_batch.spec import Columns, InputSpec, JobSpec, StorageSpec
 from rank1_batch.storage import Store, filesystem
 
@@ -56,30 +59,14 @@ CONVERTED_SCHEMA = pa.schema(
 )
 
 
-class FormatError(InputError):
-    """An input file of a converted format cannot be read (the message names it)."""
-
-
 # -- runs -------------------------------------------------------------------------------------
 
 
-def parse_trec_run(text: str, source: str = "<run>") -> list[tuple[str, str, float]]:
-    """``qid Q0 docid rank score tag`` or ``qid docid score`` lines, in run order per query:
-    score descending, ties kept in file order (a stable sort)."""
-    rows: list[tuple[str, str, float]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or line.startswith("#"):
-            continue
-        try:
-            if len(parts) == 6:
-                rows.append((parts[0], parts[2], float(parts[4])))
-            elif len(parts) == 3:
-                rows.append((parts[0], parts[1], float(parts[2])))
-            else:
-                raise ValueError(f"expected 6 or 3 columns, got {len(parts)}")
-        except ValueError as exc:
-            raise FormatError(f"{source}: line {n}: {exc}") from None
+def parse_trec_run(text: str, source: str = "<run>") -> list[Row]:
+    """A whole TREC run (``qid Q0 docid rank score tag`` or ``qid docid score`` lines) in run
+    order per query: score descending, ties kept in file order (a stable sort). The reference
+    the streamed readers of :mod:`rank1_batch.run_files` follow (small runs, tests)."""
+    rows = [r for n, line in enumerate(text.splitlines(), 1) if (r := trec_line(line, n, source))]
     return _run_order(rows)
 
 
@@ -113,33 +100,13 @@ def cut_top_k(rows: list[tuple[str, str, float]], top_k: int | None) -> list[tup
 # -- text sources -----------------------------------------------------------------------------
 
 
-def _read_text(uri: str, storage: StorageSpec | None) -> str:
-    fs, path = filesystem(uri, storage)
-    try:
-        with fs.open(path, "rt", encoding="utf-8", compression="infer") as fh:
-            text: str = fh.read()
-            return text
-    except (FileNotFoundError, IsADirectoryError):
-        raise FormatError(f"input {uri}: no such file") from None
-
-
-def _lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
-    fs, path = filesystem(uri, storage)
-    try:
-        fh = fs.open(path, "rt", encoding="utf-8", compression="infer")
-    except FileNotFoundError:
-        raise FormatError(f"input {uri}: no such file") from None
-    with fh:
-        yield from fh
-
-
 def _is_jsonl(uri: str) -> bool:
     return uri.removesuffix(".gz").endswith((".jsonl", ".json"))
 
 
 def read_queries(uri: str, storage: StorageSpec | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
-    for n, line in enumerate(_lines(uri, storage), 1):
+    for n, line in enumerate(lines(uri, storage), 1):
         if not line.strip():
             continue
         if _is_jsonl(uri):
@@ -161,7 +128,7 @@ def read_corpus(
 ) -> dict[str, tuple[str | None, str]]:
     """(title, text) of the ``wanted`` documents only, streaming the corpus once."""
     out: dict[str, tuple[str | None, str]] = {}
-    for n, line in enumerate(_lines(uri, storage), 1):
+    for n, line in enumerate(lines(uri, storage), 1):
         if not line.strip():
             continue
         if _is_jsonl(uri):
@@ -227,77 +194,11 @@ def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[
 # -- conversion -------------------------------------------------------------------------------
 
 
-def _trec_line(line: str, n: int, source: str) -> tuple[str, str, float] | None:
-    parts = line.split()
-    if not parts or line.startswith("#"):
-        return None
-    try:
-        if len(parts) == 6:
-            return parts[0], parts[2], float(parts[4])
-        if len(parts) == 3:
-            return parts[0], parts[1], float(parts[2])
-        raise ValueError(f"expected 6 or 3 columns, got {len(parts)}")
-    except ValueError as exc:
-        raise FormatError(f"{source}: line {n}: {exc}") from None
-
-
-def _trec_blocks(uri: str, storage: StorageSpec | None) -> Iterator[list[tuple[str, str, float]]]:
-    """A TREC run streamed one query block at a time (lines of a query are contiguous).
-
-    Raises :class:`_Ungrouped` when a query comes back after another one started.
-    """
-    block: list[tuple[str, str, float]] = []
-    done: set[str] = set()
-    for n, line in enumerate(_lines(uri, storage), 1):
-        row = _trec_line(line, n, uri)
-        if row is None:
-            continue
-        if block and row[0] != block[0][0]:
-            done.add(block[0][0])
-            yield block
-            block = []
-            if row[0] in done:
-                raise _Ungrouped(row[0])
-        block.append(row)
-    if block:
-        yield block
-
-
-class _Ungrouped(Exception):
-    """A run whose query blocks are not contiguous: converted in memory instead."""
-
-
-def _run_blocks(
-    spec: InputSpec, storage: StorageSpec | None
-) -> Iterator[list[tuple[str, str, float]]]:
-    """Query blocks of the run in run order, each sorted (score desc, ties in file order).
-
-    TREC runs grouped by query (the usual shape) stream with one block in memory; others,
-    and JSON runs (one JSON object), are read whole.
-    """
+def _run_blocks(spec: InputSpec, storage: StorageSpec | None) -> Iterator[list[Row]]:
+    """Query blocks of the run in run order, each sorted (score desc, ties in file order)."""
     if spec.format == "trec":
-        try:
-            # Validate grouping before yielding anything: a fallback after partial output
-            # would duplicate rows.
-            for _ in _trec_blocks(spec.path, storage):
-                pass
-        except _Ungrouped:
-            rows = parse_trec_run(_read_text(spec.path, storage), spec.path)
-        else:
-            for block in _trec_blocks(spec.path, storage):
-                yield sorted(block, key=lambda r: -r[2])
-            return
-    else:
-        try:
-            obj = json.loads(_read_text(spec.path, storage))
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{spec.path}: not valid JSON ({exc})") from None
-        rows = parse_json_run(obj, spec.path)
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or rows[i][0] != rows[start][0]:
-            yield rows[start:i]
-            start = i
+        return trec_blocks(spec.path, storage)
+    return json_blocks(spec.path, storage)
 
 
 def iter_run_pairs(
@@ -306,9 +207,10 @@ def iter_run_pairs(
     """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` tables of at most about
     ``chunk_rows`` rows, in run order.
 
-    Memory: one query block of the run (TREC runs grouped by query; others whole), the
-    queries, the set of document ids the run names and their text, and one chunk of pairs.
-    The run is read twice (ids first, then pairs), never held whole.
+    Memory: the queries, the set of document ids the run names and their text, one chunk of
+    pairs, and what :mod:`rank1_batch.run_files` holds for the run's shape (one block, or an
+    index of query ids plus one bucket). The run is read more than once (ids first, then
+    pairs), never held whole.
     """
     wanted: set[str] = set()
     for block in _run_blocks(spec, storage):

@@ -32,7 +32,7 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import fsspec
@@ -220,8 +220,17 @@ class Store:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def read_parquet(self, rel: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(rel)))
+    def read_parquet(self, rel: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """One Parquet file; with ``columns``, only those column chunks are fetched (the
+        file is opened, not downloaded whole)."""
+        if columns is None:
+            return pq.read_table(io.BytesIO(self.read_bytes(rel)))
+
+        def read() -> pa.Table:
+            with self.fs.open(self.path(rel), "rb") as fh:
+                return pq.read_table(fh, columns=list(columns))
+
+        return self._call(f"reading {rel}", read)
 
     def list(self, rel_dir: str) -> list[str]:
         """File names in ``rel_dir`` (sorted), fresh from storage, not from a listing cache."""

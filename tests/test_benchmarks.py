@@ -1,10 +1,13 @@
-"""The pure helpers behind benchmarks/run.py (no timing, no model, no Ray)."""
+"""The helpers behind benchmarks/run.py (no model, no Ray): pure statistics, synthetic inputs,
+the child-process runner with its per-phase RSS samples."""
 
 from __future__ import annotations
 
 import math
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -68,3 +71,24 @@ def test_scale_input_is_grouped_by_query_and_the_test_double_is_deterministic(tm
     req = [JudgeRequest("q", p) for p in t.column("passage").to_pylist()[:5]]
     a, b = InstantTestEngine().judge(req), InstantTestEngine().judge(req)
     assert a == b and all(0 <= j.score < 1 and j.status == "complete" for j in a)
+
+
+def test_run_phased_merges_the_child_results_and_tags_rss_by_phase(tmp_path):
+    from children import run_phased
+
+    script = (
+        "import json, time\n"
+        "print(json.dumps({'phase': 'load'}), flush=True)\n"
+        "data = bytearray(64 * 1024 * 1024)\n"
+        "time.sleep(0.6)\n"
+        "print(json.dumps({'phase': 'idle', 'loaded': len(data)}), flush=True)\n"
+        "del data\n"
+        "time.sleep(0.6)\n"
+        "print('not json')\n"
+    )
+    result, peaks, wall = run_phased([sys.executable, "-c", script], "child")
+    assert result == {"loaded": 64 * 1024 * 1024} and wall > 1
+    assert peaks["load"]["driver"] > peaks["idle"]["driver"] + 32  # MiB, sampled per phase
+    failing = "import sys; print('boom', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(RuntimeError, match="child exited 3: boom"):
+        run_phased([sys.executable, "-c", failing], "child")

@@ -272,3 +272,46 @@ def test_ungrouped_trec_run_falls_back_to_the_whole_run(tmp_path):
         zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
     )
     assert got == _reference(spec) and len(got) == 15
+
+
+def test_ungrouped_trec_run_partitions_by_query_into_bounded_buckets(tmp_path, monkeypatch):
+    from rank1_batch import run_files
+
+    # queries interleaved, ties in score (file order breaks them), one query twice as long
+    lines = [f"{q} Q0 p{(q * 5 + r) % 40} {r} {float(r % 3)} bm25\n" for r in range(6)
+             for q in (3, 1, 4, 0, 5, 9, 2, 6)]  # fmt: skip
+    lines += [f"4 Q0 p{30 + r} {r} 0.5 bm25\n" for r in range(6)]
+    spec = _run_files(tmp_path, lines).model_copy(update={"top_k": None})
+    monkeypatch.setattr(run_files, "BUCKET_ROWS", 10)
+    monkeypatch.setattr(run_files, "CHUNK_LINES", 7)
+    table = formats.run_pairs(spec)
+    got = list(
+        zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
+    )
+    assert got == _reference(spec) and len(got) == len(lines)
+    stats = run_files.PARTITION_STATS  # read back one bucket at a time, each whole queries
+    assert stats["buckets"] >= 4 and stats["peak_bucket_rows"] == 12  # query 4 alone
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("rank1-run-*/bucket-*"))
+
+
+def test_json_run_streams_member_by_member_like_the_whole_object(tmp_path, monkeypatch):
+    from rank1_batch import run_files
+
+    obj = {f"{q}": {f"p{(q * 3 + d) % 40}": round(1 / (d + 1), 3) for d in range(5)}
+           for q in (7, 2, 11, 0)}  # fmt: skip
+    obj["2"]["p39"] = 0.5  # a tie with another doc of query 2: file order breaks it
+    (tmp_path / "run.json").write_text(json.dumps(obj, indent=1))
+    spec = _run_files(tmp_path, []).model_copy(
+        update={"path": str(tmp_path / "run.json"), "format": "json-run", "top_k": None}
+    )
+    monkeypatch.setattr(run_files, "READ_CHARS", 5)  # members split across read windows
+    blocks = list(run_files.json_blocks(spec.path, None))
+    assert [r for b in blocks for r in b] == formats.parse_json_run(obj)
+    table = formats.run_pairs(spec)
+    assert table.num_rows == 21
+    (tmp_path / "dup.json").write_text('{"1": {"a": 1}, "1": {"b": 2}}')
+    with pytest.raises(formats.FormatError, match="query '1' is given twice"):
+        list(run_files.json_blocks(str(tmp_path / "dup.json"), None))
+    (tmp_path / "cut.json").write_text('{"1": {"a": 1}, "2": {"b"')
+    with pytest.raises(formats.FormatError, match="not valid JSON"):
+        list(run_files.json_blocks(str(tmp_path / "cut.json"), None))

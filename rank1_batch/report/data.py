@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rank1_batch import commit, rank1
 from rank1_batch.labels import LabelCounts, LabelRules, select
@@ -36,13 +35,7 @@ STATUSES = rank1.STATUSES
 
 def read_columns(store: Store, rel: str, columns: Sequence[str]) -> pa.Table:
     """Only ``columns`` of one Parquet file (column chunks are fetched, not the whole file)."""
-
-    def read() -> pa.Table:
-        with store.fs.open(store.path(rel), "rb") as fh:
-            return pq.read_table(fh, columns=list(columns))
-
-    # Store._call retries transient object-store errors and names the URI on permanent ones.
-    return store._call(f"reading {rel}", read)
+    return store.read_parquet(rel, columns=columns)
 
 
 def read_shard(store: Store, shard: str, pair_columns: Sequence[str] = ()) -> pa.Table:
