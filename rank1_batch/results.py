@@ -134,14 +134,21 @@ def read_shard(store: Store, shard: str) -> pa.Table:
     return scores.cast(RESULTS_SCHEMA)
 
 
-def read_results(store: Store, *, require_complete: bool = False) -> Results:
-    """All committed rows, ordered by (query_id, rank); errors (rank null) last per query."""
+def _committed_or_fail(store: Store, require_complete: bool) -> tuple[list[str], bool]:
+    """The committed shard names and whether the job finished; an error naming the output
+    when there is nothing to read (or the job is unfinished and that was required)."""
     shards = committed(store)
     if not shards:
         raise ResultsError(f"{store.uri}: no committed shards (run the job first)")
     complete = store.exists(commit.SUCCESS)
     if require_complete and not complete:
         raise ResultsError(f"{store.uri}: the job is not finished (no {commit.SUCCESS})")
+    return shards, complete
+
+
+def read_results(store: Store, *, require_complete: bool = False) -> Results:
+    """All committed rows, ordered by (query_id, rank); errors (rank null) last per query."""
+    shards, complete = _committed_or_fail(store, require_complete)
     table = pa.concat_tables([read_shard(store, s) for s in shards])
     # error rows (rank null) last within their query
     key = pa.table(
@@ -298,12 +305,7 @@ def _hand_over(
 
 def open_committed(store: Store, *, require_complete: bool = False) -> Committed:
     """The committed shards of ``store`` (one listing of ``_commits/``)."""
-    shards = committed(store)
-    if not shards:
-        raise ResultsError(f"{store.uri}: no committed shards (run the job first)")
-    complete = store.exists(commit.SUCCESS)
-    if require_complete and not complete:
-        raise ResultsError(f"{store.uri}: the job is not finished (no {commit.SUCCESS})")
+    shards, complete = _committed_or_fail(store, require_complete)
     job = store.read_json(commit.JOB_FILE) if store.exists(commit.JOB_FILE) else {}
     return Committed(store, tuple(shards), job, complete)
 

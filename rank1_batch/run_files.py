@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,13 +56,17 @@ def trec_line(line: str, n: int, source: str) -> Row | None:
         raise FormatError(f"{source}: line {n}: {exc}") from None
 
 
-def lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
+def open_text(uri: str, storage: StorageSpec | None) -> IO[str]:
+    """``uri`` opened as UTF-8 text (compression from the suffix); a missing file named."""
     fs, path = filesystem(uri, storage)
     try:
-        fh = fs.open(path, "rt", encoding="utf-8", compression="infer")
+        return fs.open(path, "rt", encoding="utf-8", compression="infer")
     except FileNotFoundError:
         raise FormatError(f"input {uri}: no such file") from None
-    with fh:
+
+
+def lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
+    with open_text(uri, storage) as fh:
         yield from fh
 
 
@@ -194,12 +198,7 @@ def trec_blocks(uri: str, storage: StorageSpec | None) -> Iterator[list[Row]]:
 
 
 def _chars(uri: str, storage: StorageSpec | None) -> Iterator[str]:
-    fs, path = filesystem(uri, storage)
-    try:
-        fh = fs.open(path, "rt", encoding="utf-8", compression="infer")
-    except FileNotFoundError:
-        raise FormatError(f"input {uri}: no such file") from None
-    with fh:
+    with open_text(uri, storage) as fh:
         while piece := fh.read(READ_CHARS):
             yield piece
 
