@@ -152,3 +152,19 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
     ), err[-3000:]
     assert not (out / lease.LEASE).exists()
     assert not (out / commit.SUCCESS).exists()
+
+
+def test_a_swallowed_ctrl_c_still_stops_scoring():
+    """Ray Data can swallow the driver's KeyboardInterrupt (or turn it into another error);
+    the scoring loop's watch keeps the fact, so the next shard or round stops the run."""
+    from rank1_batch.executor.ray_pool import _sigint_watch
+
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_watch() as interrupted:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except KeyboardInterrupt:
+            pass  # what a library in between might do
+        assert interrupted.is_set()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -24,11 +24,15 @@ pending, with a doubling pause between them, until each is committed or quaranti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rank1_batch import commit, model_cache
@@ -250,35 +254,65 @@ def score_pending(
     quarantined: list[attempts.Quarantine] = []
     todo = _not_quarantined(store, pending, limit, quarantined)
     rounds = 0
-    while todo:
-        rounds += 1
-        reason = attempts.DIED
-        try:
-            _score_round(spec, store, todo, run, progress, threads)
-        except Exception as exc:  # the pool itself failed (e.g. no actor could start)
-            reason = f"the round failed: {type(exc).__name__}: {str(exc)[:500]}"
-            log.warning("scoring round %d failed: %s", rounds, reason)
-        done = commit.committed_shards(store)
-        todo = [s for s in todo if s["id"] not in done]
-        for s in todo:
-            attempts.close_orphans(store, s["id"], run, reason)
-        todo = _not_quarantined(store, todo, limit, quarantined)
-        if todo and rounds >= limit + 2:
+    with _sigint_watch() as interrupted:
+        while todo:
+            rounds += 1
+            reason = attempts.DIED
+            try:
+                _score_round(spec, store, todo, run, progress, threads, interrupted)
+            except Exception as exc:  # the pool itself failed (e.g. no actor could start)
+                if interrupted.is_set():  # Ctrl-C, surfacing from Ray Data as another error
+                    raise KeyboardInterrupt from exc
+                reason = f"the round failed: {type(exc).__name__}: {str(exc)[:500]}"
+                log.warning("scoring round %d failed: %s", rounds, reason)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            done = commit.committed_shards(store)
+            todo = [s for s in todo if s["id"] not in done]
             for s in todo:
-                error = f"still pending after {rounds} scoring rounds ({reason})"
-                quarantined.append(
-                    attempts.Quarantine(s["id"], len(attempts.failed(store, s["id"])), error)
-                )
-            todo = []
-        if todo:
-            pause = min(spec.compute.retry_backoff * 2 ** (rounds - 1), 300.0)
-            log.warning(
-                "%d shard(s) to score again (round %d) in %.1fs: %s",
-                len(todo), rounds + 1, pause, ", ".join(s["id"] for s in todo[:5]),
-            )  # fmt: skip
-            time.sleep(pause)
+                attempts.close_orphans(store, s["id"], run, reason)
+            todo = _not_quarantined(store, todo, limit, quarantined)
+            if todo and rounds >= limit + 2:
+                for s in todo:
+                    error = f"still pending after {rounds} scoring rounds ({reason})"
+                    quarantined.append(
+                        attempts.Quarantine(s["id"], len(attempts.failed(store, s["id"])), error)
+                    )
+                todo = []
+            if todo:
+                pause = min(spec.compute.retry_backoff * 2 ** (rounds - 1), 300.0)
+                log.warning(
+                    "%d shard(s) to score again (round %d) in %.1fs: %s",
+                    len(todo), rounds + 1, pause, ", ".join(s["id"] for s in todo[:5]),
+                )  # fmt: skip
+                time.sleep(pause)
     progress.close()
     return quarantined
+
+
+@contextlib.contextmanager
+def _sigint_watch() -> Iterator[threading.Event]:
+    """An event set when SIGINT (Ctrl-C) reaches the driver while scoring. Ray Data may turn
+    the interrupt into another exception (or the actors' interrupted tasks into failed ones);
+    without this a round would count it as a failure and the next round carry on."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _not_quarantined(
@@ -312,6 +346,7 @@ def _score_round(
     run: str,
     progress: Progress,
     threads: int,
+    interrupted: threading.Event | None = None,
 ) -> None:
     """One pass of an actor pool over ``pending``: each shard gets one attempt."""
     import ray
@@ -350,6 +385,8 @@ def _score_round(
         **placement,
     )
     for row in ds.iter_rows():
+        if interrupted is not None and interrupted.is_set():
+            raise KeyboardInterrupt  # Ctrl-C that Ray swallowed: stop at the next shard
         if row["error"]:
             log.warning("%s: attempt failed: %s", row["shard"], row["error"])
         else:
