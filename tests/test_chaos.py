@@ -28,7 +28,15 @@ from rank1_batch.engines.base import EngineOptions
 from rank1_batch.executor.attempts import EXIT_QUARANTINED, SHARD_FAILED
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import shard_of
-from rank1_batch.pipeline.score import SCORES_SCHEMA, ShardWork, commit_shard, requests_for
+from rank1_batch.pipeline.score import (
+    SCORES_SCHEMA,
+    ShardWork,
+    commit_shard,
+    requests_for,
+    traces_bytes,
+    traces_skeleton,
+)
+from rank1_batch.pipeline.spill import JudgedRows
 from rank1_batch.spec import spec_from_mapping
 from rank1_batch.storage import Store, parquet_bytes
 
@@ -121,11 +129,8 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
         SHARD, whole(pairs), engine.judge(requests_for(pairs, spec)), engine, store, spec, 1.0
     )
     other = engine.judge(requests_for(pairs, spec))
-    from rank1_batch.pipeline.score import build_tables
-
-    store.write_atomic(
-        marker.traces_file, parquet_bytes(build_tables(pairs, other, engine, "p")[1])
-    )
+    with JudgedRows.of(other, len(other)) as rows:  # another attempt's traces, same body
+        store.write_atomic(marker.traces_file, traces_bytes(traces_skeleton(pairs, rows), rows))
     with pytest.raises(commit.CommitError, match="does not match the checksum"):
         results.read_traces(store)
     assert results.read_results(store).table.num_rows == 5  # the scores file is intact

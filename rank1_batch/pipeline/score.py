@@ -116,19 +116,6 @@ def traces_skeleton(pairs: pa.Table, rows: JudgedRows) -> pa.Table:
     )
 
 
-def build_tables(
-    pairs: pa.Table, judgements: list[rank1.Judgement], engine: Rank1Engine, prompt_id: str
-) -> tuple[pa.Table, pa.Table]:
-    """Both tables whole, in memory (small shards and tests; the commit body streams the
-    traces instead, see :func:`traces_bytes`)."""
-    with JudgedRows.of(judgements, len(judgements)) as rows:
-        traces = traces_skeleton(pairs, rows)
-        texts = pa.array([rows.reasoning(i) for i in range(rows.n)], pa.large_string())
-        return scores_table(pairs, rows, engine, prompt_id), traces.set_column(
-            TRACES_SCHEMA.get_field_index("reasoning"), "reasoning", texts
-        )
-
-
 def traces_bytes(
     skeleton: pa.Table, rows: JudgedRows, judged: Sequence[bool] | None = None
 ) -> bytes:
