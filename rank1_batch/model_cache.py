@@ -171,11 +171,23 @@ def fetch_here(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def fetch_on_nodes(spec: JobSpec, tries: int = 3, backoff: float = 5.0) -> list[dict[str, Any]]:
-    """Fetch the model on every alive Ray node (object-store folders and hub ids; nothing to
-    do for ``toy`` and local folders), before the actor pool starts; one task per node, pinned
-    to it. Failures are retried ``tries`` times with a doubling pause, then left to the actors
-    (logged), so a flaky download never ends the job here."""
+def target_nodes(nodes: list[dict[str, Any]], gpu_nodes_only: bool) -> list[str]:
+    """Ids of the alive nodes (``ray.nodes()`` entries) the model is fetched on."""
+    return [
+        n["NodeID"]
+        for n in nodes
+        if n.get("Alive") and (not gpu_nodes_only or n.get("Resources", {}).get("GPU", 0) > 0)
+    ]
+
+
+def fetch_on_nodes(
+    spec: JobSpec, *, gpu_nodes_only: bool = False, tries: int = 3, backoff: float = 5.0
+) -> list[dict[str, Any]]:
+    """Fetch the model on every alive Ray node that can load it (object-store folders and hub
+    ids; nothing to do for ``toy`` and local folders), before the actor pool starts; one task
+    per node, pinned to it. ``gpu_nodes_only``: skip nodes without a GPU (a CPU-only head
+    never loads a GPU job's model). Failures are retried ``tries`` times with a doubling
+    pause, then left to the actors (logged), so a flaky download never ends the job here."""
     found = kind(spec.model.name)
     if found not in ("uri", "hub") or (found == "uri" and streamed(spec)):
         return []
@@ -183,7 +195,7 @@ def fetch_on_nodes(spec: JobSpec, tries: int = 3, backoff: float = 5.0) -> list[
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     fetch = ray.remote(num_cpus=0, max_retries=0)(fetch_here)
-    todo = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    todo = target_nodes(ray.nodes(), gpu_nodes_only)
     done: list[dict[str, Any]] = []
     for attempt in range(1, tries + 1):
         refs = {

@@ -117,3 +117,13 @@ def test_a_job_loads_its_model_from_object_storage(s3, tmp_path, demo_reference)
         ours.table.column("model_revision").to_pylist()
         == ref.table.column("model_revision").to_pylist()
     )
+
+
+def test_a_gpu_job_fetches_only_on_gpu_nodes() -> None:
+    nodes = [
+        {"NodeID": "head", "Alive": True, "Resources": {"CPU": 8.0}},
+        {"NodeID": "gpu-1", "Alive": True, "Resources": {"CPU": 16.0, "GPU": 8.0}},
+        {"NodeID": "gpu-2", "Alive": False, "Resources": {"CPU": 16.0, "GPU": 8.0}},
+    ]
+    assert model_cache.target_nodes(nodes, gpu_nodes_only=True) == ["gpu-1"]
+    assert model_cache.target_nodes(nodes, gpu_nodes_only=False) == ["head", "gpu-1"]

@@ -246,7 +246,9 @@ def score_pending(
     shards still pending are quarantined.
     """
     _ensure_gpus(spec)
-    model_cache.fetch_on_nodes(spec)  # once per node, not by every actor at once
+    # once per node, not by every actor at once; GPU jobs only where a GPU is
+    gpu_job = worker_gpus(spec) > 0 or vllm_ray_backend(spec)
+    model_cache.fetch_on_nodes(spec, gpu_nodes_only=gpu_job)
     run = commit.new_attempt_id()
     threads = torch_threads(spec)
     limit = spec.compute.max_shard_attempts
