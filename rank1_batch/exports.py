@@ -42,7 +42,7 @@ from rank1_batch.results import (
     open_committed,
 )
 from rank1_batch.schemas import SCORES_SCHEMA
-from rank1_batch.storage import Store, current_umask, parquet_bytes
+from rank1_batch.storage import Store, open_temp_beside, parquet_bytes
 
 RUN_FORMATS = ("trec", "json-run")
 LABEL_FORMATS = ("flagembedding", "tevatron", "sentence-transformers", "pylate")
@@ -164,11 +164,8 @@ def streamed_file(parent: Store, name: str) -> Iterator[IO[bytes]]:
     """
     if parent.local:
         final = parent.path(name)
-        directory = os.path.dirname(final)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(final)}.")
+        fd, tmp = open_temp_beside(final)
         try:
-            os.fchmod(fd, 0o666 & ~current_umask())  # what an ordinary open() would give
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 fh.flush()

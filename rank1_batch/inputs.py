@@ -289,9 +289,8 @@ def _as_string(arr: pa.Array | pa.ChunkedArray | None, n: int) -> pa.Array:
 
 
 def _blank(arr: pa.Array) -> pa.Array:
-    """True where text is null, empty or whitespace only."""
-    stripped = pc.utf8_trim_whitespace(arr)
-    return pc.fill_null(pc.equal(pc.utf8_length(stripped), 0), True)
+    """True where text is null, empty or whitespace only (no copy of the text is made)."""
+    return pc.fill_null(pc.or_(pc.equal(pc.binary_length(arr), 0), pc.utf8_is_space(arr)), True)
 
 
 def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
@@ -332,13 +331,14 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
         title = _as_string(col(flat, cols.title), m)
         order = _order(unit, 0, m)
     reason = pa.nulls(len(qid), pa.string())
-    for mask, code in (
+    for mask, code in (  # a later reason wins over an earlier one
         (_blank(passage), EMPTY_PASSAGE),
         (_blank(query), EMPTY_QUERY),
         (pc.is_null(doc_id), NULL_DOC_ID),
         (pc.is_null(qid), NULL_QUERY_ID),
     ):
-        reason = pc.if_else(mask, pa.scalar(code, pa.string()), reason)
+        if pc.any(mask).as_py():  # most units reject nothing: skip the string copies
+            reason = pc.if_else(mask, pa.scalar(code, pa.string()), reason)
     if spec.format == "pairs" and PRESET_REASON in table.column_names:
         preset = _as_string(table.column(PRESET_REASON), n)
         reason = pc.if_else(pc.is_valid(preset), preset, reason)

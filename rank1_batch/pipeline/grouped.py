@@ -189,23 +189,30 @@ def plan(
     return tasks, index
 
 
-def cut(pairs: pa.Table, shard_size: int) -> list[tuple[int, int]]:
-    """Slices (offset, length) of whole queries, each at least ``shard_size`` rows but the last."""
+def query_starts(pairs: pa.Table) -> np.ndarray:
+    """Row indices where a new query begins (rows grouped by query)."""
+    n = pairs.num_rows
+    if n < 2:
+        return np.zeros(n, np.int64)
+    qid = pairs.column("query_id")
+    changes = pc.not_equal(qid[1:], qid[:-1]).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.flatnonzero(changes) + 1])
+
+
+def cut(pairs: pa.Table, shard_size: int) -> list[tuple[int, int, int]]:
+    """Slices (offset, length, queries) of whole queries, each of at least ``shard_size`` rows
+    but the last."""
     n = pairs.num_rows
     if not n:
         return []
-    qid = pairs.column("query_id")
-    starts = np.flatnonzero(
-        np.concatenate([[True], pc.not_equal(qid[1:], qid[:-1]).to_numpy(zero_copy_only=False)])
-        if n > 1
-        else np.array([True])
-    )
-    out, begin = [], 0
-    for s in starts[1:]:
+    starts = query_starts(pairs)
+    out, begin, first = [], 0, 0
+    for k in range(1, len(starts)):
+        s = int(starts[k])
         if s - begin >= shard_size:
-            out.append((begin, int(s) - begin))
-            begin = int(s)
-    out.append((begin, n - begin))
+            out.append((begin, s - begin, k - first))
+            begin, first = s, k
+    out.append((begin, n - begin, len(starts) - first))
     return out
 
 
@@ -228,30 +235,28 @@ def split_unit(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
     """(pairs, rejected, duplicates) of grouped rows in input order; pairs keep that order."""
     from rank1_batch.pipeline.prepare import REJECTED_SCHEMA
 
-    bad = pc.is_valid(rows.column("reason"))
-    rejected = rows.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA)
-    if rejected.num_rows > 1:  # lists with no candidates come after a unit's exploded rows
-        rejected = rejected.take(pc.sort_indices(rejected.column("input_order")))
-    good = rows.filter(pc.invert(bad))
+    if rows.column("reason").null_count == rows.num_rows:  # the common case: nothing rejected
+        rejected, good = REJECTED_SCHEMA.empty_table(), rows
+    else:
+        bad = pc.is_valid(rows.column("reason"))
+        rejected = rows.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA)
+        if rejected.num_rows > 1:  # lists with no candidates come after a unit's exploded rows
+            rejected = rejected.take(pc.sort_indices(rejected.column("input_order")))
+        good = rows.filter(pc.invert(bad))
     # Fast check first (one hash pass over a joined key); the group-by only when needed.
     keys = pc.binary_join_element_wise(good.column("query_id"), good.column("doc_id"), "\x1f")
-    duplicates = good.num_rows - (pc.count_distinct(keys).as_py() or 0)
+    duplicates = good.num_rows - len(pc.unique(keys))
     if duplicates:
         firsts = good.group_by(["query_id", "doc_id"], use_threads=False).aggregate(
             [("input_order", "min")]
         )
         duplicates = good.num_rows - firsts.num_rows  # exact (the joined key may collide)
         good = good.filter(pc.is_in(good.column("input_order"), firsts.column("input_order_min")))
-    qid = good.column("query_id")
     n = good.num_rows
-    if n:
-        starts = np.concatenate(
-            [[True], pc.not_equal(qid[1:], qid[:-1]).to_numpy(zero_copy_only=False)]
-        ) if n > 1 else np.array([True])  # fmt: skip
-        group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-        rank = (np.arange(n) - group_start + 1).astype(np.int32)
-    else:
-        rank = np.zeros(0, np.int32)
+    starts = np.zeros(n, bool)
+    starts[query_starts(good)] = True
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    rank = (np.arange(n) - group_start + 1).astype(np.int32)
     pairs = good.drop_columns(["reason"]).append_column("input_rank", pa.array(rank))
     return pairs, rejected, duplicates
 
@@ -268,17 +273,16 @@ def run_unit(
             f"unit {task.ordinal}: {len(slices)} shards exceed its bound {task.bound}"
         )
     shards = []
-    for i, (offset, length) in enumerate(slices):
+    for i, (offset, length, queries) in enumerate(slices):
         name = commit.shard_name(task.first_index + i, count)
-        part = pairs.slice(offset, length)
-        data = parquet_bytes(part)
+        data = parquet_bytes(pairs.slice(offset, length), plain=True)
         store.write_atomic(commit.pairs_path(name), data, durable=False)
         shards.append(
             {
                 "id": name,
                 "path": commit.pairs_path(name),
-                "rows": part.num_rows,
-                "queries": len(pc.unique(part.column("query_id"))),
+                "rows": length,
+                "queries": queries,
                 "sha256": sha256(data),
             }
         )

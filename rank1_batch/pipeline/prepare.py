@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,7 @@ def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
 def _write_shard(rows: pa.Table, store: Store, n_shards: int) -> pa.Table:
     name = commit.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
-    data = parquet_bytes(pairs)
+    data = parquet_bytes(pairs, plain=True)
     if pairs.num_rows:
         store.write_atomic(commit.pairs_path(name), data)
     if rejected.num_rows:
@@ -174,8 +175,13 @@ def _prepare_grouped(
     )
     markers = commit.read_json_many(store, finished)
     if pending and ray.is_initialized():
-        run = ray.remote(num_cpus=0.5)(grouped.run_unit)
-        markers += ray.get([run.remote(t, spec, store, count, n_units) for t in pending])
+        # One CPU a unit: a unit is CPU-bound (decode, checks, encode), and half-CPU tasks
+        # only make two share a core (measured slower on a 2-core machine).
+        cpus = min(1.0, ray.cluster_resources().get("CPU", 1.0))
+        run = ray.remote(num_cpus=cpus)(grouped.run_unit)
+        markers += _gather(
+            [run.remote(t, spec, store, count, n_units) for t in pending], len(finished), n_units
+        )
     else:  # no Ray (tests, tools): the same units in this process, one after another
         markers += [grouped.run_unit(t, spec, store, count, n_units) for t in pending]
     markers.sort(key=lambda m: m["unit"])
@@ -190,6 +196,21 @@ def _prepare_grouped(
         "shards": shards,
         "rejected_files": [m["rejected_file"] for m in markers if m["rejected_file"]],
     }
+
+
+def _gather(refs: list[Any], done: int, total: int, every: float = 10.0) -> list[Any]:
+    """Results of ``refs`` as they finish, logging progress every ``every`` seconds."""
+    import ray
+
+    out: list[Any] = []
+    last = time.monotonic()
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=len(refs), timeout=every)
+        out += ray.get(ready)
+        if refs and time.monotonic() - last >= every:
+            log.info("prepare: %d of %d units done", done + len(out), total)
+            last = time.monotonic()
+    return out
 
 
 def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
