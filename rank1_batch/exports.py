@@ -179,7 +179,7 @@ def streamed_file(parent: Store, name: str) -> Iterator[IO[bytes]]:
     with tempfile.NamedTemporaryFile(prefix="rank1-export-") as fh:
         yield fh
         fh.flush()
-        parent.fs.put_file(fh.name, parent.path(name))
+        parent.put_file(fh.name, name)
 
 
 def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:

@@ -274,6 +274,13 @@ class Store:
         else:
             self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
 
+    def put_file(self, local_path: str, rel: str) -> None:
+        """Upload a finished local file to ``rel`` in one put (object stores), retried on
+        transient errors: a put replaces the object whole, so a retry is safe."""
+        if self.local:
+            raise ValueError("put_file is for object stores; write local files in place")
+        self._call(f"uploading {rel}", lambda: self.fs.put_file(local_path, self.path(rel)))
+
     def remove(self, rel: str) -> None:
         """Delete one file (FileNotFoundError when it is not there)."""
         if self.local:

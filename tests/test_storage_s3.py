@@ -166,6 +166,29 @@ def test_transient_faults_are_retried_and_output_is_identical(s3):
     print("fault counts:", plan.counts)
 
 
+def test_one_file_export_upload_is_retried_on_transient_faults(s3, monkeypatch):
+    """A TREC run or JSONL labels file goes up in one put at the end of a long export: a reset
+    connection that botocore's own retries did not absorb must be retried, not end the export.
+    (Injected at the filesystem: through the fault proxy s3fs's own backoff takes minutes.)"""
+    from rank1_batch.exports import streamed_file
+
+    store = store_of(s3, "upload")
+    real, calls = store.fs.put_file, []
+
+    def flaky(lpath, rpath, **kwargs):
+        calls.append(rpath)
+        if len(calls) <= 2:
+            raise ConnectionResetError("connection reset by peer (injected)")
+        return real(lpath, rpath, **kwargs)
+
+    monkeypatch.setattr(store.fs, "put_file", flaky)
+    body = b"".join(f"q{i} Q0 d{i} 1 0.5 rank1\n".encode() for i in range(1000))
+    with streamed_file(store, "run.trec") as fh:
+        fh.write(body)
+    assert len(calls) == 3
+    assert store_of(s3, "upload").read_bytes("run.trec") == body
+
+
 def test_no_such_bucket_fails_fast_naming_the_uri(s3):
     spec = _run_spec(s3, output=f"s3://no-such-bucket-{s3.bucket}/out")
     start = time.monotonic()
