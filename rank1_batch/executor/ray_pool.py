@@ -32,6 +32,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -367,25 +368,29 @@ def _score_round(
     ctx.actor_init_retry_on_errors = True  # a constructor that raises: retried in the actor
     ctx.actor_init_max_retries = 3
     ctx.max_consecutive_actor_init_deaths = 3  # an actor that dies starting: replaced
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads, "run": run},
-        batch_size=1,
-        # Several shards in flight per actor: Ray Data keeps that many tasks at the actor and
-        # runs them concurrently on its event loop (as ray.data.llm's vLLM stage does).
-        compute=ray.data.ActorPoolStrategy(
-            size=workers,
-            max_tasks_in_flight_per_actor=in_flight,
-            max_concurrent_calls_per_actor=in_flight,
-        ),
-        num_cpus=cpus,
-        num_gpus=worker_gpus(spec) or None,
-        # Bounded: at most one restart per shard of the round (plus one per actor); a task
-        # whose actor died is not retried, the driver decides in the next round.
-        max_restarts=len(items) + workers,
-        max_task_retries=0,
-        **placement,
-    )
+    with warnings.catch_warnings():
+        # max_restarts and max_task_retries have no named parameter before Ray 2.64 (the
+        # dependency pins ray < 2.64): its deprecation warning would only confuse users.
+        warnings.filterwarnings("ignore", message="`ray_remote_args")
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ShardWorker,
+            fn_constructor_kwargs={"spec": spec, "store": store, "threads": threads, "run": run},
+            batch_size=1,
+            # Several shards in flight per actor: Ray Data keeps that many tasks at the actor and
+            # runs them concurrently on its event loop (as ray.data.llm's vLLM stage does).
+            compute=ray.data.ActorPoolStrategy(
+                size=workers,
+                max_tasks_in_flight_per_actor=in_flight,
+                max_concurrent_calls_per_actor=in_flight,
+            ),
+            num_cpus=cpus,
+            num_gpus=worker_gpus(spec) or None,
+            # Bounded: at most one restart per shard of the round (plus one per actor); a task
+            # whose actor died is not retried, the driver decides in the next round.
+            max_restarts=len(items) + workers,
+            max_task_retries=0,
+            **placement,
+        )
     for row in ds.iter_rows():
         if interrupted is not None and interrupted.is_set():
             raise KeyboardInterrupt  # Ctrl-C that Ray swallowed: stop at the next shard
