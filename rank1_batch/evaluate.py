@@ -242,8 +242,7 @@ def evaluate_output(
                 tables[name].setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
 
     for marker, table in committed.tables(EVAL_COLUMNS, ("input_rank",)):
-        qids = pc.unique(table.column("query_id")).to_pylist()
-        guard.check(qids, marker.shard)
+        qids = guard.check_table(table, marker.shard)
         prov.add(table)
         judged = qrels.for_queries(qids)
         scored += len(judged)

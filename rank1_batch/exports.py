@@ -191,7 +191,7 @@ def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
         if fmt == "json-run":
             fh.write(b"{")
         for marker, table in committed.tables(RUN_COLUMNS):
-            guard.check(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
+            guard.check_table(table, marker.shard)
             if fmt == "trec":
                 text = trec_text(table, tag)
                 rows += text.count("\n")
@@ -245,8 +245,7 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     store, prov, statuses = committed.store, Provenance(), Counter[str]()
     guard, n, queries = QueryGuard(store.uri), 0, 0
     for marker, table in committed.tables(SCORES_SCHEMA.names, PAIR_COLUMNS):
-        qids = pc.unique(table.column("query_id")).to_pylist()
-        guard.check(qids, marker.shard)
+        qids = guard.check_table(table, marker.shard)
         prov.add(table)
         statuses.update(table.column("status").to_pylist())
         n, queries = n + table.num_rows, queries + len(qids)

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rank1_batch import labels
@@ -53,7 +52,7 @@ def _label_shards(
     """Labels of each committed shard (text joined per shard); counts and provenance added up."""
     guard = QueryGuard(committed.store.uri)
     for marker, table in committed.tables(LABEL_SCORE_COLUMNS, PAIR_COLUMNS):
-        guard.check(pc.unique(table.column("query_id")).to_pylist(), marker.shard)
+        guard.check_table(table, marker.shard)
         prov.add(table)
         chosen, part = labels.select(table, rules)
         _add_counts(counts, part)

@@ -77,30 +77,24 @@ class Results:
 
     @property
     def model(self) -> str | None:
-        values = pc.unique(self.table.column("model")).to_pylist()
-        return values[0] if len(values) == 1 else (None if not values else ",".join(values))
+        return self._provenance().one("model")
 
     @property
     def prompt_id(self) -> str | None:
-        values = pc.unique(self.table.column("prompt_id")).to_pylist()
-        return values[0] if len(values) == 1 else (None if not values else ",".join(values))
+        return self._provenance().one("prompt_id")
 
     @property
     def reasoning_mode(self) -> str:
         """``reasoning.mode`` that produced ``score`` (think, direct or cascade)."""
         return reasoning_mode(self.job)
 
+    def _provenance(self) -> Provenance:
+        prov = Provenance()
+        prov.add(self.table)
+        return prov
+
     def provenance(self) -> dict[str, Any]:
-        revisions = pc.unique(self.table.column("model_revision")).to_pylist()
-        return {
-            "model": self.model,
-            "model_revision": revisions[0] if len(revisions) == 1 else revisions,
-            "prompt_id": self.prompt_id,
-            "reasoning_mode": self.reasoning_mode,
-            "fingerprint": self.job.get("fingerprint"),
-            "shards": len(self.shards),
-            "complete": self.complete,
-        }
+        return self._provenance().to_dict(self)
 
 
 def committed(store: Store) -> list[str]:
@@ -322,6 +316,12 @@ class QueryGuard:
         self.uri = uri
         self.blocks: list[np.ndarray] = []
 
+    def check_table(self, table: pa.Table, shard: str) -> list[str]:
+        """:meth:`check` the queries of one shard's table; return them (first seen first)."""
+        queries: list[str] = pc.unique(table.column("query_id")).to_pylist()
+        self.check(queries, shard)
+        return queries
+
     def check(self, shard_queries: Sequence[str], shard: str) -> None:
         hashes = np.unique(np.fromiter((hash(q) for q in shard_queries), np.int64))
         for block in self.blocks:
@@ -355,7 +355,7 @@ class Provenance:
         values = [v for v in self.values[name] if v is not None] or list(self.values[name])
         return values[0] if len(values) == 1 else (None if not values else ",".join(values))
 
-    def to_dict(self, committed: Committed) -> dict[str, Any]:
+    def to_dict(self, committed: Committed | Results) -> dict[str, Any]:
         revisions = list(self.values["model_revision"])
         return {
             "model": self.one("model"),
