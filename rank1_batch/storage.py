@@ -6,21 +6,31 @@ Three ways to write, each matching a rule of the resume protocol:
   the content appears whole or not at all (local: temp file, fsync, rename; object stores: one
   PUT of the whole body, so no ``with fs.open()`` that would publish a partial object when an
   exception unwinds through it).
-* :meth:`Store.publish` - data files under a committed name: exclusive, so a name is written
-  at most once. A later attempt that finds the name taken adopts what is there; it was
-  complete when it appeared.
-* :meth:`Store.create_exclusive` - commit markers and ``job.json``: create-only.
+* :meth:`Store.create_exclusive` - data files under attempt-unique names, commit markers,
+  leases and ``job.json``: create-only.
+* :meth:`Store.put_file` - a finished local file uploaded whole (one-file exports).
 
-On object stores every call is retried with backoff on transient errors (throttling, 5xx,
-connection resets, timeouts) on top of botocore's own retries; permanent ones (no such
-bucket, access denied) raise :class:`StorageError` at once, naming the URI. A retried
-exclusive create whose first try landed sees its own object and reports "exists": callers
-then read what is there, which is what they wrote, so that is safe.
+One retry layer: :meth:`Store._call`. On the output's object store it is the only one
+(botocore's and s3fs's own retries are switched off for the store's filesystem, so a failure
+is retried ``RETRIES`` times, not 5 × 5 × 6), and it retries only what is transient:
+connection resets, timeouts, HTTP 5xx, SlowDown/throttling (:func:`is_transient`). Anything
+else raises at once: a 4xx, a missing bucket or denied access as :class:`StorageError` naming
+the URI; a full or read-only output device (ENOSPC, EDQUOT, EROFS, local or remote) as
+:class:`OutputUnwritable`, which ends the job in one line. Input readers open their own
+filesystems (:func:`filesystem`) and keep botocore's standard retries as their one layer.
+
+Own writes are recognised: a create-only write whose request landed but whose answer was lost
+(reset, timeout, a 500 after the write) is retried, finds the object there and gets a 412.
+:meth:`Store.create_exclusive` then reads the object back and counts the create as won when
+it holds exactly the bytes this call sent. Every create-only body the protocol writes is
+unique to its writer (a marker carries its attempt id and time, a lease its holder's id, a
+data file its attempt's name), so equal bytes mean this call's own write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import io
@@ -47,7 +57,7 @@ T = TypeVar("T")
 # Environment variables botocore reads for the endpoint (we read them too, so the endpoint
 # is explicit in the client and the same on every worker that inherits the environment).
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-RETRIES = 6  # Store-level attempts on top of botocore's own (standard mode, 5 attempts)
+RETRIES = 8  # attempts of one store operation: the only retry layer for the output store
 # Output backends whose create-only write is atomic: local disk (temp file + os.link) and S3
 # through s3fs >= 2025.7 (PutObject / CompleteMultipartUpload with If-None-Match: *). fsspec's
 # default create for other backends (gs://, az://, ...) checks and then writes: not exclusive.
@@ -59,6 +69,43 @@ class StorageError(RuntimeError):
     """Storage failed in a way retrying cannot fix (no such bucket, access denied)."""
 
 
+class OutputUnwritable(StorageError):
+    """The output's device is full or read-only (ENOSPC, EDQUOT, EROFS): no retry can help,
+    and no shard can commit, so the job ends at once naming the output."""
+
+
+# errno values of failures that a retry can fix. s3fs maps SlowDown and 503 to EBUSY, 500 to
+# EREMOTEIO; the rest are the socket-level ones.
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EBUSY", "EREMOTEIO", "EAGAIN", "ETIMEDOUT", "ECONNRESET", "ECONNABORTED",
+        "ECONNREFUSED", "EPIPE", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH", "EINTR",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# Exception classes of botocore, aiohttp, urllib3 and fsspec that are lost connections or
+# timeouts (by name: none of these packages is imported for it).
+TRANSIENT_CLASSES = frozenset(
+    {
+        "HTTPClientError", "ConnectionError", "EndpointConnectionError",
+        "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError", "ProxyConnectionError",
+        "ResponseStreamingError", "IncompleteReadError", "IncompleteRead", "ProtocolError",
+        "ClientConnectionError", "ClientOSError", "ServerDisconnectedError",
+        "ServerTimeoutError", "ClientPayloadError", "FSTimeoutError",
+    }
+)  # fmt: skip
+# S3 error codes a retry can fix, whatever HTTP status they come with.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+        "ServiceUnavailable", "RequestLimitExceeded", "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)  # fmt: skip
+
+
 def endpoint_from_env() -> str | None:
     for name in ENDPOINT_ENV:
         if os.environ.get(name):
@@ -66,11 +113,14 @@ def endpoint_from_env() -> str | None:
     return None
 
 
-def storage_options(uri: str, storage: StorageSpec | None) -> dict[str, Any]:
+def storage_options(
+    uri: str, storage: StorageSpec | None, *, own_retries: bool = False
+) -> dict[str, Any]:
     """fsspec options for ``uri`` from the job's storage section (never credentials).
 
     Credentials come from botocore's usual chain (env vars, profile files, instance or pod
     roles) on whichever machine opens the filesystem; nothing here carries them.
+    ``own_retries``: the caller retries (:meth:`Store._call`), so botocore and s3fs do not.
     """
     if not uri.startswith(("s3://", "s3a://")):
         return {}
@@ -81,10 +131,11 @@ def storage_options(uri: str, storage: StorageSpec | None) -> dict[str, Any]:
         client_kwargs["endpoint_url"] = endpoint
     if storage.region:
         client_kwargs["region_name"] = storage.region
+    attempts = 1 if own_retries else 5
     opts: dict[str, Any] = {
         # Commit scans must see other workers' markers: no listing cache at all.
         "use_listings_cache": False,
-        "config_kwargs": {"retries": {"mode": "standard", "max_attempts": 5}},
+        "config_kwargs": {"retries": {"mode": "standard", "max_attempts": attempts}},
     }
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
@@ -94,17 +145,37 @@ def storage_options(uri: str, storage: StorageSpec | None) -> dict[str, Any]:
 
 
 def filesystem(
-    uri: str, storage: StorageSpec | None = None
+    uri: str, storage: StorageSpec | None = None, *, own_retries: bool = False
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the bare path of ``uri`` (local paths made absolute)."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, storage))
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, storage, own_retries=own_retries))
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
+    elif own_retries and hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs's own retry loop (a class attribute): one try
     return fs, path
 
 
-def _is_permanent(exc: BaseException) -> bool:
-    return isinstance(
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in out):
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def is_full(exc: BaseException) -> bool:
+    """The device is full or read-only (ENOSPC, EDQUOT, EROFS) anywhere in the chain."""
+    return any(isinstance(e, OSError) and e.errno in FULL_ERRNOS for e in _chain(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying can fix ``exc``: a lost connection, a timeout, an HTTP 5xx or a
+    throttling answer. Everything else (4xx, missing files, denied access, a full device,
+    bad arguments) is permanent: retrying it only delays the one line that explains it."""
+    if isinstance(
         exc,
         FileNotFoundError
         | FileExistsError
@@ -112,16 +183,19 @@ def _is_permanent(exc: BaseException) -> bool:
         | IsADirectoryError
         | NotADirectoryError
         | StorageError,
-    )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if _is_permanent(exc):
+    ) or is_full(exc):
         return False
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
-        return True
-    module = type(exc).__module__
-    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
+    for e in _chain(exc):
+        if isinstance(e, TimeoutError | ConnectionError):  # builtins: resets, refused, ...
+            return True
+        if any(c.__name__ in TRANSIENT_CLASSES for c in type(e).__mro__[:-1]):
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):  # botocore's ClientError
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            return code in TRANSIENT_CODES or int(status) >= 500
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def _missing_bucket(exc: BaseException) -> bool:
@@ -193,7 +267,7 @@ class Store:
     def __init__(self, uri: str, storage: StorageSpec | None = None) -> None:
         self.uri = uri
         self.storage = storage
-        self.fs, self.root = filesystem(uri, storage)
+        self.fs, self.root = filesystem(uri, storage, own_retries=True)
         self.local = isinstance(self.fs, LocalFileSystem)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -204,17 +278,24 @@ class Store:
         return posixpath.join(self.root, rel) if not self.local else os.path.join(self.root, rel)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one storage operation: retry transient errors with backoff (object stores),
-        turn permanent ones into a :class:`StorageError` that names the URI."""
+        """Run one storage operation: the one retry layer. Transient errors are retried with
+        backoff (object stores); a full or read-only device raises :class:`OutputUnwritable`
+        and denied access or a missing bucket :class:`StorageError`, naming the URI; other
+        errors are raised as they are, at once."""
         attempt = 0
         while True:
             try:
                 return fn()
             except Exception as exc:
+                if is_full(exc):
+                    raise OutputUnwritable(
+                        f"{self.uri}: {what} failed: the output's device is full or read-only "
+                        f"({exc}); free space (or choose another output) and run again to resume"
+                    ) from exc
                 if isinstance(exc, PermissionError) or _missing_bucket(exc):
                     raise StorageError(f"{self.uri}: {what} failed: {exc}") from exc
                 attempt += 1
-                if self.local or attempt >= RETRIES or not _is_transient(exc):
+                if self.local or attempt >= RETRIES or not is_transient(exc):
                     raise
                 delay = min(0.2 * 2**attempt, 10.0) * (0.5 + random.random())
                 log.warning(
@@ -282,14 +363,18 @@ class Store:
         for any reader and after a killed process, and :meth:`sync` makes a batch of such
         files durable at once, before the record that points at them is written.
         """
+        final = self.path(rel)
         if self.local:
-            final = self.path(rel)
-            tmp = self._local_temp(final, data, fsync=durable)
-            os.replace(tmp, final)
-            if durable:
-                _fsync_dir(os.path.dirname(final))
+
+            def replace() -> None:
+                tmp = self._local_temp(final, data, fsync=durable)
+                os.replace(tmp, final)
+                if durable:
+                    _fsync_dir(os.path.dirname(final))
+
+            self._call(f"writing {rel}", replace)
         else:
-            self._call(f"writing {rel}", lambda: self.fs.pipe_file(self.path(rel), data))
+            self._call(f"writing {rel}", lambda: self.fs.pipe_file(final, data))
 
     def put_file(self, local_path: str, rel: str) -> None:
         """Upload a finished local file to ``rel`` in one put (object stores), retried on
@@ -302,42 +387,70 @@ class Store:
         """Delete one file (FileNotFoundError when it is not there)."""
         if self.local:
             os.unlink(self.path(rel))
-        else:
-            self._call(f"removing {rel}", lambda: self.fs.rm_file(self.path(rel)))
+            return
+        tries = 0
+
+        def rm() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                self.fs.rm_file(self.path(rel))
+            except FileNotFoundError:
+                if tries == 1:
+                    raise  # a retry that finds nothing: the first try's delete landed
+
+        self._call(f"removing {rel}", rm)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_atomic(rel, _json_bytes(obj))
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create ``rel`` with ``data`` unless it exists; True when this call created it."""
+        """Create ``rel`` with ``data`` unless it exists; True when this call created it.
+
+        On object stores a create whose answer was lost is retried and finds the object
+        there: it is this call's own when it holds exactly ``data`` (callers make every body
+        unique to its writer; module docstring), and counts as created.
+        """
         final = self.path(rel)
         if self.local:
-            tmp = self._local_temp(final, data)
-            try:
-                os.link(tmp, final)  # atomic and exclusive: complete content or nothing
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
-            _fsync_dir(os.path.dirname(final))
-            return True
 
-        def create() -> None:
+            def link() -> bool:
+                tmp = self._local_temp(final, data)
+                try:
+                    os.link(tmp, final)  # atomic and exclusive: complete content or nothing
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+                _fsync_dir(os.path.dirname(final))
+                return True
+
+            return self._call(f"creating {rel}", link)
+
+        tries = 0
+
+        def create() -> bool:
+            nonlocal tries
+            tries += 1
             try:
                 # s3fs >= 2025.7: a conditional PUT (If-None-Match: *), exclusive for any size.
                 self.fs.pipe_file(final, data, mode="create")
-            except FileExistsError:
-                raise
             except Exception as exc:
-                if _is_precondition_failed(exc):  # a 412 s3fs did not recognise: "exists"
-                    raise FileExistsError(f"{final} exists (HTTP 412)") from exc
-                raise
+                if not isinstance(exc, FileExistsError) and not _is_precondition_failed(exc):
+                    raise
+                # "exists" (a 412 in any shape): ours when a lost answer hid our own write
+                return self._holds(final, data)
+            return True
 
+        return self._call(f"creating {rel}", create)
+
+    def _holds(self, path: str, data: bytes) -> bool:
+        """Whether the object at ``path`` holds exactly ``data`` (read only after a 412: the
+        bodies are markers, leases and one shard's files)."""
         try:
-            self._call(f"creating {rel}", create)
-        except FileExistsError:
-            return False
-        return True
+            return bool(self.fs.cat_file(path) == data)
+        except FileNotFoundError:
+            return False  # removed since the 412: not ours (ours are never removed so soon)
 
     def verify_exclusive_create(self) -> None:
         """Refuse an output backend whose create-only write is not exclusive.

@@ -88,6 +88,11 @@ INTERNAL = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
     b"<Message>We encountered an internal error. Please try again.</Message></Error>",
 )
+BAD_REQUEST = (
+    400,
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidRequest</Code>"
+    b"<Message>Invalid Request</Message></Error>",
+)
 DENIED = (
     403,
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
@@ -95,41 +100,93 @@ DENIED = (
 )
 
 
+# Faults a proxy can inject. Before forwarding: "reset" (drop the connection), "slowdown"
+# (503 SlowDown), "internal" (500), "deny" (403), "badrequest" (400). After forwarding, so
+# the request took effect at the server and only its answer is lost: "lost" (drop the
+# connection instead of answering) and "landed500" (answer 500 instead of the server's).
+AFTER_FORWARD = ("lost", "landed500")
+
+
+def request_kind(method: str, path: str) -> str:
+    """The kind of S3 request, as the protocol makes them: put, get, head, delete, list,
+    multipart (POST: create/complete upload) or part (PUT of a multipart part)."""
+    query = path.partition("?")[2]
+    if method == "GET":
+        return "list" if "list-type" in query or "prefix=" in query else "get"
+    if method == "PUT":
+        return "part" if "partNumber=" in query else "put"
+    return {"POST": "multipart", "HEAD": "head", "DELETE": "delete"}.get(method, method.lower())
+
+
+@dataclass
+class Rule:
+    """A targeted fault: the next ``times`` requests whose method is ``method`` and whose path
+    matches ``path`` (a regex searched in the request path) get ``action``."""
+
+    method: str
+    path: str
+    action: str
+    times: int = 1
+
+
 @dataclass
 class FaultPlan:
-    """Which requests fail: the first ``first`` ones, then each with probability ``rate``
-    (seeded), or every one with ``deny``. ``resets`` drops the connection instead of answering
-    for that share of the random failures."""
+    """Which requests fail: matching :class:`Rule` s first; then the first ``first`` ones, then
+    each with probability ``rate`` (seeded), or every one with ``deny``. Of the random
+    failures, a ``resets`` share drops the connection before forwarding and an ``after``
+    share is forwarded first and then loses its answer (``AFTER_FORWARD``, half each)."""
 
     first: int = 0
     rate: float = 0.0
     seed: int = 0
     deny: bool = False
     resets: float = 0.0
+    after: float = 0.0
+    rules: list[Rule] = field(default_factory=list)
     # Mimic S3-compatible servers: answer a failed If-None-Match with a 412 that does not echo
     # the condition (s3fs then cannot tell it means "exists"), or ignore If-None-Match entirely.
     strip_condition: bool = False
     ignore_if_none_match: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    # (kind, action) -> count, for every request seen: which kinds the faults reached
+    by_kind: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._seen = 0
 
-    def decide(self) -> str:
+    def decide(self, method: str = "GET", path: str = "/") -> str:
         with self._lock:
             self._seen += 1
-            if self.deny:
+            rule = next(
+                (
+                    r
+                    for r in self.rules
+                    if r.times > 0 and r.method == method and re.search(r.path, path)
+                ),
+                None,
+            )
+            if rule is not None:
+                rule.times -= 1
+                out = rule.action
+            elif self.deny:
                 out = "deny"
             elif self._seen <= self.first:
                 out = "slowdown"
             elif self._rng.random() < self.rate:
                 r = self._rng.random()
-                out = "reset" if r < self.resets else ("slowdown" if r < 0.7 else "internal")
+                if r < self.resets:
+                    out = "reset"
+                elif r < self.resets + self.after:
+                    out = AFTER_FORWARD[self._rng.random() < 0.5]
+                else:
+                    out = "slowdown" if self._rng.random() < 0.5 else "internal"
             else:
                 out = "pass"
             self.counts[out] = self.counts.get(out, 0) + 1
+            key = (request_kind(method, path), out)
+            self.by_kind[key] = self.by_kind.get(key, 0) + 1
             return out
 
 
@@ -161,25 +218,31 @@ class FaultProxy:
 
             def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
                 self.send_response(status)
+                length = str(len(body))
                 for k, v in headers:
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    if k.lower() == "content-length" and self.command == "HEAD":
+                        length = v  # a HEAD answer has no body but the object's length
+                    elif k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
             def _handle(self) -> None:
                 body = self._body()
-                action = plan.decide()
+                action = plan.decide(self.command, self.path)
                 if action == "reset":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if action in ("slowdown", "internal", "deny"):
-                    status, err = {"slowdown": SLOW_DOWN, "internal": INTERNAL, "deny": DENIED}[
-                        action
-                    ]
+                if action in ("slowdown", "internal", "deny", "badrequest"):
+                    status, err = {
+                        "slowdown": SLOW_DOWN,
+                        "internal": INTERNAL,
+                        "deny": DENIED,
+                        "badrequest": BAD_REQUEST,
+                    }[action]
                     self._reply(status, err, [("Content-Type", "application/xml")])
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", target, timeout=60)
@@ -191,10 +254,17 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                conn.close()
                 if plan.strip_condition and resp.status == 412:
                     data = re.sub(rb"<Condition>.*?</Condition>", b"", data, flags=re.S)
+                if action == "lost":  # the server did it; its answer never arrives
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if action == "landed500":
+                    self._reply(*INTERNAL, [("Content-Type", "application/xml")])
+                    return
                 self._reply(resp.status, data, resp.getheaders())
-                conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

@@ -1,0 +1,173 @@
+"""Requests that land at the server but whose answers are lost (a reset after the write, a 500
+after the write), and what is retried at all: the own-write rule of ``Store.create_exclusive``
+and the one retry layer of ``Store._call``, on a real S3 server (moto on loopback) behind the
+fault proxy of ``tests/s3_server.py``."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import pytest
+from s3_server import FaultPlan, FaultProxy, Rule
+from test_storage_s3 import EchoEngine, _job_and_shard, store_of
+
+from rank1_batch import commit, lease
+from rank1_batch.pipeline.score import process_shard
+from rank1_batch.results import shard_table
+from rank1_batch.storage import OutputUnwritable, Store, is_transient
+
+pytestmark = pytest.mark.s3
+
+ATTEMPT_FILE = r"\.[0-9a-f]{16}\.parquet"
+
+
+def _score_through(s3, prefix: str, rules: list[Rule]) -> tuple[commit.Marker, FaultPlan]:
+    spec, _ = _job_and_shard(s3, prefix)
+    plan = FaultPlan(rules=rules)
+    with FaultProxy(s3.port, plan) as proxy:
+        marker = process_shard("shard-00000", EchoEngine(), store_of(s3, prefix, proxy.url), spec)
+    assert all(r.times == 0 for r in rules), f"a fault was never injected: {rules}"
+    return marker, plan
+
+
+def _assert_committed_and_readable(s3, prefix: str, marker: commit.Marker) -> None:
+    direct = store_of(s3, prefix)
+    on_disk = commit.read_marker(direct, "shard-00000")
+    assert on_disk.attempt == marker.attempt
+    assert direct.list(commit.COMMITS) == ["shard-00000.json"]
+    scores = shard_table(direct, "shard-00000", "scores")  # checksum verified
+    traces = shard_table(direct, "shard-00000", "traces")
+    assert scores.num_rows == traces.num_rows == 40
+    assert direct.list("scores") == [on_disk.scores_file.rsplit("/", 1)[1]]
+
+
+@pytest.mark.parametrize("action", ["lost", "landed500"])
+def test_marker_put_that_landed_with_its_answer_lost_stays_committed(s3, action):
+    """The critical path: the marker PUT reached the store, its answer did not; the retry
+    gets a 412. The attempt must recognise its own marker, keep its files, and return it."""
+    marker, plan = _score_through(
+        s3, f"marker-{action}", [Rule("PUT", r"/_commits/shard-00000\.json", action)]
+    )
+    assert plan.counts[action] == 1
+    _assert_committed_and_readable(s3, f"marker-{action}", marker)
+
+
+@pytest.mark.parametrize("kind", ["scores", "traces"])
+def test_data_file_put_that_landed_with_its_answer_lost_is_this_attempts(s3, kind):
+    """Its own upload is not "another attempt's": no 'attempt is not unique' failure."""
+    marker, _ = _score_through(
+        s3, f"data-{kind}", [Rule("PUT", rf"/{kind}/shard-00000{ATTEMPT_FILE}", "lost")]
+    )
+    _assert_committed_and_readable(s3, f"data-{kind}", marker)
+
+
+def test_lease_put_that_landed_with_its_answer_lost_is_held_not_busy(s3):
+    """``Lease`` must not find its own lease and refuse the run naming itself."""
+    plan = FaultPlan(rules=[Rule("PUT", r"/_run/lease\.json", "lost")])
+    with FaultProxy(s3.port, plan) as proxy:
+        run = lease.Lease(store_of(s3, "lease", proxy.url))
+        run.acquire()
+        try:
+            assert run.holder and run.me.role == "holder"
+        finally:
+            run.release()
+    assert plan.counts["lost"] == 1
+    assert not store_of(s3, "lease").exists(lease.LEASE)
+
+
+def test_a_create_that_lost_the_race_is_still_refused_after_a_lost_answer(s3):
+    """Own-write recognition compares bytes: another writer's object stays another's."""
+    direct = store_of(s3, "race412")
+    assert direct.create_exclusive("_commits/x.json", b"the winner's marker")
+    plan = FaultPlan(rules=[Rule("PUT", r"/_commits/x\.json", "landed500")])
+    with FaultProxy(s3.port, plan) as proxy:
+        assert not store_of(s3, "race412", proxy.url).create_exclusive(
+            "_commits/x.json", b"a loser's marker"
+        )
+    assert direct.read_bytes("_commits/x.json") == b"the winner's marker"
+
+
+def test_a_delete_that_landed_with_its_answer_lost_is_done(s3):
+    direct = store_of(s3, "rm")
+    direct.write_atomic("scores/x.parquet", b"x")
+    plan = FaultPlan(rules=[Rule("DELETE", r"/scores/x\.parquet", "lost")])
+    with FaultProxy(s3.port, plan) as proxy:
+        store_of(s3, "rm", proxy.url).remove("scores/x.parquet")
+    assert not direct.exists("scores/x.parquet")
+
+
+def test_a_bad_request_is_not_retried(s3):
+    """A 400 surfaces at once: one request, not 6 x 5 of them."""
+    plan = FaultPlan(rules=[Rule("PUT", r"/bad\.json", "badrequest", times=100)])
+    with FaultProxy(s3.port, plan) as proxy:
+        store = store_of(s3, "bad", proxy.url)
+        start = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            store.write_json("bad.json", {"a": 1})
+    assert time.monotonic() - start < 5
+    assert plan.counts["badrequest"] == 1, plan.counts
+    assert not is_transient(raised.value)
+
+
+def test_a_slowdown_is_retried_by_the_store_alone(s3):
+    """One retry layer: three SlowDowns cost three retries of the store, and no more
+    requests than that (botocore and s3fs do not retry underneath)."""
+    plan = FaultPlan(rules=[Rule("PUT", r"/slow\.json", "slowdown", times=3)])
+    with FaultProxy(s3.port, plan) as proxy:
+        store_of(s3, "slow", proxy.url).write_json("slow.json", {"a": 1})
+    assert plan.by_kind == {("put", "slowdown"): 3, ("put", "pass"): 1}
+
+
+def _client_error(status: int, code: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+        (TimeoutError("timed out"), True),
+        (OSError(errno.EBUSY, "SlowDown"), True),  # s3fs's SlowDown and 503
+        (OSError(121, "InternalError"), True),  # s3fs's 500 (EREMOTEIO)
+        (OSError(errno.EINVAL, "InvalidArgument"), False),  # s3fs's 400
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (OSError(errno.EROFS, "Read-only file system"), False),
+        (PermissionError("denied"), False),
+        (FileNotFoundError("gone"), False),
+        (ValueError("a bug"), False),
+        (_client_error(503, "SlowDown"), True),
+        (_client_error(500, "InternalError"), True),
+        (_client_error(400, "InvalidRequest"), False),
+        (_client_error(404, "NoSuchKey"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_an_eio_around_a_5xx_is_transient_and_around_a_4xx_is_not():
+    for status, code, transient in ((502, "BadGateway", True), (409, "Weird", False)):
+        wrapped = OSError(errno.EIO, code)  # what s3fs makes of a code it does not know
+        wrapped.__cause__ = _client_error(status, code)
+        assert is_transient(wrapped) is transient
+
+
+def test_a_full_output_device_raises_output_unwritable_at_once(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "out"))
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_local_temp", full)
+    for write in (
+        lambda: store.write_json("x.json", {}),
+        lambda: store.create_exclusive("_commits/a.json", b"x"),
+    ):
+        with pytest.raises(OutputUnwritable, match=r"/out: .*full or read-only"):
+            write()
