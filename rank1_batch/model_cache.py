@@ -153,6 +153,11 @@ def model_path(spec: JobSpec) -> str:
     return str(Path(name.removeprefix("file://")).expanduser()) if found == "local" else name
 
 
+# The longest wait for one round of per-node fetches: a 32B checkpoint (about 65 GB) at
+# 100 MB/s takes 11 minutes; an hour leaves room for slow links without waiting forever.
+FETCH_TIMEOUT_S = 3600.0
+
+
 def fetch_here(spec: JobSpec) -> dict[str, Any]:
     """Fetch the model on this node; what was done, for the driver's log."""
     import socket
@@ -181,13 +186,20 @@ def target_nodes(nodes: list[dict[str, Any]], gpu_nodes_only: bool) -> list[str]
 
 
 def fetch_on_nodes(
-    spec: JobSpec, *, gpu_nodes_only: bool = False, tries: int = 3, backoff: float = 5.0
+    spec: JobSpec,
+    *,
+    gpu_nodes_only: bool = False,
+    tries: int = 3,
+    backoff: float = 5.0,
+    timeout: float = FETCH_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Fetch the model on every alive Ray node that can load it (object-store folders and hub
     ids; nothing to do for ``toy`` and local folders), before the actor pool starts; one task
     per node, pinned to it. ``gpu_nodes_only``: skip nodes without a GPU (a CPU-only head
     never loads a GPU job's model). Failures are retried ``tries`` times with a doubling
-    pause, then left to the actors (logged), so a flaky download never ends the job here."""
+    pause, then left to the actors (logged), so a flaky download never ends the job here;
+    a try waits at most ``timeout`` seconds (a node that died or a copy that hangs is left to
+    its actors, which fetch under the same node lock)."""
     found = kind(spec.model.name)
     if found not in ("uri", "hub") or (found == "uri" and streamed(spec)):
         return []
@@ -205,7 +217,15 @@ def fetch_on_nodes(
             for node in todo
         }
         failed = []
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         for node, ref in refs.items():
+            if ref not in ready:  # a node that never ran it, or a copy that hangs
+                log.warning(
+                    "model %s: fetch on node %s gave no answer in %.0f s; left to its actors",
+                    spec.model.name, node, timeout,
+                )  # fmt: skip
+                ray.cancel(ref, force=True)
+                continue
             try:
                 done.append(ray.get(ref))
             except Exception as exc:

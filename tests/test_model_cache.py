@@ -127,3 +127,29 @@ def test_a_gpu_job_fetches_only_on_gpu_nodes() -> None:
     ]
     assert model_cache.target_nodes(nodes, gpu_nodes_only=True) == ["gpu-1"]
     assert model_cache.target_nodes(nodes, gpu_nodes_only=False) == ["head", "gpu-1"]
+
+
+@pytest.mark.ray
+def test_a_fetch_that_never_answers_is_left_to_the_actors(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every wait on the cluster has a bound: a per-node fetch that hangs (a dead mount, a
+    stalled download) is cancelled after ``timeout`` and the job goes on."""
+    import time
+
+    import ray
+
+    from rank1_batch.spec import spec_from_mapping
+
+    def hang(spec):  # type: ignore[no-untyped-def]
+        time.sleep(600)
+
+    monkeypatch.setattr(model_cache, "fetch_here", hang)
+    spec = spec_from_mapping(
+        {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": {"name": "a/b"}}
+    )
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        start = time.monotonic()
+        assert model_cache.fetch_on_nodes(spec, tries=1, timeout=2.0) == []
+        assert time.monotonic() - start < 30
+    finally:
+        ray.shutdown()
