@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from rank1_batch import __version__
 from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
 from rank1_batch.cli_results import add_parsers as add_io_parsers
+from rank1_batch.compare_cli import add_parser as add_compare_parser
+from rank1_batch.compare_cli import cmd_compare
 from rank1_batch.report.cli import add_parser as add_report_parser
 from rank1_batch.report.cli import cmd_report
 
@@ -23,6 +25,7 @@ EPILOG = """examples:
   rank1-batch eval out/demo --qrels jobs/data/demo.qrels
   rank1-batch export out/demo --format trec
   rank1-batch report out/demo --qrels jobs/data/demo.qrels
+  rank1-batch compare out/demo first-stage --qrels jobs/data/demo.qrels
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _cluster_parsers(sub)
     add_io_parsers(sub)
+    add_compare_parser(sub)
     add_report_parser(sub)
 
     toy = sub.add_parser(
@@ -332,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
     commands.update(IO_COMMANDS)
     commands["report"] = cmd_report
+    commands["compare"] = cmd_compare
     try:
         return commands[args.command](args)
     except (
