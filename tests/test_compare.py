@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def runs(report_demo_out: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     root = tmp_path_factory.mktemp("compare")
     return {
         "a": derive(report_demo_out, root / "a"),
-        "b": derive(report_demo_out, root / "b", degrade(0.12, "b"), lambda t: "[B] " + t),
+        "b": derive(report_demo_out, root / "b", degrade(0.12, "b"), lambda t: "[B] " + t.strip()),
         "c": derive(report_demo_out, root / "c", degrade(0.04, "c")),
     }
 
@@ -231,3 +232,17 @@ def test_agreement_without_qrels(runs: dict[str, Path]) -> None:
     assert {q for q, r in per_query.items() if r["tau"] != pytest.approx(1.0)} == noisy
     assert min(r["tau"] for r in per_query.values()) < 0.5
     assert ab["kendall_tau_median"] == pytest.approx(1.0)
+
+
+def test_compare_page_without_qrels(report_demo_out: Path, tmp_path: Path) -> None:
+    """No qrels: no tests, the agreement still, and disagreements by Kendall tau."""
+    b = derive(report_demo_out, tmp_path / "b", degrade(0.12, "b"))
+    html = tmp_path / "c.html"
+    args = ["report", str(report_demo_out), "--compare", str(b), "--out", str(html)]
+    run_cli(*args)
+    text = html.read_text()
+    assert "No qrels given" in text and 'id="agreement-table"' in text
+    assert "the lowest Kendall τ-b" in text and 'class="dq"' in text
+    bad = run_cli("report", str(report_demo_out), "--compare", str(report_demo_out), check=False)
+    assert isinstance(bad, subprocess.CompletedProcess) and bad.returncode == 2
+    assert "the same run is named twice" in bad.stderr

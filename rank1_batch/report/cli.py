@@ -10,6 +10,7 @@ EPILOG = """examples:
   rank1-batch report out/demo --qrels jobs/data/demo.qrels
   rank1-batch report out/demo --out /tmp/demo-report.html --sample 50
   rank1-batch report s3://bucket/job --queries q1,q7 --out report.html
+  rank1-batch report out/think --compare out/direct first-stage --qrels q.txt
 """
 
 
@@ -32,6 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("output", help="output folder of a job (local path or URI)")
     rp.add_argument("--qrels", help="qrels file (TREC or BEIR TSV) for metrics and calibration")
     rp.add_argument("--out", metavar="FILE.html", help="where to write the page")
+    rp.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        help="write the comparison page instead (default OUTPUT/exports/compare.html): OUTPUT "
+        "is the baseline, each RUN an output folder, first-stage or first-stage:OUT "
+        "(see rank1-batch compare)",
+    )
     rp.add_argument(
         "--queries",
         metavar="ID,...",
@@ -85,6 +94,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     queries = None
     if args.queries is not None:
         queries = [q.strip() for q in args.queries.split(",") if q.strip()]
+    if args.compare:
+        return _cmd_compare_page(args)
     try:
         limits = Limits(
             sample=args.sample,
@@ -94,6 +105,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         summary = write_report(
             args.output, args.out, qrels=args.qrels, queries=queries, limits=limits
+        )
+    except ValueError as exc:
+        print(f"rank1-batch: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_compare_page(args: argparse.Namespace) -> int:
+    from rank1_batch.report.compare_page import write_compare_page
+    from rank1_batch.report.explorer import Limits
+
+    try:
+        limits = Limits(
+            max_candidates=args.max_candidates,
+            trace_chars=args.trace_chars,
+            max_bytes=int(args.max_mb * 1e6),
+        )
+        summary = write_compare_page(
+            [args.output, *args.compare], args.out, qrels=args.qrels, limits=limits
         )
     except ValueError as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
