@@ -260,6 +260,11 @@ def _mean(v: np.ndarray) -> float:
     return float(np.mean(v)) if len(v) else math.nan
 
 
+def fmt_p(p: float) -> str:
+    """A p-value in 4 decimals, or in scientific notation below 1e-4 (never a bare 0)."""
+    return f"{p:.4f}" if p >= 1e-4 or p == 0 else f"{p:.1e}"
+
+
 def format_compare(report: dict[str, Any]) -> str:
     """One table per metric: mean, delta, p-values (corrected) and W/T/L per run."""
     q = report["queries"]
@@ -296,8 +301,16 @@ def format_compare(report: dict[str, Any]) -> str:
             star = "*" if r["significant"] else " "
             lines.append(
                 f"{r['label']:<{width}}{r['mean']:>9.4f}{r['delta']:>+9.4f}{star}"
-                f"{r['p_t']:>10.4f}{r['p_t_corrected']:>10.4f}{r['p_randomization']:>10.4f}"
-                f"{r['p_randomization_corrected']:>10.4f}  "
+                + "".join(
+                    f"{fmt_p(r[k]):>10}"
+                    for k in (
+                        "p_t",
+                        "p_t_corrected",
+                        "p_randomization",
+                        "p_randomization_corrected",
+                    )
+                )
+                + "  "
                 f"{r['wins']}/{r['ties']}/{r['losses']}"
             )
     return "\n".join(lines)

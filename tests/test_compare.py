@@ -86,6 +86,7 @@ def sign_flip_p(d: np.ndarray, n: int, seed: int) -> float:
     return float((null >= abs(d.mean()) - 1e-12).mean())
 
 
+@pytest.mark.ray
 def test_compare_against_eval_pytrec_scipy(runs: dict[str, Path]) -> None:
     a, b, c = (str(runs[k]) for k in "abc")
     report = compare_json(a, b, c, "first-stage", "--qrels", str(QRELS), "--metrics", *METRICS)
@@ -162,6 +163,7 @@ def test_randomization_exact_on_few_queries() -> None:
     assert randomization_test(a, b, 10_000, seed=0) == pytest.approx(want)
 
 
+@pytest.mark.ray
 def test_different_queries_use_the_intersection(runs: dict[str, Path], tmp_path: Path) -> None:
     store = Store(str(runs["a"]))
     shards = sorted(commit.committed_shards(store))
@@ -198,6 +200,7 @@ def _label(score: float, status: str) -> int:
     return 1 if score >= 0.5 else -1
 
 
+@pytest.mark.ray
 def test_agreement_without_qrels(runs: dict[str, Path]) -> None:
     a, b = str(runs["a"]), str(runs["b"])
     report = compare_json(a, b, "first-stage", "--top-k", "5")
@@ -234,6 +237,7 @@ def test_agreement_without_qrels(runs: dict[str, Path]) -> None:
     assert ab["kendall_tau_median"] == pytest.approx(1.0)
 
 
+@pytest.mark.ray
 def test_compare_page_without_qrels(report_demo_out: Path, tmp_path: Path) -> None:
     """No qrels: no tests, the agreement still, and disagreements by Kendall tau."""
     b = derive(report_demo_out, tmp_path / "b", degrade(0.12, "b"))

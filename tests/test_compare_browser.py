@@ -35,6 +35,7 @@ def trace(out: Path, query: str, doc: str) -> str:
     return str(rows.column("reasoning")[0].as_py()).strip()
 
 
+@pytest.mark.ray
 def test_compare_page_in_chromium(report_demo_out: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     a = derive(report_demo_out, tmp_path / "a")

@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 
 from rank1_batch import commit
+from rank1_batch.compare import fmt_p
 from rank1_batch.evaluate import DEFAULT_METRICS, load_qrels
 from rank1_batch.report import plots
 from rank1_batch.report.explorer import Limits
@@ -142,10 +143,10 @@ def _metric_section(c: dict[str, Any]) -> str:
                     escape(r["label"]),
                     _num(r["mean"]),
                     f'<span class="delta">{r["delta"]:+.4f}</span>{mark}',
-                    _num(r["p_t"]),
-                    _num(r["p_t_corrected"]),
-                    _num(r["p_randomization"]),
-                    _num(r["p_randomization_corrected"]),
+                    fmt_p(r["p_t"]),
+                    fmt_p(r["p_t_corrected"]),
+                    fmt_p(r["p_randomization"]),
+                    fmt_p(r["p_randomization_corrected"]),
                     f"{r['wins']}/{r['ties']}/{r['losses']}",
                 ]
             )
