@@ -23,6 +23,7 @@ EPILOG = """examples:
   rank1-batch eval out/demo --qrels jobs/data/demo.qrels
   rank1-batch export out/demo --format trec
   rank1-batch report out/demo --qrels jobs/data/demo.qrels
+  rank1-batch verify out/demo [--repair]   (checksums of every committed file)
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -319,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from rank1_batch.commit import FingerprintMismatch
+    from rank1_batch.commit import CommitError, FingerprintMismatch
     from rank1_batch.executor.attempts import EXIT_QUARANTINED, ShardQuarantined
     from rank1_batch.inputs import InputError
     from rank1_batch.lease import OutputBusy
@@ -335,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (
+        CommitError,
         JobError,
         InputError,
         FingerprintMismatch,
