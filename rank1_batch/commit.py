@@ -194,11 +194,20 @@ class CommitError(RuntimeError):
     """A commit marker is corrupt, or a committed file is missing or does not match it."""
 
 
+class CorruptMarker(CommitError):
+    """A marker that cannot be trusted; ``problem`` says why."""
+
+    def __init__(self, store: Store, shard: str, problem: str) -> None:
+        self.shard, self.problem = shard, problem
+        super().__init__(
+            f"{store.uri}: {marker_path(shard)} is corrupt ({problem}); {repair_hint(store.uri)}"
+        )
+
+
 def parse_marker(store: Store, shard: str, data: bytes | Any) -> Marker:
     """The marker of ``shard`` from its file's bytes (or parsed JSON): the one place markers
-    are checked, so a truncated, corrupt or hand-edited one is a :class:`CommitError` naming
-    the file and the repair, never a bare ``JSONDecodeError``/``KeyError``."""
-    rel = marker_path(shard)
+    are checked, so a truncated, corrupt or hand-edited one is a :class:`CorruptMarker`
+    naming the file and the repair, never a bare ``JSONDecodeError``/``KeyError``."""
     try:
         doc = json.loads(data) if isinstance(data, bytes | bytearray) else data
         marker = Marker.from_dict(doc)
@@ -208,7 +217,7 @@ def parse_marker(store: Store, shard: str, data: bytes | Any) -> Marker:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
         problem = f"{type(exc).__name__}: {exc}"
     if problem is not None:
-        raise CommitError(f"{store.uri}: {rel} is corrupt ({problem}); {repair_hint(store.uri)}")
+        raise CorruptMarker(store, shard, problem)
     return marker
 
 
@@ -216,11 +225,16 @@ def read_marker(store: Store, shard: str) -> Marker:
     return parse_marker(store, shard, store.read_bytes(marker_path(shard)))
 
 
-def committed_file(store: Store, shard: str, kind: str) -> str:
-    """The ``scores`` or ``traces`` file a committed shard's marker names (for readers that
-    fetch only some columns; :func:`read_committed` also verifies the checksum)."""
-    marker = read_marker(store, shard)
-    return marker.scores_file if kind == "scores" else marker.traces_file
+def committed_table(store: Store, shard: str, kind: str, columns: list[str]) -> Any:
+    """``columns`` of a committed shard's ``scores`` or ``traces`` file (a pyarrow Table),
+    its checksum verified before any byte is decoded: pyarrow can abort the process on a
+    corrupt file (``terminate called``), so unverified bytes never reach it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = read_committed(store, read_marker(store, shard), kind)
+    return pq.read_table(io.BytesIO(data), columns=columns)
 
 
 def read_committed(store: Store, marker: Marker, kind: str) -> bytes:

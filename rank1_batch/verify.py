@@ -162,9 +162,9 @@ def verify(store: Store, threads: int | None = None) -> Report:
     for shard, data in zip(shards, raw, strict=True):
         try:
             markers.append(commit.parse_marker(store, shard, data))
-        except commit.CommitError as exc:
-            what = str(exc).split(" is corrupt (", 1)[-1].rsplit(");", 1)[0]
-            report.problems.append(Problem(shard, commit.marker_path(shard), f"corrupt: {what}"))
+        except commit.CorruptMarker as exc:
+            what = f"corrupt: {exc.problem}"
+            report.problems.append(Problem(shard, commit.marker_path(shard), what))
     sizes = _folder_sizes(store)
     sized = _size_problems(markers, sizes)
     report.problems += sized

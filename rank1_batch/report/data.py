@@ -10,7 +10,6 @@ never with pairs, passages or traces.
 
 from __future__ import annotations
 
-import io
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rank1_batch import commit, rank1
 from rank1_batch.labels import LabelCounts, LabelRules, select
@@ -43,9 +41,9 @@ def read_columns(store: Store, rel: str, columns: Sequence[str]) -> pa.Table:
 
 def committed_columns(store: Store, shard: str, kind: str, columns: Sequence[str]) -> pa.Table:
     """``columns`` of a committed shard's ``scores`` or ``traces`` file, its checksum verified
-    (:func:`rank1_batch.commit.read_committed`: a tampered file is a ``CommitError``)."""
-    data = commit.read_committed(store, commit.read_marker(store, shard), kind)
-    return pq.read_table(io.BytesIO(data), columns=list(columns))
+    (:func:`rank1_batch.commit.committed_table`: a tampered file is a ``CommitError``)."""
+    table: pa.Table = commit.committed_table(store, shard, kind, list(columns))
+    return table
 
 
 def read_shard(store: Store, shard: str, pair_columns: Sequence[str] = ()) -> pa.Table:
