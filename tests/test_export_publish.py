@@ -17,9 +17,13 @@ from rank1_batch.exports import export
 from rank1_batch.storage import Store
 
 
-def _files(folder: Path) -> int:
-    """Data files written so far in a partial export folder (temp files not counted)."""
-    return sum(1 for p in folder.rglob("*.parquet") if not p.name.startswith(".") and p.is_file())
+def _parquet(folder: Path) -> list[Path]:
+    """Data files in ``folder`` now (temp files not counted); none once it has been renamed
+    away under the walk (the export publishing it, or setting the old one aside)."""
+    try:
+        return [p for p in folder.rglob("*.parquet") if not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
 
 
 def kill_export(out: Path, after_files: int, timeout: float = 120) -> bool:
@@ -36,15 +40,14 @@ def kill_export(out: Path, after_files: int, timeout: float = 120) -> bool:
     )
     exports = out / "exports"
     final = exports / "hf"
-    before = {p: p.stat().st_mtime_ns for p in final.rglob("*.parquet")} if final.exists() else {}
+    before = {p: _mtime(p) for p in _parquet(final)}
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
             partial = list(exports.glob(".hf.partial-*")) if exports.exists() else []
-            if partial and _files(partial[0]) >= after_files:
+            if partial and len(_parquet(partial[0])) >= after_files:
                 break
-            written = [p for p in final.rglob("*.parquet") if p.is_file()]
-            fresh = [p for p in written if before.get(p) != _mtime(p)]
+            fresh = [p for p in _parquet(final) if before.get(p) != _mtime(p)]
             if len(fresh) >= after_files:
                 break
             time.sleep(0.002)
