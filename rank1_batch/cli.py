@@ -26,6 +26,7 @@ EPILOG = """examples:
   rank1-batch export out/demo --format trec
   rank1-batch report out/demo --qrels jobs/data/demo.qrels
   rank1-batch compare out/demo first-stage --qrels jobs/data/demo.qrels
+  rank1-batch verify out/demo [--repair]   (checksums of every committed file)
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
 
@@ -323,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from rank1_batch.commit import FingerprintMismatch
+    from rank1_batch.commit import CommitError, FingerprintMismatch
     from rank1_batch.executor.attempts import EXIT_QUARANTINED, ShardQuarantined
     from rank1_batch.inputs import InputError
     from rank1_batch.lease import OutputBusy
@@ -340,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (
+        CommitError,
         JobError,
         InputError,
         FingerprintMismatch,

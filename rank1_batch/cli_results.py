@@ -1,4 +1,4 @@
-"""``rank1-batch export`` and ``rank1-batch eval``: the parsers and commands."""
+"""``rank1-batch export``, ``eval`` and ``verify``: the parsers and commands."""
 
 from __future__ import annotations
 
@@ -103,6 +103,53 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--per-query", action="store_true", help="also print a per-query table")
     ev.add_argument("--json", action="store_true", help="print JSON")
+    _verify_parser(sub)
+
+
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    vf = sub.add_parser(
+        "verify",
+        help="check every committed file against its marker (sha256, size); --repair",
+        description="Read every commit marker of OUTPUT and every file it names: the marker "
+        "must parse and name its shard's own files, each file must exist with the recorded "
+        "size and SHA-256 (streamed). Prints one line per bad shard and a summary. Exit 0: "
+        "all good; 1: bad shards found (with --repair: found and retired); 2: the output "
+        "cannot be read. --repair moves the bad shards' markers to _commits_retired/ (never "
+        "deleted) and removes _SUCCESS.json, so the next `rank1-batch run` of the job "
+        "rescores exactly those shards.",
+    )
+    vf.add_argument("output", help="output folder of a job (local path or URI)")
+    vf.add_argument("--repair", action="store_true", help="retire the bad shards' markers")
+    vf.add_argument("--json", action="store_true", help="print JSON")
+    vf.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)",
+    )
+    vf.add_argument("--region", help="S3 region (default: the AWS environment / profile)")
+    vf.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rank1_batch.spec import StorageSpec
+    from rank1_batch.storage import Store
+    from rank1_batch.verify import EXIT_BAD, repair, verify
+
+    storage = StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    store = Store(args.output, storage)
+    report = verify(store)
+    if args.repair:
+        report = repair(store, report)
+    if args.json:
+        print(json.dumps({**asdict(report), "bad_shards": report.bad_shards}, indent=2))
+    else:
+        for shard in report.bad_shards:
+            what = "; ".join(f"{p.file}: {p.what}" for p in report.problems if p.shard == shard)
+            print(f"bad {shard}: {what}")
+        print(report.summary())
+    return EXIT_BAD if report.problems or report.digest_stale else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -172,4 +219,5 @@ def cmd_eval(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "eval": cmd_eval,
+    "verify": cmd_verify,
 }

@@ -31,7 +31,11 @@ JOB_FILE = "job.json"
 MANIFEST = "pairs/_manifest.json"
 SUCCESS = "_SUCCESS.json"
 COMMITS = "_commits"
-log = logging.getLogger(__name__)
+
+
+def repair_hint(uri: str) -> str:
+    """What to do about a corrupt commit (every such error ends with it)."""
+    return f"run `rank1-batch verify {uri} --repair`, then run the job again to rescore it"
 
 
 def pairs_path(shard: str) -> str:
@@ -131,6 +135,8 @@ class Marker:
     attempt: str = ""
     scores_file: str = ""
     traces_file: str = ""
+    scores_bytes: int | None = None  # sizes of the two files (None: written before sizes)
+    traces_bytes: int | None = None
 
     def __post_init__(self) -> None:
         # Markers written before whole-attempt commits name no files: the old names.
@@ -155,40 +161,96 @@ class Marker:
             attempt=data.get("attempt", ""),
             scores_file=data.get("scores_file", ""),
             traces_file=data.get("traces_file", ""),
+            scores_bytes=data.get("scores_bytes"),
+            traces_bytes=data.get("traces_bytes"),
         )
+
+    def file(self, kind: str) -> tuple[str, str, int | None]:
+        """(name, sha256, size) of the ``scores`` or ``traces`` file this marker commits."""
+        if kind == "scores":
+            return self.scores_file, self.scores_sha256, self.scores_bytes
+        if kind == "traces":
+            return self.traces_file, self.traces_sha256, self.traces_bytes
+        raise ValueError(f"kind must be 'scores' or 'traces', not {kind!r}")
+
+    def problem(self) -> str | None:
+        """Why this marker cannot be trusted (None when it can): wrong types, or data file
+        names other than the ones :func:`scores_path` / :func:`traces_path` give its shard
+        and attempt (a marker naming ``../x`` must never send a reader there)."""
+        texts = (self.shard, self.scores_sha256, self.traces_sha256, self.attempt)
+        if not all(isinstance(v, str) for v in texts):
+            return "a field that must be text is not"
+        sizes = (self.rows, self.scores_bytes, self.traces_bytes)
+        if any(v is not None and (not isinstance(v, int) or v < 0) for v in sizes):
+            return "a row count or size that is not a whole number"
+        for kind, name in (("scores", self.scores_file), ("traces", self.traces_file)):
+            want = (scores_path if kind == "scores" else traces_path)(self.shard, self.attempt)
+            if name != want:
+                return f"it names {name!r} as its {kind} file, not {want!r}"
+        return None
 
 
 class CommitError(RuntimeError):
-    """A committed file is missing or does not match its marker's checksum."""
+    """A commit marker is corrupt, or a committed file is missing or does not match it."""
+
+
+class CorruptMarker(CommitError):
+    """A marker that cannot be trusted; ``problem`` says why."""
+
+    def __init__(self, store: Store, shard: str, problem: str) -> None:
+        self.shard, self.problem = shard, problem
+        super().__init__(
+            f"{store.uri}: {marker_path(shard)} is corrupt ({problem}); {repair_hint(store.uri)}"
+        )
+
+
+def parse_marker(store: Store, shard: str, data: bytes | Any) -> Marker:
+    """The marker of ``shard`` from its file's bytes (or parsed JSON): the one place markers
+    are checked, so a truncated, corrupt or hand-edited one is a :class:`CorruptMarker`
+    naming the file and the repair, never a bare ``JSONDecodeError``/``KeyError``."""
+    try:
+        doc = json.loads(data) if isinstance(data, bytes | bytearray) else data
+        marker = Marker.from_dict(doc)
+        problem = marker.problem() or (
+            None if marker.shard == shard else f"it is the marker of {marker.shard!r}"
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        raise CorruptMarker(store, shard, problem)
+    return marker
 
 
 def read_marker(store: Store, shard: str) -> Marker:
-    return Marker.from_dict(store.read_json(marker_path(shard)))
+    return parse_marker(store, shard, store.read_bytes(marker_path(shard)))
 
 
-def committed_file(store: Store, shard: str, kind: str) -> str:
-    """The ``scores`` or ``traces`` file a committed shard's marker names (for readers that
-    fetch only some columns; :func:`read_committed` also verifies the checksum)."""
-    marker = read_marker(store, shard)
-    return marker.scores_file if kind == "scores" else marker.traces_file
+def committed_table(store: Store, shard: str, kind: str, columns: list[str]) -> Any:
+    """``columns`` of a committed shard's ``scores`` or ``traces`` file (a pyarrow Table),
+    its checksum verified before any byte is decoded: pyarrow can abort the process on a
+    corrupt file (``terminate called``), so unverified bytes never reach it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = read_committed(store, read_marker(store, shard), kind)
+    return pq.read_table(io.BytesIO(data), columns=columns)
 
 
 def read_committed(store: Store, marker: Marker, kind: str) -> bytes:
     """The bytes of a committed shard's ``scores`` or ``traces`` file, checksum verified."""
-    if kind not in ("scores", "traces"):
-        raise ValueError(f"kind must be 'scores' or 'traces', not {kind!r}")
-    rel = marker.scores_file if kind == "scores" else marker.traces_file
-    expected = marker.scores_sha256 if kind == "scores" else marker.traces_sha256
+    rel, expected, _ = marker.file(kind)
     try:
         data = store.read_bytes(rel)
     except FileNotFoundError as exc:
         raise CommitError(
-            f"{store.uri}: {rel} (committed by {marker_path(marker.shard)}) is missing"
+            f"{store.uri}: {rel} (committed by {marker_path(marker.shard)}) is missing; "
+            + repair_hint(store.uri)
         ) from exc
     if sha256(data) != expected:
         raise CommitError(
             f"{store.uri}: {rel} does not match the checksum in {marker_path(marker.shard)} "
-            f"(sha256 {sha256(data)[:12]}..., marker {expected[:12]}...)"
+            f"(sha256 {sha256(data)[:12]}..., marker {expected[:12]}...); {repair_hint(store.uri)}"
         )
     return data
 
@@ -230,52 +292,73 @@ DIGEST = "_commits_digest.json"
 DIGEST_MIN_NEW = 500  # a reader that read this many markers not in the digest rewrites it
 _STATS = list(_STAT_NAMES)
 _FILE_FIELDS = ["attempt", "scores_file", "traces_file"]  # whole-attempt commits
+_SIZE_FIELDS = ["scores_bytes", "traces_bytes"]  # null: a marker written before sizes
 _DIGEST_FIELDS = [
-    "rows", "scores_sha256", "traces_sha256", "committed_at", "worker", *_STATS, *_FILE_FIELDS
+    "rows", "scores_sha256", "traces_sha256", "committed_at", "worker", *_STATS, *_FILE_FIELDS,
+    *_SIZE_FIELDS,
 ]  # fmt: skip
 
 
-def read_json_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[Any]:
-    """Read many small JSON files concurrently (bounded); results in the order of ``paths``."""
+def read_bytes_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[bytes]:
+    """Read many small files concurrently (bounded); results in the order of ``paths``."""
     if store.local:  # CPU-bound: plain reads, no threads contending for the GIL
         out = []
         for p in paths:
             with open(store.path(p), "rb") as fh:
-                out.append(json.loads(fh.read()))
+                out.append(fh.read())
         return out
     if len(paths) <= 1:
-        return [store.read_json(p) for p in paths]
+        return [store.read_bytes(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(threads, len(paths))) as pool:
-        return list(pool.map(store.read_json, paths))
+        return list(pool.map(store.read_bytes, paths))
+
+
+def read_json_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[Any]:
+    """Read many small JSON files concurrently (bounded); results in the order of ``paths``."""
+    return [json.loads(data) for data in read_bytes_many(store, paths, threads)]
 
 
 def _digest_row(m: Marker) -> list[Any]:
     head = [m.rows, m.scores_sha256, m.traces_sha256, m.committed_at, m.worker]
-    return head + [getattr(m.stats, k) for k in _STATS] + [getattr(m, k) for k in _FILE_FIELDS]
+    tail = [getattr(m, k) for k in (*_FILE_FIELDS, *_SIZE_FIELDS)]
+    return head + [getattr(m.stats, k) for k in _STATS] + tail
 
 
 def _from_digest(shard: str, row: list[Any], names: list[str]) -> Marker:
     if names != _DIGEST_FIELDS:  # written by another version: go by name
         d = dict(zip(names, row, strict=True))
-        # a digest without file names: the deterministic names (Marker's defaults)
-        row = [d.get(k, "" if k in _FILE_FIELDS else 0) for k in _DIGEST_FIELDS]
+        # a digest without file names: the deterministic names (Marker's defaults); without
+        # sizes: none (existence is checked, not size)
+        row = [d.get(k, "" if k in _FILE_FIELDS else None if k in _SIZE_FIELDS else 0)
+               for k in _DIGEST_FIELDS]  # fmt: skip
     rows, scores, traces, at, worker, *rest = row
-    stats, (attempt, scores_file, traces_file) = rest[: len(_STATS)], rest[len(_STATS) :]
+    stats, files = rest[: len(_STATS)], rest[len(_STATS) :]
+    attempt, scores_file, traces_file, scores_bytes, traces_bytes = files
     return Marker(
         shard, rows, scores, traces, ShardStats(*stats), at, worker,
-        attempt, scores_file, traces_file,
+        attempt, scores_file, traces_file, scores_bytes, traces_bytes,
     )  # fmt: skip
 
 
 def read_digest(store: Store) -> dict[str, Marker]:
-    """The markers folded into ``_commits_digest.json`` (empty when there is none)."""
+    """The markers folded into ``_commits_digest.json`` (empty when there is none, or when it
+    cannot be read: it is a cache, and the markers themselves are read instead)."""
     if not store.exists(DIGEST):
         return {}
-    doc = store.read_json(DIGEST)
-    names = doc["fields"]
-    return {s: _from_digest(s, row, names) for s, row in doc["markers"].items()}
+    try:
+        doc = store.read_json(DIGEST)
+        names = doc["fields"]
+        digest = {s: _from_digest(s, row, names) for s, row in doc["markers"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: ignoring an unreadable %s (%s)", store.uri, DIGEST, exc)
+        return {}
+    for shard, m in digest.items():
+        if m.problem() is not None:
+            log.warning("%s: ignoring %s: %s: %s", store.uri, DIGEST, shard, m.problem())
+            return {}
+    return digest
 
 
 def write_digest(store: Store, markers: dict[str, Marker]) -> bool:
@@ -311,7 +394,8 @@ def read_markers(
     known = listed | digest.keys()
     names = sorted(known if shards is None else set(shards) & known)
     new = [s for s in names if s not in digest]
-    fresh = [Marker.from_dict(d) for d in read_json_many(store, [marker_path(s) for s in new])]
+    raw = read_bytes_many(store, [marker_path(s) for s in new])
+    fresh = [parse_marker(store, s, data) for s, data in zip(new, raw, strict=True)]
     if update_digest and len(fresh) >= DIGEST_MIN_NEW:
         write_digest(
             store,

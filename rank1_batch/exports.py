@@ -6,7 +6,10 @@ verified), with only the columns its format needs: runs read ``query_id, doc_id,
 the scores files and never open the pairs files; label formats join the pairs' text per shard.
 One-file formats (TREC and JSON runs, JSONL labels, a sentence-transformers Parquet file) are
 streamed shard by shard into a temporary file that is published whole (a rename, or one
-upload to an object store); folder formats (``hf``, ``pylate``) are written one file per shard.
+upload to an object store); folder formats (``hf``, ``pylate``) are written one file per shard
+into a folder published whole (:mod:`rank1_batch.publish`: built beside the final name and
+renamed into place; on object stores the card is written last). What killed exports of the
+same target left (temp files, partial folders) is removed first.
 Driver memory: a few shards, plus what a format must keep across shards (label counts, the
 ids of documents already written for ``pylate``), never the pairs. Both prepare plans keep
 each query whole in one shard, so per-query ranking and selection are done per shard; the
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import commit, labels
+from rank1_batch.publish import published_folder, remove_leftovers
 from rank1_batch.results import (
     PAIR_COLUMNS,
     RESULTS_SCHEMA,
@@ -242,6 +246,13 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
     (``input_rank``) beside the judgement, so the export trains or evaluates on its own.
     Written one shard at a time; the card's figures are summed over shards.
     """
+    with published_folder(target.parent, target.name, ("scores", "traces")) as folder:
+        n, queries, prov, statuses = _write_hf(committed, folder)
+        folder.write_atomic("README.md", _hf_card(committed, n, queries, prov, statuses))
+    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(committed.shards)}
+
+
+def _write_hf(committed: Committed, folder: Store) -> tuple[int, int, Provenance, Counter[str]]:
     store, prov, statuses = committed.store, Provenance(), Counter[str]()
     guard, n, queries = QueryGuard(store.uri), 0, 0
     for marker, table in committed.tables(SCORES_SCHEMA.names, PAIR_COLUMNS):
@@ -250,9 +261,15 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
         statuses.update(table.column("status").to_pylist())
         n, queries = n + table.num_rows, queries + len(qids)
         scores = parquet_bytes(table.cast(RESULTS_SCHEMA))
-        target.folder.write_atomic(f"scores/{marker.shard}.parquet", scores)
+        folder.write_atomic(f"scores/{marker.shard}.parquet", scores)
         traces = commit.read_committed(store, marker, "traces")
-        target.folder.write_atomic(f"traces/{marker.shard}.parquet", traces)
+        folder.write_atomic(f"traces/{marker.shard}.parquet", traces)
+    return n, queries, prov, statuses
+
+
+def _hf_card(
+    committed: Committed, n: int, queries: int, prov: Provenance, statuses: Counter[str]
+) -> bytes:
     spec = committed.job.get("spec", {})
     info = {
         **prov.to_dict(committed),
@@ -280,9 +297,7 @@ def export_hf(committed: Committed, target: Target) -> dict[str, Any]:
         "```json\n" + json.dumps(info, indent=2, default=str) + "\n```\n"
     )
     configs = {"scores": "scores/*.parquet", "traces": "traces/*.parquet"}
-    card = dataset_card("Rank1 reranking scores", configs, body, default="scores")
-    target.folder.write_atomic("README.md", card.encode())
-    return {"format": "hf", "out": target.uri, "pairs": n, "shards": len(committed.shards)}
+    return dataset_card("Rank1 reranking scores", configs, body, default="scores").encode()
 
 
 def push_to_hub(folder: str, repo_id: str, private: bool = True) -> str:
@@ -312,6 +327,7 @@ def export(
         raise ValueError(f"unknown --st-kind {st_kind!r} (one of {', '.join(labels.ST_KINDS)})")
     committed = open_committed(store)
     target = Target(store, out, default_name(fmt, st_kind, st_save))
+    remove_leftovers(target.parent, target.name)  # of killed exports of this target
     if rules is None:
         rules = labels.LabelRules(value=labels.default_value(fmt))
     if fmt in RUN_FORMATS:

@@ -5,9 +5,9 @@ Each shard's scores are read with its pairs' text (the label layouts carry passa
 are chosen per query (:func:`rank1_batch.labels.select`; a query is whole in one shard), and
 the layout's rows are appended to the output: JSONL and Parquet files are streamed into one
 file published whole (:func:`rank1_batch.exports.streamed_file`), ``pylate`` writes one
-Parquet file per shard and config. Across shards only the counts, the provenance values and,
-for ``pylate``, the ids of documents already written (at most ``max_pos + max_neg`` a query)
-are kept.
+Parquet file per shard and config, in a folder published whole (:mod:`rank1_batch.publish`).
+Across shards only the counts, the provenance values and, for ``pylate``, the ids of
+documents already written (at most ``max_pos + max_neg`` a query) are kept.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 
 from rank1_batch import labels
 from rank1_batch.exports import Target, dataset_card, json_bytes, jsonl_bytes, streamed_file
+from rank1_batch.publish import published_folder
 from rank1_batch.results import PAIR_COLUMNS, Committed, Provenance, QueryGuard
-from rank1_batch.storage import parquet_bytes
+from rank1_batch.storage import Store, parquet_bytes
 
 
 def _add_counts(total: labels.LabelCounts, part: labels.LabelCounts) -> None:
@@ -103,7 +104,10 @@ def _write_st(
     return rows
 
 
-def _write_pylate(target: Target, shards: Iterable[list[labels.QueryLabels]]) -> None:
+PYLATE_CONFIGS = ("train", "queries", "documents")
+
+
+def _write_pylate(folder: Store, shards: Iterable[list[labels.QueryLabels]]) -> None:
     """Configs ``train``, ``queries``, ``documents``: one Parquet file per shard with labels
     (at least one file per config); a document is written once, in the first shard naming it."""
     written: set[str] = set()
@@ -117,7 +121,7 @@ def _write_pylate(target: Target, shards: Iterable[list[labels.QueryLabels]]) ->
         written.update(docs.column("document_id").to_pylist())
         tables["documents"] = docs.filter(pa.array(fresh, pa.bool_()))
         for name, t in tables.items():
-            target.folder.write_atomic(f"{name}/{name}-{parts:05d}.parquet", parquet_bytes(t))
+            folder.write_atomic(f"{name}/{name}-{parts:05d}.parquet", parquet_bytes(t))
         parts += 1
 
 
@@ -142,22 +146,23 @@ def export_labels(
     elif fmt == "sentence-transformers":
         st_rows = _write_st(target, shards, st_kind, rules.max_neg, st_save)
     elif fmt == "pylate":
-        _write_pylate(target, shards)
+        with published_folder(target.parent, target.name, PYLATE_CONFIGS) as folder:
+            _write_pylate(folder, shards)
+            meta = labels.sidecar(rules, counts, fmt_name, prov.to_dict(committed))
+            body = (
+                "Rank1 distillation data for PyLate (`train`: query_id, document_ids, scores; "
+                f"`queries`; `documents`). Model: {meta['model']}; prompt: {meta['prompt_id']}."
+            )
+            configs = {n: f"{n}/*.parquet" for n in PYLATE_CONFIGS}
+            card = dataset_card("Rank1 scores for PyLate", configs, body, default="train")
+            folder.write_atomic("labels.json", json_bytes(meta))
+            folder.write_atomic("README.md", card.encode())  # last: the completion mark
+        return {"format": fmt, "out": target.uri, **counts_dict(meta)}
     else:
         raise ValueError(f"unknown label format {fmt!r}")
     meta = labels.sidecar(rules, counts, fmt_name, prov.to_dict(committed))
     if st_rows is not None:
         meta["rows"] = st_rows
-    if fmt == "pylate":
-        body = (
-            "Rank1 distillation data for PyLate (`train`: query_id, document_ids, scores; "
-            f"`queries`; `documents`). Model: {meta['model']}; prompt: {meta['prompt_id']}."
-        )
-        configs = {n: f"{n}/*.parquet" for n in ("train", "queries", "documents")}
-        card = dataset_card("Rank1 scores for PyLate", configs, body, default="train")
-        target.folder.write_atomic("README.md", card.encode())
-        target.folder.write_atomic("labels.json", json_bytes(meta))
-        return {"format": fmt, "out": target.uri, **counts_dict(meta)}
     sidecar_path = target.write_sidecar(meta)
     return {"format": fmt_name, "out": target.uri, "sidecar": sidecar_path, **counts_dict(meta)}
 

@@ -391,8 +391,7 @@ def sample_matches(spec: JobSpec, sample: pa.Table) -> dict[str, Any]:
         src, src_spec = Store(uri, spec.storage), _source_spec(uri, spec.storage)
         for shard in shards:
             ids = ["query_id", "doc_id"]
-            scores = src.read_parquet(commit.committed_file(src, shard, "scores"))
-            scores = scores.select([*ids, "status"])
+            scores = commit.committed_table(src, shard, "scores", [*ids, "status"])
             rows = src.read_parquet(commit.pairs_path(shard)).join(scores, ids)
             rows = rows.filter(pc.field("status") != "error")
             available += rows.num_rows

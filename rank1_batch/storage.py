@@ -355,6 +355,28 @@ class Store:
         entries = self._call(f"listing {rel_dir}", ls)
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
+    def sizes(self, rel_dir: str) -> dict[str, int]:
+        """``{name: bytes}`` of the files in ``rel_dir``: one detail listing (object stores:
+        one LIST request a thousand keys), fresh from storage; empty when it does not exist."""
+        path = self.path(rel_dir)
+
+        def ls() -> list[dict[str, Any]]:
+            if hasattr(self.fs, "invalidate_cache"):
+                self.fs.invalidate_cache(path)
+            try:
+                found: list[dict[str, Any]] = self.fs.ls(path, detail=True)
+            except FileNotFoundError as exc:
+                if _missing_bucket(exc):
+                    raise
+                return []
+            return found
+
+        return {
+            posixpath.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
+            for e in self._call(f"listing {rel_dir}", ls)
+            if e.get("type", "file") == "file"
+        }
+
     # -- writes -------------------------------------------------------------------------------
     def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         """Replace ``rel`` with ``data``; readers see the old or the new content, never a part.

@@ -1,5 +1,7 @@
-"""Stage 3: check every shard is committed, sum the shard stats, write ``_SUCCESS.json``,
-remove the data files of losing attempts (files no marker names)."""
+"""Stage 3: check every shard is committed and its files are there (existence and the size
+its marker records: :func:`rank1_batch.verify.require_files`; checksums are ``verify``'s
+job), sum the shard stats, write ``_SUCCESS.json``, remove the data files of losing attempts
+(files no marker names)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 from rank1_batch import commit, rank1
 from rank1_batch.storage import Store
+from rank1_batch.verify import require_files
 
 
 def finalize(
@@ -28,6 +31,7 @@ def finalize(
     missing = [s for s in expected if s not in markers]
     if missing:
         raise RuntimeError(f"{len(missing)} shards are not committed (first: {missing[0]})")
+    require_files(store, [markers[s] for s in expected])  # CommitError: no _SUCCESS.json
     total = sum((markers[s].stats for s in expected), commit.ShardStats())
     accounted = total.pairs + manifest["rejected"] + manifest["duplicates"]
     if accounted != manifest["input_rows"]:

@@ -22,6 +22,7 @@ from rank1_batch.pipeline.prepare import prepare
 from rank1_batch.reuse import build_reuse
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import StorageError, Store
+from rank1_batch.verify import require_files
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def run(
             )
         commit.claim_output(store, commit.job_record(spec, listing(files)))
     if store.exists(commit.SUCCESS):
+        # Certified once, but files can be lost or replaced since: what finalize checks.
+        require_files(store, commit.read_markers(store))
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)
         return done

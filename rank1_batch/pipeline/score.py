@@ -177,7 +177,7 @@ def worker_name() -> str:
 def committed_marker(shard: str, store: Store) -> commit.Marker | None:
     """The shard's marker if some attempt already committed it."""
     if store.exists(commit.marker_path(shard)):
-        return commit.Marker.from_dict(store.read_json(commit.marker_path(shard)))
+        return commit.read_marker(store, shard)  # a corrupt one: CommitError naming the repair
     return None
 
 
@@ -279,6 +279,8 @@ def _commit(
         attempt=attempt,
         scores_file=scores_rel,
         traces_file=traces_rel,
+        scores_bytes=len(scores_data),
+        traces_bytes=len(traces_data),
     )
     if not store.create_json(commit.marker_path(shard), marker.to_dict()):
         log.info("%s: already committed by another attempt; discarding attempt %s", shard, attempt)

@@ -1,7 +1,8 @@
 """Reading an output folder for the report, one committed shard at a time.
 
-Only shards named by ``_commits/`` markers are read (as :mod:`rank1_batch.results` does), and
-only the columns a figure needs. A query's rows all live in one shard (prepare assigns shards
+Only shards named by ``_commits/`` markers are read (as :mod:`rank1_batch.results` does),
+each file checksum verified against its marker (:func:`committed_columns`), and only the
+columns a figure needs are decoded. A query's rows all live in one shard (prepare assigns shards
 by query id), so per-query figures are computed shard by shard and only per-query scalars and
 fixed-size accumulators stay in memory: the driver's memory grows with the number of queries,
 never with pairs, passages or traces.
@@ -38,13 +39,20 @@ def read_columns(store: Store, rel: str, columns: Sequence[str]) -> pa.Table:
     return store.read_parquet(rel, columns=columns)
 
 
+def committed_columns(store: Store, shard: str, kind: str, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of a committed shard's ``scores`` or ``traces`` file, its checksum verified
+    (:func:`rank1_batch.commit.committed_table`: a tampered file is a ``CommitError``)."""
+    table: pa.Table = commit.committed_table(store, shard, kind, list(columns))
+    return table
+
+
 def read_shard(store: Store, shard: str, pair_columns: Sequence[str] = ()) -> pa.Table:
     """A committed shard's scores plus its pairs' first-stage rank (and ``pair_columns``).
 
     The scores file holds the rows of the pairs file in the same order (``process_shard``
     builds one from the other); the ids are compared so a mismatch is an error, not a mix-up.
     """
-    scores = read_columns(store, commit.committed_file(store, shard, "scores"), SCORE_COLUMNS)
+    scores = committed_columns(store, shard, "scores", SCORE_COLUMNS)
     wanted = [*SCAN_PAIR_COLUMNS, *(c for c in pair_columns if c not in SCAN_PAIR_COLUMNS)]
     pairs = read_columns(store, commit.pairs_path(shard), wanted)
     if scores.num_rows != pairs.num_rows or not (

@@ -20,8 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch import commit
-from rank1_batch.report.data import query_groups, read_columns, read_shard
+from rank1_batch.report.data import committed_columns, query_groups, read_shard
 from rank1_batch.storage import Store
 
 
@@ -125,10 +124,8 @@ def build(
         ids = pa.array(by_shard[shard], pa.string())
         table = read_shard(store, shard, ("query", "passage", "title"))
         table = table.filter(pc.is_in(table.column("query_id"), ids))
-        traces = read_columns(
-            store,
-            commit.committed_file(store, shard, "traces"),
-            ("query_id", "doc_id", "reasoning", "finish_reason"),
+        traces = committed_columns(
+            store, shard, "traces", ("query_id", "doc_id", "reasoning", "finish_reason")
         )
         traces = traces.filter(pc.is_in(traces.column("query_id"), ids))
         trace_of = {
