@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import cascade, commit
+from rank1_batch.paths import check_shard_name
 from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec, StorageSpec
 from rank1_batch.storage import Store, parquet_bytes
@@ -229,7 +230,8 @@ def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:
             ) or ["prompt_id"]  # fmt: skip
             log.info("reuse: %s has other result settings (%s); nothing to reuse", uri, diff)
             continue
-        out.append((uri, sorted(commit.committed_shards(src))))
+        where = f"reuse: {uri}/{commit.COMMITS}"
+        out.append((uri, sorted(check_shard_name(s, where) for s in commit.committed_shards(src))))
     return out
 
 

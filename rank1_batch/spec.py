@@ -268,9 +268,10 @@ class JobSpec(_Section):
 
         allow = self.storage.allow_unsafe_paths
         check_uri(self.output.path, "output.path", output=True, allow_unsafe=allow)
-        for name, value in self.input:
-            if isinstance(value, str) and (name == "path" or name.endswith("_path")):
+        for name in ("path", "queries", "corpus"):
+            if (value := getattr(self.input, name)) is not None:
                 check_uri(value, f"input.{name}", output=False, allow_unsafe=allow)
+        check_uri(self.model.name, "model.name", output=False, allow_unsafe=allow)
         for i, uri in enumerate(self.reuse):
             check_uri(uri, f"reuse[{i}]", output=False, allow_unsafe=allow)
             if uri.rstrip("/") == self.output.path.rstrip("/"):

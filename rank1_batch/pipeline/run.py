@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from rank1_batch import commit, console, lease, model_cache
+from rank1_batch import commit, console, lease, model_cache, paths
 from rank1_batch.engines.factory import model_path
 from rank1_batch.executor.attempts import settle
 from rank1_batch.executor.ray_pool import init_ray, score_pending
@@ -64,6 +64,9 @@ def run(
                 f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
             )
         commit.claim_output(store, commit.job_record(spec, listing(files)))
+    manifest_uri = f"{store.uri.rstrip('/')}/{commit.MANIFEST}"
+    if store.exists(commit.MANIFEST):  # a resume: its names are joined into paths below
+        paths.check_manifest(store.read_json(commit.MANIFEST), manifest_uri)
     if store.exists(commit.SUCCESS):
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)
@@ -85,6 +88,7 @@ def _run_held(
     console.tame_ray(quiet)
     init_ray(spec)
     manifest = prepare(spec, store, files)
+    paths.check_manifest(manifest, f"{store.uri.rstrip('/')}/{commit.MANIFEST}")  # as read
     done_shards = commit.committed_shards(store)
     pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
     log.info(
