@@ -55,7 +55,7 @@ KEY_REASONING_FIELDS = ("max_tokens", "min_reserve", "require_stop")
 BUCKETS = 64
 RESULT_COLUMNS = (
     "score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated",
-    "model_revision",
+    "model_revision", "engine",
 )  # fmt: skip
 # What a copied row carries: the scores columns a result is made of, its trace, its origin.
 PAYLOAD = pa.schema(
@@ -155,6 +155,9 @@ def _source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
             log.warning("reuse: %s %s: %s; skipped", uri, shard, exc)
             continue
         scores = pq.read_table(io.BytesIO(data))
+        if "engine" not in scores.column_names:  # written before the column: the source's own
+            engine = _source_spec(uri, storage).model.engine
+            scores = scores.append_column("engine", pa.array([engine] * scores.num_rows))
         traces = pq.read_table(io.BytesIO(trace_data)).select(
             ["query_id", "doc_id", "reasoning", "finish_reason"]
         )

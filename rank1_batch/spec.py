@@ -289,7 +289,9 @@ class JobSpec(_Section):
             "model": {
                 "name": self.model.name,
                 "revision": self.model.revision,
+                # Resolved on the driver before this is hashed (engines.resolve.resolve_spec).
                 "engine": self.model.engine,
+                "device": self.model.device,
                 "dtype": self.model.dtype,
                 "quantization": self.model.quantization,
                 "max_model_len": self.model.max_model_len,

@@ -153,6 +153,7 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
             "reasoning_tokens": [5, 6],
             "truncated": [False, True],
             "model_revision": ["rev1", "rev0"],  # d3 was scored by another revision
+            "engine": ["vllm", "vllm"],
             "reasoning": ["because a", "because c"],
             "finish_reason": ["stop", "length"],
             "reused_from": ["/earlier", "/earlier"],
@@ -168,7 +169,7 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
          "prompt_tokens": [7, 8], "reasoning_tokens": [3, 4], "truncated": [False, False],
          "rank": [1, 2], "model": ["toy"] * 2, "model_revision": ["rev1"] * 2,
          "prompt_id": ["p"] * 2, "score_direct": [None] * 2, "score_reasoned": [0.5, 0.1],
-         "decided_by": ["think"] * 2},
+         "decided_by": ["think"] * 2, "engine": ["transformers"] * 2},
         schema=SCORES_SCHEMA,
     )  # fmt: skip
     traces = pa.table(
@@ -182,6 +183,8 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
     assert scores.column("score").to_pylist() == [0.2, 0.5, 0.1]
     assert scores.column("rank").to_pylist() == [2, 1, 3]
     assert scores.column("reused_from").to_pylist() == ["/earlier", None, None]
+    # A copied row keeps the engine that judged it in the earlier output.
+    assert scores.column("engine").to_pylist() == ["vllm", "transformers", "transformers"]
     assert tr.column("reasoning").to_pylist() == ["because a", "x", "y"]
     stats = reuse.copied_stats(copied)
     assert (stats.pairs, stats.reused, stats.complete, stats.reasoning_tokens) == (1, 1, 1, 5)

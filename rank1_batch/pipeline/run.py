@@ -13,6 +13,7 @@ from typing import Any
 
 from rank1_batch import commit, console, lease, model_cache, paths
 from rank1_batch.engines.factory import model_path
+from rank1_batch.engines.resolve import resolve_spec
 from rank1_batch.executor.attempts import settle
 from rank1_batch.executor.ray_pool import init_ray, score_pending
 from rank1_batch.formats import CONVERTED
@@ -47,6 +48,9 @@ def run(
     (:mod:`rank1_batch.lease`); by default that is refused with :class:`lease.OutputBusy`.
     """
     start = time.perf_counter()
+    # engine/device/dtype ``auto`` decided once, here, for the workers' resources: the
+    # fingerprint hashes these values and every actor builds exactly this engine.
+    spec = resolve_spec(spec)
     store = Store(spec.output.path, spec.storage)
     store.check_access()  # no such bucket / access denied: fail now, before input or model
     store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
