@@ -34,6 +34,8 @@ MINIMAL = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": 
         ({"dtype": "bfloat16"}, False, False, False, ("transformers", "cpu", "bfloat16")),
         ({"engine": "transformers", "device": "cuda"}, False, True, True,
          ("transformers", "cuda", "bfloat16")),
+        ({"quantization": "awq"}, True, True, True, ("vllm", "cuda", "float16")),
+        ({"quantization": "AWQ"}, False, False, True, ("transformers", "cpu", "float16")),
     ],
 )  # fmt: skip
 def test_auto_resolves_by_the_engines_rules(model, gpu, vllm, bf16, expected):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rank1_batch.spec import JobSpec, ModelSpec
+from rank1_batch.spec import FLOAT16_ONLY_QUANTIZATION, JobSpec, ModelSpec
 
 RESOLVED_FIELDS = ("engine", "device", "dtype")
 
@@ -72,7 +72,7 @@ def resolve_model(model: ModelSpec, platform: Platform) -> dict[str, str]:
     engines applied each on its own before): engine auto is vLLM where vllm is installed and
     the scoring process has a GPU, else transformers; device auto is that GPU, else the CPU;
     dtype auto is float16 for vLLM on a GPU, bfloat16 for transformers on a GPU that has it
-    (else float16), and float32 on CPU."""
+    (else float16), and float32 on CPU; AWQ checkpoints always float16."""
     engine = model.engine
     if engine == "auto":
         engine = "vllm" if platform.vllm and platform.gpu else "transformers"
@@ -81,7 +81,9 @@ def resolve_model(model: ModelSpec, platform: Platform) -> dict[str, str]:
         device = "cuda" if platform.gpu else "cpu"
     dtype = model.dtype
     if dtype == "auto":
-        if device == "cpu":
+        if (model.quantization or "").lower() in FLOAT16_ONLY_QUANTIZATION:
+            dtype = "float16"  # AWQ kernels run in float16 only (the spec allows auto or it)
+        elif device == "cpu":
             dtype = "float32"
         elif engine == "vllm":
             dtype = "float16"

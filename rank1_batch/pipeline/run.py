@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from rank1_batch import commit, console, lease, model_cache, paths
+from rank1_batch import commit, console, lease, model_cache, paths, reuse_ready
 from rank1_batch.engines.factory import model_path
 from rank1_batch.engines.resolve import resolve_spec
 from rank1_batch.executor.attempts import settle
@@ -20,7 +20,6 @@ from rank1_batch.formats import CONVERTED
 from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import prepare
-from rank1_batch.reuse import build_reuse
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import StorageError, Store
 
@@ -109,8 +108,8 @@ def _run_held(
                 store.remove_temp_leftovers(folder)
         console.ray_bars_during_score()
         log.info(console.CONSTRUCTOR_NOTE)
-        if spec.reuse:
-            build_reuse(spec, store, [s["id"] for s in pending])
+        if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
+            reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
         settle(spec, store, score_pending(spec, store, pending))
     return finalize(
         store,
