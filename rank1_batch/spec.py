@@ -407,8 +407,7 @@ def spec_from_mapping(
 def load_job(
     path: str | Path, *, overrides: Iterable[str] = (), output: str | None = None
 ) -> JobSpec:
-    """Load and validate a job file (within :mod:`rank1_batch.job_file`'s limits); relative
-    local paths resolve against the working dir."""
+    """Load and validate a job file (limits: :mod:`rank1_batch.job_file`); relative paths: cwd."""
     path = Path(path)
     try:
         raw = job_file.read_job_yaml(path)
