@@ -67,15 +67,18 @@ def run(
                 f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
             )
         commit.claim_output(store, commit.job_record(spec, listing(files)))
-    manifest_uri = f"{store.uri.rstrip('/')}/{commit.MANIFEST}"
     if store.exists(commit.MANIFEST):  # a resume: its names are joined into paths below
-        paths.check_manifest(store.read_json(commit.MANIFEST), manifest_uri)
+        _check_manifest(store, store.read_json(commit.MANIFEST))
     if store.exists(commit.SUCCESS):
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(commit.SUCCESS)
         return done
     with lease.Lease(store, join=join, take_over=take_over) as held:
         return _run_held(spec, store, files, held, start, quiet)
+
+
+def _check_manifest(store: Store, manifest: dict[str, Any]) -> None:
+    paths.check_manifest(manifest, f"{store.uri.rstrip('/')}/{commit.MANIFEST}")
 
 
 def _run_held(
@@ -91,7 +94,7 @@ def _run_held(
     console.tame_ray(quiet)
     init_ray(spec)
     manifest = prepare(spec, store, files)
-    paths.check_manifest(manifest, f"{store.uri.rstrip('/')}/{commit.MANIFEST}")  # as read
+    _check_manifest(store, manifest)  # as prepare read it
     done_shards = commit.committed_shards(store)
     pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
     log.info(
