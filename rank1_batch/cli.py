@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rank1_batch.executor.attempts import EXIT_QUARANTINED, ShardQuarantined
     from rank1_batch.inputs import InputError
     from rank1_batch.lease import OutputBusy
+    from rank1_batch.paths import UnsafePath
     from rank1_batch.results import ResultsError
     from rank1_batch.spec import JobError
     from rank1_batch.storage import StorageError
@@ -350,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ResultsError,
         OutputBusy,
         ThroughputError,
+        UnsafePath,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2

@@ -410,7 +410,15 @@ class FingerprintMismatch(RuntimeError):
 
 
 def job_record(spec: JobSpec, input_listing: list[dict[str, Any]]) -> dict[str, Any]:
-    """Contents of ``job.json``: resolved spec, fingerprinted settings and the fingerprint."""
+    """Contents of ``job.json``: resolved spec, fingerprinted settings and the fingerprint.
+
+    ``engine``, ``device`` and ``dtype`` are hashed as resolved for the scoring actors
+    (:func:`rank1_batch.engines.resolve.resolve_spec`; a spec resolved already is kept), so a
+    resume that would resolve ``auto`` otherwise is refused, naming the setting.
+    """
+    from rank1_batch.engines.resolve import resolve_spec
+
+    spec = resolve_spec(spec)
     settings = {"job": spec.result_settings(), "input": input_listing}
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return {
@@ -445,7 +453,17 @@ def claim_output(store: Store, record: dict[str, Any]) -> bool:
         return True
     old = store.read_json(JOB_FILE)
     if old.get("fingerprint") != record["fingerprint"]:
-        changes = _diff(old.get("settings", {}), record["settings"]) or ["fingerprint"]
+        from rank1_batch.engines.resolve import as_resolved, model_fields
+
+        settings = as_resolved(old.get("settings", {}), record["settings"])
+        if settings == record["settings"]:
+            log.warning(
+                "%s: job.json was written before engine, device and dtype were resolved "
+                "(%s); resuming as %s", store.uri, model_fields(old.get("settings", {})),
+                model_fields(record["settings"]),
+            )  # fmt: skip
+            return False
+        changes = _diff(settings, record["settings"]) or ["fingerprint"]
         raise FingerprintMismatch(
             f"{store.uri} holds results of a different job; changed: {'; '.join(changes)}. "
             "Use a new output location (or delete this one) to run with these settings."

@@ -3,8 +3,9 @@
 **The result key** (:func:`result_key`) of a pair is a hash of everything that decides its
 result and nothing else:
 
-* the model: ``model.name``, ``model.revision``, ``model.engine``, ``model.dtype``,
-  ``model.quantization``, ``model.max_model_len`` (the fingerprint's model half);
+* the model: ``model.name``, ``model.revision``, ``model.engine``, ``model.dtype`` (these two
+  as resolved, :mod:`rank1_batch.engines.resolve`), ``model.quantization``,
+  ``model.max_model_len`` (the fingerprint's model half, less the device);
 * ``prompt_id`` (prompt head, template and job-level instruction);
 * the reasoning settings: ``reasoning.max_tokens``, ``reasoning.min_reserve``,
   ``reasoning.require_stop``;
@@ -16,7 +17,8 @@ fingerprint. A copied row must also carry the ``model_revision`` the scoring eng
 (checked where the engine runs), so ``revision: null`` never reuses results of another
 snapshot. ``error`` rows are never reused; they are scored again.
 
-**The reuse stage** (:func:`build_reuse`, after prepare, over pending shards only) is a Ray
+**The reuse stage** (:func:`rank1_batch.reuse_ready.build_reuse`, after prepare, over pending
+shards only, run once by the run holding the output) is a Ray
 Data hash join, not a driver dictionary: the pending shards' keys and the earlier outputs'
 committed rows (scores + traces + pairs of each committed shard, the scores checked against
 their commit marker's checksum) are shuffled together by key hash; each bucket joins on its
@@ -42,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch import cascade, commit
+from rank1_batch.paths import check_shard_name
 from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.spec import JobSpec, StorageSpec
 from rank1_batch.storage import Store, parquet_bytes
@@ -54,7 +57,7 @@ KEY_REASONING_FIELDS = ("max_tokens", "min_reserve", "require_stop")
 BUCKETS = 64
 RESULT_COLUMNS = (
     "score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated",
-    "model_revision",
+    "model_revision", "engine",
 )  # fmt: skip
 # What a copied row carries: the scores columns a result is made of, its trace, its origin.
 PAYLOAD = pa.schema(
@@ -78,7 +81,11 @@ def reuse_path(shard: str) -> str:
 
 
 def key_settings(spec: JobSpec) -> dict[str, Any]:
-    """The job half of the result key: model, prompt id and reasoning settings."""
+    """The job half of the result key: model (engine, device, dtype resolved as for the
+    fingerprint), prompt id and reasoning settings."""
+    from rank1_batch.engines.resolve import resolve_spec
+
+    spec = resolve_spec(spec)
     return {
         "model": {f: getattr(spec.model, f) for f in KEY_MODEL_FIELDS},
         "prompt_id": spec.prompt_id,
@@ -114,7 +121,7 @@ def _source_spec(uri: str, storage: StorageSpec | None) -> JobSpec:
     return JobSpec.model_validate(record["spec"])
 
 
-def _target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
+def target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
     parts = []
     for shard in batch.column("shard").to_pylist():
         pairs = store.read_parquet(commit.pairs_path(shard))
@@ -134,7 +141,7 @@ def _target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
     return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
 
 
-def _source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
+def source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
     """A committed shard of an earlier output -> its reusable rows with their keys."""
     parts = []
     for uri, shard, priority in zip(
@@ -154,6 +161,9 @@ def _source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
             log.warning("reuse: %s %s: %s; skipped", uri, shard, exc)
             continue
         scores = pq.read_table(io.BytesIO(data))
+        if "engine" not in scores.column_names:  # written before the column: the source's own
+            engine = _source_spec(uri, storage).model.engine
+            scores = scores.append_column("engine", pa.array([engine] * scores.num_rows))
         traces = pq.read_table(io.BytesIO(trace_data)).select(
             ["query_id", "doc_id", "reasoning", "finish_reason"]
         )
@@ -199,18 +209,11 @@ def join_bucket(group: pa.Table) -> pa.Table:
     return matched.select(MATCH_SCHEMA.names).cast(MATCH_SCHEMA)
 
 
-def _write_shard(group: pa.Table, *, store: Store) -> pa.Table:
+def write_shard(group: pa.Table, *, store: Store) -> pa.Table:
     shard = group.column("shard")[0].as_py()
     rows = group.take(pc.sort_indices(group, [("query_id", "ascending"), ("doc_id", "ascending")]))
     store.write_atomic(reuse_path(shard), parquet_bytes(rows.drop_columns(["shard"])))
     return pa.table({"shard": [shard], "rows": [rows.num_rows]})
-
-
-def _clear(store: Store, shards: set[str]) -> None:
-    """Drop reuse files of the shards about to be matched again (an earlier run's)."""
-    for name in store.list(REUSE):
-        if name.endswith(".parquet") and name[: -len(".parquet")] in shards:
-            store.fs.rm(store.path(f"{REUSE}/{name}"))
 
 
 def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:
@@ -229,50 +232,9 @@ def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:
             ) or ["prompt_id"]  # fmt: skip
             log.info("reuse: %s has other result settings (%s); nothing to reuse", uri, diff)
             continue
-        out.append((uri, sorted(commit.committed_shards(src))))
+        where = f"reuse: {uri}/{commit.COMMITS}"
+        out.append((uri, sorted(check_shard_name(s, where) for s in commit.committed_shards(src))))
     return out
-
-
-def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, int]:
-    """Match pending shards' pairs against the ``reuse:`` sources; write ``reuse/`` files.
-
-    Returns {shard: matched rows} for shards with matches. Runs on Ray Data.
-    """
-    import ray.data
-
-    _clear(store, set(pending))
-    sources = usable_sources(spec)
-    items = [
-        {"uri": uri, "shard": shard, "priority": (i << 32) + j}
-        for i, (uri, shards) in enumerate(sources)
-        for j, shard in enumerate(shards)
-    ]
-    if not items or not pending:
-        return {}
-    targets = ray.data.from_items(
-        [{"shard": s} for s in pending], override_num_blocks=min(len(pending), 64)
-    ).map_batches(
-        functools.partial(_target_rows, spec=spec, store=store),
-        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
-    )  # fmt: skip
-    found = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
-        functools.partial(_source_rows, storage=spec.storage),
-        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
-    )  # fmt: skip
-    written = (
-        targets.union(found)
-        .groupby("bucket", num_partitions=min(BUCKETS, 16))
-        .map_groups(join_bucket, batch_format="pyarrow", num_cpus=0.5)
-        .groupby("shard", num_partitions=min(len(pending), 16))
-        .map_groups(functools.partial(_write_shard, store=store), batch_format="pyarrow",
-                    num_cpus=0.5)
-        .take_all()
-    )  # fmt: skip
-    counts = {str(r["shard"]): int(r["rows"]) for r in written}
-    log.info(
-        "reuse: %d pairs of %d shards match earlier outputs", sum(counts.values()), len(counts)
-    )
-    return counts
 
 
 # -- scoring side: pure functions over one shard ----------------------------------------------

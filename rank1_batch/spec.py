@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from rank1_batch import rank1
+from rank1_batch import job_file, rank1
 from rank1_batch.cascade import ReasoningMode
 
 
@@ -269,9 +268,10 @@ class JobSpec(_Section):
 
         allow = self.storage.allow_unsafe_paths
         check_uri(self.output.path, "output.path", output=True, allow_unsafe=allow)
-        for name, value in self.input:
-            if isinstance(value, str) and (name == "path" or name.endswith("_path")):
+        for name in ("path", "queries", "corpus"):
+            if (value := getattr(self.input, name)) is not None:
                 check_uri(value, f"input.{name}", output=False, allow_unsafe=allow)
+        check_uri(self.model.name, "model.name", output=False, allow_unsafe=allow)
         for i, uri in enumerate(self.reuse):
             check_uri(uri, f"reuse[{i}]", output=False, allow_unsafe=allow)
             if uri.rstrip("/") == self.output.path.rstrip("/"):
@@ -289,7 +289,9 @@ class JobSpec(_Section):
             "model": {
                 "name": self.model.name,
                 "revision": self.model.revision,
+                # Resolved on the driver before this is hashed (engines.resolve.resolve_spec).
                 "engine": self.model.engine,
+                "device": self.model.device,
                 "dtype": self.model.dtype,
                 "quantization": self.model.quantization,
                 "max_model_len": self.model.max_model_len,
@@ -345,9 +347,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise JobError(f"--set {item!r}: empty field name")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise JobError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        value = job_file.load_text(raw) if raw.strip() else ""
+    except job_file.JobFileError as exc:
+        raise JobError(f"--set {item!r}: value {exc}") from None
     return path, value
 
 
@@ -405,16 +407,14 @@ def spec_from_mapping(
 def load_job(
     path: str | Path, *, overrides: Iterable[str] = (), output: str | None = None
 ) -> JobSpec:
-    """Load and validate a job file; relative local paths resolve against the working dir."""
+    """Load and validate a job file (limits: :mod:`rank1_batch.job_file`); relative paths: cwd."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = job_file.read_job_yaml(path)
     except OSError as exc:
         raise JobError(f"{path}: cannot read job file: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise JobError(f"{path}: not valid YAML: {exc}") from None
+    except job_file.JobFileError as exc:
+        raise JobError(f"{path}: {exc}") from None
     extra = list(overrides)
     if output is not None:
         extra.append(f"output.path={json.dumps(output)}")

@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from rank1_batch.paths import EXCLUSIVE_SCHEMES
 from rank1_batch.spec import StorageSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ RETRIES = 8  # attempts of one store operation: the only retry layer for the out
 # Output backends whose create-only write is atomic: local disk (temp file + os.link) and S3
 # through s3fs >= 2025.7 (PutObject / CompleteMultipartUpload with If-None-Match: *). fsspec's
 # default create for other backends (gs://, az://, ...) checks and then writes: not exclusive.
-EXCLUSIVE_BACKENDS = ("file", "local", "s3", "s3a")
+EXCLUSIVE_BACKENDS = EXCLUSIVE_SCHEMES  # one list with the path rules (rank1_batch.paths)
 PROBE_DIR = "_probe"
 
 

@@ -203,6 +203,7 @@ def test_stream_and_batch_paths_agree_per_mode(tmp_path: Path, mode: str) -> Non
             markers = [process_shard(s, engine, store, spec) for s in shards]
         table = pa.concat_tables(results.shard_table(store, s, "scores") for s in shards)
         assert table.schema == SCORES_SCHEMA
+        assert set(table.column("engine").to_pylist()) == {engine.name}  # the engine's name
         tables.append((table, markers, engine))
     (a, ma, ea), (b, mb, _) = tables
     assert a.equals(b)

@@ -22,8 +22,9 @@ from rank1_batch.results import read_results
 from rank1_batch.storage import Store, parquet_bytes, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-MODE_COLUMNS = ("score_direct", "score_reasoned", "decided_by")
-SCORES_BEFORE_MODES = pa.schema([f for f in SCORES_SCHEMA if f.name not in MODE_COLUMNS])
+# The columns added later (reasoning.mode's, engine): an old output has none of them.
+LATER_COLUMNS = ("score_direct", "score_reasoned", "decided_by", "engine")
+SCORES_BEFORE_MODES = pa.schema([f for f in SCORES_SCHEMA if f.name not in LATER_COLUMNS])
 
 # (query_id, doc_id, score, status, input_rank); q1's first stage is the reverse of Rank1's.
 SHARD0 = [
@@ -115,6 +116,7 @@ def test_results_read_only_committed_shards(out):
     assert res.provenance()["model"] == "toy" and res.prompt_id == "rank1-abc"
     assert res.provenance()["reasoning_mode"] == "think"
     assert res.table.column("decided_by").null_count == res.table.num_rows
+    assert res.table.column("engine").null_count == res.table.num_rows  # written before it
 
 
 def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):

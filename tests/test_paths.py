@@ -20,7 +20,7 @@ def job(output: str = "out", input_path: str = "in.parquet", **storage: object) 
 
 @pytest.mark.parametrize(
     "uri",
-    ["out/demo", "/abs/out", "file:///tmp/out", "s3://bucket/prefix", "s3a://b/p", "gs://b/p"],
+    ["out/demo", "/abs/out", "file:///tmp/out", "s3://bucket/prefix", "s3a://b/p"],
 )
 def test_safe_output_uris_are_accepted(uri):
     assert spec_from_mapping(job(output=uri)).output.path == uri
@@ -65,3 +65,120 @@ def test_check_uri_dotted_names_are_not_parent_segments():
     check_uri("s3://b/run..1/x..parquet", "output.path", output=True)
     with pytest.raises(UnsafePath):
         check_uri("s3://b/x/..\\y", "output.path", output=True)
+
+
+@pytest.mark.parametrize("scheme", ["gs", "gcs", "az", "abfs", "abfss"])
+def test_outputs_are_the_schemes_the_store_commits_to(scheme):
+    """The path rules and the store's exclusive-create check are one list."""
+    from rank1_batch import paths, storage
+
+    assert set(storage.EXCLUSIVE_BACKENDS) == paths.OUTPUT_SCHEMES == {"file", "local", "s3", "s3a"}
+    with pytest.raises(JobError, match=f"output.path: .*scheme {scheme!r} is not allowed"):
+        spec_from_mapping(job(output=f"{scheme}://bucket/out"))
+
+
+def trec_job(tmp_path, **fields: str):
+    import yaml
+
+    data = {
+        "input": {"path": "run.trec", "format": "trec", "queries": "q.jsonl", "corpus": "c.jsonl"},
+        "output": {"path": str(tmp_path / "out")},
+        "model": {"name": "toy"},
+    }
+    for dotted, value in fields.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("field", "uri", "rule"),
+    [
+        ("input__queries", "../secrets/queries.jsonl", "'..' segment"),
+        ("input__queries", "memory://q.jsonl", "scheme 'memory' is not allowed"),
+        ("input__corpus", "simplecache::s3://b/corpus", "chains filesystems"),
+        ("input__corpus", "http://example.com/corpus.jsonl", "scheme 'http' is not allowed"),
+        ("model__name", "../../models/rank1", "'..' segment"),
+        ("model__name", "zip://m::file:///tmp/m.zip", "chains filesystems"),
+        ("model__name", "ftp://host/model", "scheme 'ftp' is not allowed"),
+    ],
+)
+def test_every_uri_a_job_names_is_checked_one_line_exit_2(tmp_path, capsys, field, uri, rule):
+    from rank1_batch.cli import main
+
+    path = trec_job(tmp_path, **{field: uri})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    dotted = field.replace("__", ".")
+    assert err.startswith(f"rank1-batch: error: {path}: {dotted}: {uri!r}")
+    assert rule in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_ids_and_local_model_folders_pass():
+    for name in (
+        "jhu-clsp/rank1-7b",
+        "./models/rank1",
+        "/models/rank1",
+        "s3://b/models/x",
+        "gs://b/m",
+    ):
+        assert spec_from_mapping({**job(), "model": {"name": name}}).model.name == name
+
+
+@pytest.mark.parametrize(
+    ("entry", "rule"),
+    [
+        ({"id": "../../etc/x", "path": "pairs/../../etc/x.parquet"}, "is not a plain shard-NNNNN"),
+        ({"id": "shard-00000", "path": "/etc/passwd"}, "is not pairs/shard-00000.parquet"),
+        ({"id": "shard-00000/../../x"}, "is not a plain shard-NNNNN"),
+        ({"id": 7}, "shard 7 is not a plain"),
+    ],
+)
+def test_a_manifest_naming_other_files_is_refused_one_line_exit_2(tmp_path, capsys, entry, rule):
+    """A resume joins the manifest's shard ids into paths: only prepare's own names pass."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from rank1_batch import commit
+    from rank1_batch.cli import main
+    from rank1_batch.inputs import listing, scan_inputs
+    from rank1_batch.spec import load_job
+    from rank1_batch.storage import Store
+
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table({"query_id": ["q"], "query": ["a"], "doc_id": ["d"], "passage": ["b"]}), data
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        yaml.safe_dump({"input": {"path": str(data)}, "output": {"path": str(tmp_path / "out")},
+                        "model": {"name": "toy", "engine": "transformers", "device": "cpu"}})
+    )  # fmt: skip
+    spec = load_job(path)
+    store = Store(spec.output.path)
+    commit.claim_output(store, commit.job_record(spec, listing(scan_inputs(spec.input))))
+    store.write_json(commit.MANIFEST, {"shards": [{"id": "shard-00001"}, entry]})
+    assert main(["-q", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rank1-batch: error: {store.uri}/pairs/_manifest.json: ")
+    assert rule in err and err.count("\n") == 1
+    assert not store.exists(commit.SUCCESS)
+
+
+def test_manifest_names_prepare_writes_pass():
+    from rank1_batch.paths import check_manifest
+
+    check_manifest(
+        {
+            "shards": [{"id": "shard-00000", "path": "pairs/shard-00000.parquet"},
+                       {"id": "shard-1000000"}],
+            "rejected_files": ["rejected/shard-00000.parquet", "rejected/unit-00003.parquet"],
+        },
+        "m",
+    )  # fmt: skip
+    with pytest.raises(UnsafePath, match=r"rejected file '\.\./x\.parquet'"):
+        check_manifest({"shards": [], "rejected_files": ["../x.parquet"]}, "m")

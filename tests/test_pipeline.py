@@ -103,7 +103,9 @@ def test_demo_writes_the_layout(demo_out):
         "score_direct",
         "score_reasoned",
         "decided_by",
+        "engine",
     ]
+    assert set(scores.column("engine").to_pylist()) == {"transformers"}
     traces = shard_table(Store(str(demo_out)), shards[0], "traces")
     assert traces.column_names == ["query_id", "doc_id", "reasoning", "finish_reason"]
     assert "The query is about" in traces.column("reasoning")[0].as_py()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rank1_batch import commit, reuse
+from rank1_batch import commit, reuse, reuse_ready
 from rank1_batch.results import shard_table
 from rank1_batch.spec import spec_from_mapping
 from rank1_batch.storage import Store
@@ -63,7 +63,6 @@ NOT_KEY_FIELDS = [
     "output.path=/elsewhere",
     "output.shard_size=7",
     "input.path=/other.parquet",
-    "model.device=cuda",
     "model.gpu_memory_utilization=0.5",
     "model.enforce_eager=true",
     "compute.workers=4",
@@ -91,6 +90,22 @@ def test_tuning_knobs_and_locations_keep_the_key(override):
     base = spec_from_mapping(demo_mapping())
     changed = spec_from_mapping(demo_mapping(), overrides=[override])
     assert reuse.keys_for(pairs(), base) == reuse.keys_for(pairs(), changed)
+
+
+def test_device_enters_the_key_only_through_the_dtype_it_resolves():
+    """``dtype: auto`` is float32 on CPU and a 16-bit type on a GPU: the key hashes the
+    resolved dtype (as the fingerprint does), so the device matters only through it."""
+    keys = [
+        reuse.keys_for(pairs(), spec_from_mapping(demo_mapping(), overrides=extra))
+        for extra in (
+            [],
+            ["model.device=cuda"],
+            ["model.dtype=float32"],
+            ["model.dtype=float32", "model.device=cuda"],
+        )
+    ]
+    assert keys[0] != keys[1]
+    assert keys[0] == keys[2] == keys[3]
 
 
 def test_key_covers_composed_texts_not_ids():
@@ -153,6 +168,7 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
             "reasoning_tokens": [5, 6],
             "truncated": [False, True],
             "model_revision": ["rev1", "rev0"],  # d3 was scored by another revision
+            "engine": ["vllm", "vllm"],
             "reasoning": ["because a", "because c"],
             "finish_reason": ["stop", "length"],
             "reused_from": ["/earlier", "/earlier"],
@@ -168,7 +184,7 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
          "prompt_tokens": [7, 8], "reasoning_tokens": [3, 4], "truncated": [False, False],
          "rank": [1, 2], "model": ["toy"] * 2, "model_revision": ["rev1"] * 2,
          "prompt_id": ["p"] * 2, "score_direct": [None] * 2, "score_reasoned": [0.5, 0.1],
-         "decided_by": ["think"] * 2},
+         "decided_by": ["think"] * 2, "engine": ["transformers"] * 2},
         schema=SCORES_SCHEMA,
     )  # fmt: skip
     traces = pa.table(
@@ -182,6 +198,8 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
     assert scores.column("score").to_pylist() == [0.2, 0.5, 0.1]
     assert scores.column("rank").to_pylist() == [2, 1, 3]
     assert scores.column("reused_from").to_pylist() == ["/earlier", None, None]
+    # A copied row keeps the engine that judged it in the earlier output.
+    assert scores.column("engine").to_pylist() == ["vllm", "transformers", "transformers"]
     assert tr.column("reasoning").to_pylist() == ["because a", "x", "y"]
     stats = reuse.copied_stats(copied)
     assert (stats.pairs, stats.reused, stats.complete, stats.reasoning_tokens) == (1, 1, 1, 5)
@@ -279,7 +297,7 @@ def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_r
     init_ray(spec)
     manifest = prepare(spec, store, files)
     shards = [s["id"] for s in manifest["shards"]]
-    matched = reuse.build_reuse(spec, store, shards)
+    matched = reuse_ready.build_reuse(spec, store, shards)
     assert sum(matched.values()) == 3000
     engine = build_engine(spec, model_path(spec))
     first = score_local(spec, store, shards[:2], engine)
@@ -334,7 +352,7 @@ def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
     manifest = prepare(spec, store, files)
     shards = [s["id"] for s in manifest["shards"]]
     assert reuse.usable_sources(spec) == []
-    assert reuse.build_reuse(spec, store, shards) == {}
+    assert reuse_ready.build_reuse(spec, store, shards) == {}
     # Same settings: every pair matches (the join, not a shortcut, finds them).
     same_spec = spec_from_mapping(
         demo_mapping(output={"path": str(tmp_path / "p"), "shard_size": 500},
@@ -343,7 +361,7 @@ def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
     store2 = Store(same_spec.output.path)
     commit.claim_output(store2, commit.job_record(same_spec, listing(files)))
     prepare(same_spec, store2, files)
-    assert sum(reuse.build_reuse(same_spec, store2, shards).values()) == 3000
+    assert sum(reuse_ready.build_reuse(same_spec, store2, shards).values()) == 3000
 
 
 @pytest.mark.s3

@@ -603,10 +603,16 @@ def test_runner_resolves_engine_and_gpus(monkeypatch: pytest.MonkeyPatch) -> Non
     from rank1_batch.executor import ray_pool
 
     auto = spec_from_mapping(MINIMAL)
-    assert factory.engine_kind(auto) == ("vllm" if factory.vllm_usable() else "transformers")
-    monkeypatch.setattr(factory, "vllm_usable", lambda: True)
+    from rank1_batch.engines.resolve import Platform
+
+    def platform(gpu: bool, vllm: bool) -> None:
+        monkeypatch.setattr(factory, "local_platform", lambda spec=None: Platform(gpu, vllm))
+
+    platform(gpu=True, vllm=True)
     assert factory.engine_kind(auto) == "vllm"
-    monkeypatch.setattr(factory, "vllm_usable", lambda: False)
+    platform(gpu=False, vllm=True)
+    assert factory.engine_kind(auto) == "transformers"
+    platform(gpu=True, vllm=False)
     assert factory.engine_kind(auto) == "transformers"
     assert ray_pool.worker_gpus(auto) == 0
     assert ray_pool.worker_gpus(spec_from_mapping(with_model(engine="vllm"))) == 1

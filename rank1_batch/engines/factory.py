@@ -1,7 +1,8 @@
 """Which engine a job gets, and how it is built from the job file.
 
-Resolved where the engine runs (inside the scoring actor on a cluster): ``engine: auto`` must
-see the GPUs Ray gave that process, and the model folder is the one on that node.
+The actors receive a spec whose ``auto`` settings the driver resolved
+(:mod:`rank1_batch.engines.resolve`) and build exactly that engine; the model folder is
+found where the engine runs (the one on that node).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from typing import Any
 
 from rank1_batch.engines.base import EngineOptions, Rank1Engine
+from rank1_batch.engines.resolve import local_platform, resolve_spec
 from rank1_batch.spec import JobSpec
 
 # Test-only hook: ``module:function`` building a test double from the engine options (the
@@ -25,24 +27,10 @@ def model_path(spec: JobSpec) -> str:
     return resolve(spec)
 
 
-def vllm_usable() -> bool:
-    """vllm is installed and this process sees a CUDA GPU (checked where the engine runs)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def engine_kind(spec: JobSpec) -> str:
-    """``auto`` is vLLM where vllm is installed and a CUDA GPU is visible, else transformers."""
-    if spec.model.engine != "auto":
-        return spec.model.engine
-    return "vllm" if vllm_usable() else "transformers"
+    """The engine ``spec`` runs: as resolved on the driver, or (a spec not resolved yet,
+    built in this process) by the same rules on this process's hardware."""
+    return resolve_spec(spec, local_platform).model.engine
 
 
 def engine_options(spec: JobSpec) -> EngineOptions:
@@ -68,7 +56,8 @@ def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
             engine_options(spec)
         )
         return built
-    kind = engine_kind(spec)
+    spec = resolve_spec(spec, local_platform)  # a driver-resolved spec is kept as it is
+    kind = spec.model.engine
     m = spec.model
     kwargs: dict[str, Any] = {
         "revision": m.revision,

@@ -11,15 +11,15 @@ import logging
 import time
 from typing import Any
 
-from rank1_batch import commit, console, lease, model_cache
+from rank1_batch import commit, console, lease, model_cache, paths, reuse_ready
 from rank1_batch.engines.factory import model_path
+from rank1_batch.engines.resolve import resolve_spec
 from rank1_batch.executor.attempts import settle
 from rank1_batch.executor.ray_pool import init_ray, score_pending
 from rank1_batch.formats import CONVERTED
 from rank1_batch.inputs import InputError, InputFile, listing, scan_inputs
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.prepare import prepare
-from rank1_batch.reuse import build_reuse
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import StorageError, Store
 from rank1_batch.verify import require_files
@@ -48,6 +48,9 @@ def run(
     (:mod:`rank1_batch.lease`); by default that is refused with :class:`lease.OutputBusy`.
     """
     start = time.perf_counter()
+    # engine/device/dtype ``auto`` decided once, here, for the workers' resources: the
+    # fingerprint hashes these values and every actor builds exactly this engine.
+    spec = resolve_spec(spec)
     store = Store(spec.output.path, spec.storage)
     store.check_access()  # no such bucket / access denied: fail now, before input or model
     store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
@@ -65,6 +68,8 @@ def run(
                 f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
             )
         commit.claim_output(store, commit.job_record(spec, listing(files)))
+    if store.exists(commit.MANIFEST):  # a resume: its names are joined into paths below
+        _check_manifest(store, store.read_json(commit.MANIFEST))
     if store.exists(commit.SUCCESS):
         # Certified once, but files can be lost or replaced since: what finalize checks.
         require_files(store, commit.read_markers(store))
@@ -73,6 +78,10 @@ def run(
         return done
     with lease.Lease(store, join=join, take_over=take_over) as held:
         return _run_held(spec, store, files, held, start, quiet)
+
+
+def _check_manifest(store: Store, manifest: dict[str, Any]) -> None:
+    paths.check_manifest(manifest, f"{store.uri.rstrip('/')}/{commit.MANIFEST}")
 
 
 def _run_held(
@@ -88,6 +97,7 @@ def _run_held(
     console.tame_ray(quiet)
     init_ray(spec)
     manifest = prepare(spec, store, files)
+    _check_manifest(store, manifest)  # as prepare read it
     done_shards = commit.committed_shards(store)
     pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
     log.info(
@@ -104,8 +114,8 @@ def _run_held(
                 store.remove_temp_leftovers(folder)
         console.ray_bars_during_score()
         log.info(console.CONSTRUCTOR_NOTE)
-        if spec.reuse:
-            build_reuse(spec, store, [s["id"] for s in pending])
+        if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
+            reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
         settle(spec, store, score_pending(spec, store, pending))
     return finalize(
         store,

@@ -97,6 +97,8 @@ def scores_table(
             "score_direct": rows.score_direct,
             "score_reasoned": rows.score_reasoned,
             "decided_by": rows.decided_by,
+            # Engine.name; a duck-typed test double without one leaves the column null.
+            "engine": [getattr(engine, "name", None)] * n,
         },
         schema=SCORES_SCHEMA,
     )

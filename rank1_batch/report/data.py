@@ -24,11 +24,11 @@ from rank1_batch import commit, rank1
 from rank1_batch.labels import LabelCounts, LabelRules, select
 from rank1_batch.report.stats import Histogram, Reliability, kendall_tau_b, linear_edges, spearman
 from rank1_batch.results import LABEL_STATUSES, ResultsError
-from rank1_batch.schemas import MODE_COLUMNS, SCORES_SCHEMA
+from rank1_batch.schemas import LATER_COLUMNS, SCORES_SCHEMA
 from rank1_batch.storage import Store
 
-# The report reads the final score only; outputs older than reasoning.mode lack MODE_COLUMNS.
-SCORE_COLUMNS = tuple(n for n in SCORES_SCHEMA.names if n not in MODE_COLUMNS)
+# The report reads the final score only; older outputs lack LATER_COLUMNS.
+SCORE_COLUMNS = tuple(n for n in SCORES_SCHEMA.names if n not in LATER_COLUMNS)
 PROVENANCE = ("model", "model_revision", "prompt_id")
 SCAN_PAIR_COLUMNS = ("query_id", "doc_id", "input_rank")
 STATUSES = rank1.STATUSES
