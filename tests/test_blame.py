@@ -125,6 +125,30 @@ def test_a_hang_times_out_commits_nothing_and_is_charged(tmp_path, monkeypatch):
     assert record["cause"] == attempts.OWN_ERROR and record["charged"] is True
 
 
+def test_an_actor_told_to_stop_records_its_attempts_as_interrupted(tmp_path, monkeypatch):
+    """The exit hook (Ray's SIGTERM handler exits through ``sys.exit``): not charged."""
+    shard_worker, store = worker(tmp_path, monkeypatch, Store, "")
+    shard_worker._start(SHARD, "a1")
+    shard_worker._interrupted()
+    (record,) = attempts.records(store, SHARD)
+    assert record["cause"] == attempts.INTERRUPTED and record["charged"] is False
+    assert not attempts.failed(store, SHARD)
+
+
+def test_causes_of_death() -> None:
+    from collections import Counter
+
+    from rank1_batch.executor.blame import cause_of_death
+
+    dead = Counter({"h:1:aaaa": 3, "h:2:aaaa": 1, "h:3:bbbb": 2})
+    alive = {"aaaa0123456789", "cccc0123456789"}
+    assert cause_of_death({"worker": "h:1:aaaa"}, dead, alive) == attempts.CRASH_SHARED
+    assert cause_of_death({"worker": "h:2:aaaa"}, dead, alive) == attempts.CRASH_ALONE
+    assert cause_of_death({"worker": "h:3:bbbb"}, dead, alive) == attempts.NODE_LOST
+    assert cause_of_death({"worker": "h:2:aaaa"}, dead, None) == attempts.CRASH_ALONE
+    assert {attempts.OWN_ERROR, attempts.CRASH_ALONE} == attempts.CHARGED
+
+
 def test_the_commit_gate_decides_once() -> None:
     """The batch path: the timeout and the commit race for one gate; the loser backs off."""
     late = CommitGate()
