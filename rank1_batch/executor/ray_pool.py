@@ -328,6 +328,10 @@ def _score_round(
             # whose actor died is not retried, the driver decides in the next round.
             max_restarts=len(items) + workers,
             max_task_retries=0,
+            # An actor ending normally shuts its engine down (atexit) before its children go;
+            # Ray would kill them first (vLLM's engine core under a live engine: a traceback).
+            # A killed actor's engine processes are reaped (rank1_batch.engines.reaper).
+            runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
             **placement,
         )
     try:
@@ -339,6 +343,33 @@ def _score_round(
             else:
                 progress.shard_done(str(row["shard"]), int(row["pairs"]))
     finally:
+        del ds  # Ray Data releases the pool's actors: each exits, shutting its engine down
+        _await_actors_gone()
         for group in groups:  # the round's actors are gone: free their GPUs for the next
             with contextlib.suppress(Exception):
                 ray.util.remove_placement_group(group)
+
+
+def _await_actors_gone(timeout: float = 60.0) -> None:
+    """Wait (bounded) until this job's scoring actors have exited: an actor shuts its engine
+    down on its way out, and a driver that ends first (or a next round that starts) would
+    have Ray kill the engine's processes under a live engine (or find its GPUs still held)."""
+    import ray
+    from ray._private import state  # the GCS actor table; needs no dashboard
+
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            table = state.actors()
+        except Exception:  # the table is only for a courtesy wait
+            return
+        if not any(
+            "ShardWorker" in str(a.get("ActorClassName", ""))
+            and a.get("JobID") == job
+            and a.get("State") != "DEAD"
+            for a in table.values()
+        ):
+            return
+        time.sleep(0.2)
+    log.warning("scoring actors still running %gs after their round; going on", timeout)
