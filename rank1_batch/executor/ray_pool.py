@@ -342,9 +342,9 @@ def _score_round(
                 log.warning("%s: attempt failed: %s", row["shard"], row["error"])
             else:
                 progress.shard_done(str(row["shard"]), int(row["pairs"]))
-    finally:
         del ds  # Ray Data releases the pool's actors: each exits, shutting its engine down
-        _await_actors_gone()
+        _await_actors_gone()  # not on Ctrl-C or a failed round: those end at once
+    finally:
         for group in groups:  # the round's actors are gone: free their GPUs for the next
             with contextlib.suppress(Exception):
                 ray.util.remove_placement_group(group)
