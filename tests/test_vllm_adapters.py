@@ -487,7 +487,7 @@ def test_dead_engine_exits_the_actor(monkeypatch: pytest.MonkeyPatch) -> None:
     class Exited(Exception):
         pass
 
-    def fake_exit(exc: BaseException) -> None:
+    def fake_exit(exc: BaseException, engine: object = None) -> None:
         raise Exited(type(exc).__name__)
 
     monkeypatch.setattr(ve, "exit_for_restart", fake_exit)

@@ -11,10 +11,20 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   Forced pass: ``logprobs_mode="processed_logprobs"`` makes its logprobs a log-softmax over
   the two allowed ids, as in the reference's vLLM 0.7.2 (V1 computes them *before*
   ``allowed_token_ids`` masking by default).
-* **Failures**: a dead engine (``EngineDeadError``) or out of memory logs and
-  ``os._exit(1)``, so Ray restarts the actor and retries the shard; a request vLLM refuses
-  (validation, a per-request error) is an ``error`` row (``engine_error``) and the rest go on;
-  start-up failure raises ``RuntimeError`` with vLLM's message.
+* **Failures**: a dead engine (``EngineDeadError``) or out of memory logs, shuts the engine
+  down (bounded) and ``os._exit(1)``, so Ray restarts the actor and retries the shard; a
+  request vLLM refuses (validation, a per-request error) is an ``error`` row
+  (``engine_error``) and the rest go on; start-up failure raises ``RuntimeError``.
+* **Shut down on every exit path**, each bounded (:data:`SHUTDOWN_SECONDS`): ``close()``;
+  a fatal error before ``os._exit``; an ``atexit`` hook for a process that ends normally
+  (Ray Data ending its actors, SIGTERM). Ray kills an actor's child processes before its
+  ``atexit`` hooks run, which killed the engine core under a live ``AsyncLLM`` (the
+  ``EngineDeadError`` traceback that ended every run): the scoring actors turn that off
+  (:mod:`rank1_batch.executor.ray_pool`) so the hook closes the engine first. vLLM 0.32's
+  engine core does not
+  exit when its parent is SIGKILLed (it keeps the GPU memory): a small reaper process
+  (:func:`start_reaper`) waits on a pipe from this process and kills the engine's processes
+  when the pipe closes, however this process ended (:mod:`rank1_batch.engines.reaper`).
 * **Its own event loop**: the ``AsyncLLM`` lives on the engine's private loop (a daemon
   thread); callers on any loop (the Ray actor's, a test's ``asyncio.run``, the synchronous
   adapters) reach it through :meth:`StreamEngine.on_home_loop`.
@@ -27,15 +37,21 @@ vllm is imported inside :class:`VLLMEngine` only.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import itertools
 import logging
 import os
+import subprocess
 import sys
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rank1_batch.engines.base import EngineOptions, Generation, StreamEngine
+from rank1_batch.engines.reaper import start_reaper
 from rank1_batch.engines.vllm_protocol import (
     FINISH_ENGINE_ERROR,
     FINISH_EOS,
@@ -155,13 +171,23 @@ def configure_environment(
         os.environ[BATCH_INVARIANT_ENV] = "1"
 
 
-def exit_for_restart(exc: BaseException) -> NoReturn:
-    """Take the actor down so Ray restarts it and retries the shard on a fresh engine."""
+SHUTDOWN_SECONDS = 10.0
+"""Bound on shutting an engine down; past it the reaper kills what is left."""
+
+
+def exit_for_restart(exc: BaseException, engine: VLLMEngine | None = None) -> NoReturn:
+    """Take the actor down so Ray restarts it and retries the shard on a fresh engine; the
+    engine is shut down first, within :data:`SHUTDOWN_SECONDS`."""
     log.critical(
         "vLLM engine is unusable (%s: %s); exiting so Ray restarts this actor and retries",
         type(exc).__name__,
         exc,
     )
+    if engine is not None:  # from a thread: this may block the engine's own loop
+        on_loop = threading.current_thread() is engine._sync_thread
+        closer = threading.Thread(target=engine.close, kwargs={"direct": on_loop}, daemon=True)
+        closer.start()
+        closer.join(SHUTDOWN_SECONDS)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(1)
@@ -230,13 +256,19 @@ class VLLMEngine(StreamEngine):
         self._sampling_params = vllm.SamplingParams
         self._final_only = RequestOutputKind.FINAL_ONLY
         self._ids = itertools.count()
+        # Before the engine core starts: its processes inherit the reaper's mark.
+        self._reaper: subprocess.Popen[bytes] | None = start_reaper()
         try:
             self.llm = self.run_sync(self._start(kwargs))
         except Exception as exc:
             self.stop_sync_loop()
+            if self._reaper.stdin is not None:
+                self._reaper.stdin.close()  # reaps what the failed start left
             raise RuntimeError(
                 f"vLLM engine failed to start for {model_path!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        # After multiprocessing's own exit hook, so it runs first (LIFO).
+        atexit.register(_close_at_exit, weakref.ref(self))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_in_flight = int(self.llm.vllm_config.scheduler_config.max_num_seqs)
         self.prompt_tokens_submitted = 0
@@ -293,7 +325,7 @@ class VLLMEngine(StreamEngine):
         except Exception as exc:
             if is_fatal_engine_error(exc):
                 if self.exit_on_fatal:
-                    exit_for_restart(exc)
+                    exit_for_restart(exc, self)
                 raise
             if is_request_error(exc):
                 log.warning("vLLM refused a request: %s: %s", type(exc).__name__, exc)
@@ -310,16 +342,33 @@ class VLLMEngine(StreamEngine):
             return None  # the pair falls back (flagged), as when an answer id is missing
         return answer_from_output(out, self.true_id, self.false_id)
 
-    def close(self) -> None:
-        """Shut the engine core down (frees GPU memory) and stop the engine's loop."""
+    def close(self, timeout: float = SHUTDOWN_SECONDS, *, direct: bool = False) -> None:
+        """Shut the engine core down (frees GPU memory) and stop the engine's loop, within
+        ``timeout`` seconds; the reaper kills whatever is left. ``direct``: from this thread,
+        the engine's loop being blocked (a fatal error raised on it)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             try:  # on its own loop, where its output handler task runs
-                self.run_sync(_shutdown(llm))
+                if direct:
+                    llm.shutdown(timeout=timeout)
+                else:
+                    done = asyncio.run_coroutine_threadsafe(
+                        _shutdown(llm, timeout), self.home_loop()
+                    )
+                    done.result(timeout + 1)
             except Exception as exc:  # closing must not mask the caller's own error
-                log.warning("vLLM engine shutdown failed: %s", exc)
+                log.warning("vLLM engine shutdown failed: %s: %s", type(exc).__name__, exc)
         self.stop_sync_loop()
+        reaper, self._reaper = getattr(self, "_reaper", None), None
+        if reaper is not None and reaper.stdin is not None:
+            reaper.stdin.close()  # the reaper kills any engine process left, then exits
 
 
-async def _shutdown(llm: Any) -> None:
-    llm.shutdown()
+def _close_at_exit(ref: weakref.ref[VLLMEngine]) -> None:
+    engine = ref()
+    if engine is not None and getattr(engine, "llm", None) is not None:
+        engine.close()
+
+
+async def _shutdown(llm: Any, timeout: float) -> None:
+    llm.shutdown(timeout=timeout)

@@ -1,14 +1,16 @@
 """Bounded attempts: every attempt of a shard is recorded in the output folder.
 
 ``_attempts/<shard>/<attempt>.json`` is created (create-only) when an attempt starts and
-rewritten with its ``error`` when it fails. An attempt whose process died (a crash, a kill,
-``compute.shard_timeout``) cannot write its error: after each round the driver writes it for
-the attempts its own run started. Attempts of an earlier run that never ended were cut short
-by that run's driver stopping (the whole Ray job goes with it): they are ``interrupted`` and
-do not count. A shard with ``compute.max_shard_attempts`` failed attempts is quarantined: the
-job ends naming it (:class:`ShardQuarantined`, exit code 3), or with
-``compute.on_shard_failure: error_rows`` its pairs are committed as ``error`` rows with code
-``shard_failed``.
+rewritten with its ``error``, ``cause`` and ``charged`` when it fails; never for an attempt
+whose commit marker landed after all (a committed shard is never recorded as failed). An
+attempt whose process died (a crash, a kill, ``compute.shard_timeout`` on a batch engine)
+cannot write its error: after each round the driver writes it for the attempts its own run
+started, with the cause :mod:`rank1_batch.executor.blame` finds. Attempts of an earlier run
+that never ended were cut short by that run's driver stopping (the whole Ray job goes with
+it): they do not count. Only ``charged`` failures count (the shard's own: :data:`CHARGED`); a
+shard with ``compute.max_shard_attempts`` of them is quarantined: the job ends naming it
+(:class:`ShardQuarantined`, exit code 3), or with ``compute.on_shard_failure: error_rows``
+its pairs are committed as ``error`` rows with code ``shard_failed``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rank1_batch import rank1
+from rank1_batch import commit, rank1
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
 
@@ -28,6 +30,15 @@ ATTEMPTS = "_attempts"
 SHARD_FAILED = "shard_failed"
 EXIT_QUARANTINED = 3
 DIED = "the attempt ended without a result (its process died, was killed or timed out)"
+
+# Causes of a failed attempt (the ``cause`` of its record).
+OWN_ERROR = "own_error"  # the attempt raised (a pair, the shard's data, its timeout)
+CRASH_ALONE = "crash_alone"  # its process died while it was the only attempt there
+CRASH_SHARED = "crash_shared"  # its process died with other attempts in flight
+NODE_LOST = "node_lost"  # its node left the cluster (preemption, node failure)
+INTERRUPTED = "interrupted"  # its process was told to stop (SIGTERM) or the driver stopped
+ROUND_FAILED = "round_failed"  # the actor pool failed as a whole (no actor could start)
+CHARGED = frozenset({OWN_ERROR, CRASH_ALONE})
 
 
 def attempt_path(shard: str, attempt: str) -> str:
@@ -39,12 +50,21 @@ def start(store: Store, shard: str, attempt: str, run: str, worker: str) -> None
     store.create_json(attempt_path(shard, attempt), {**record, "started_at": time.time()})
 
 
-def fail(store: Store, shard: str, attempt: str, error: str) -> None:
-    """Record why an attempt failed (keeps what the start record said)."""
+def fail(store: Store, shard: str, attempt: str, error: str, cause: str = OWN_ERROR) -> bool:
+    """Record why an attempt failed (keeps what the start record said); whether it did: not
+    when the shard's marker is this attempt's (its commit landed, the attempt succeeded)."""
+    if committed_by(store, shard, attempt):
+        return False
     rel = attempt_path(shard, attempt)
     record = store.read_json(rel) if store.exists(rel) else {"shard": shard, "attempt": attempt}
-    record.update(error=error[:2000], ended_at=time.time())
+    record.update(error=error[:2000], cause=cause, charged=cause in CHARGED, ended_at=time.time())
     store.write_json(rel, record)
+    return True
+
+
+def committed_by(store: Store, shard: str, attempt: str) -> bool:
+    rel = commit.marker_path(shard)
+    return bool(attempt) and store.exists(rel) and store.read_json(rel).get("attempt") == attempt
 
 
 def records(store: Store, shard: str) -> list[dict[str, Any]]:
@@ -53,11 +73,9 @@ def records(store: Store, shard: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: r.get("started_at", 0.0))
 
 
-def close_orphans(store: Store, shard: str, run: str, reason: str = DIED) -> None:
-    """Give this run's unfinished attempts of an uncommitted shard their error."""
-    for r in records(store, shard):
-        if r.get("run") == run and "error" not in r:
-            fail(store, shard, r["attempt"], reason)
+def unfinished(store: Store, shard: str, run: str) -> list[dict[str, Any]]:
+    """This run's attempts of ``shard`` that never recorded an end."""
+    return [r for r in records(store, shard) if r.get("run") == run and "error" not in r]
 
 
 @dataclass(frozen=True)
@@ -71,8 +89,9 @@ class Quarantine:
 
 
 def failed(store: Store, shard: str) -> list[dict[str, Any]]:
-    """Attempts that count toward the limit: those that ended with an error."""
-    return [r for r in records(store, shard) if "error" in r]
+    """Attempts that count toward the limit: those that failed by the shard's own fault
+    (records written before causes were recorded count, as they did)."""
+    return [r for r in records(store, shard) if "error" in r and r.get("charged", True)]
 
 
 def quarantine_of(store: Store, shard: str, limit: int) -> Quarantine | None:

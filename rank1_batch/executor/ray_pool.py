@@ -3,27 +3,26 @@
 Also the resource policy: CPUs and GPUs per actor, and the placement group for vLLM's Ray
 tensor-parallel backend.
 
-The actor is an async callable class (``async def __call__``), the pattern Ray Data runs on one
-event loop per actor and ``ray.data.llm`` uses for vLLM. With a stream engine (vLLM's
-``AsyncLLM``) the actor takes ``compute.shards_in_flight`` shards at once (actor
-``max_concurrency`` and ``max_tasks_in_flight_per_actor``) and each goes through
-:class:`rank1_batch.executor.stream.ShardStreamer`, so the engine never drains between
-shards. A batch engine (transformers) runs :func:`rank1_batch.pipeline.score.process_shard` in
-a thread, one shard at a time, exactly as before.
+The actor (:class:`rank1_batch.executor.actor.ShardWorker`) takes ``compute.shards_in_flight``
+shards at once with a stream engine (actor ``max_concurrency`` and
+``max_tasks_in_flight_per_actor``), one with a batch engine.
 
-Failures (issue 11): the actor catches every exception of a shard attempt, records it
-(:mod:`rank1_batch.executor.attempts`) and returns it as a failed row, so one shard never fails
-the others. Ray's own retries are bounded: an actor that dies is restarted (a bounded number of
-times per round) but its task is not retried (``max_task_retries=0``), and the dataset keeps
-going past failed tasks (``DataContext.max_errored_blocks=-1``); a constructor that raises is
-retried in the actor (``actor_init_retry_on_errors``) and an actor that dies starting is
-replaced (``max_consecutive_actor_init_deaths``). The driver runs rounds over the shards still
-pending, with a doubling pause between them, until each is committed or quarantined.
+Failures (issue 11): the actor records each failed attempt and returns it as a failed row, so
+one shard never fails the others. Ray's own retries are bounded: an actor that dies is
+restarted (a bounded number of times per round) but its task is not retried
+(``max_task_retries=0``), and the dataset keeps going past failed tasks
+(``DataContext.max_errored_blocks=-1``); a constructor that raises is retried in the actor
+(``actor_init_retry_on_errors``) and an actor that dies starting is replaced
+(``max_consecutive_actor_init_deaths``). The driver runs rounds over the shards still pending,
+with a doubling pause between them, until each is committed or quarantined. After each round
+it gives the attempts that died their cause (:mod:`rank1_batch.executor.blame`: only a
+shard's own failures count toward its quarantine), and shards whose attempt died are scored
+in isolation (a pool with one shard per actor) until the poison one is found. Placement
+groups made for a round's actors are removed when the round ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -37,89 +36,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from rank1_batch import commit, model_cache
-from rank1_batch.engines.base import StreamEngine
-from rank1_batch.engines.factory import build_engine, model_path
-from rank1_batch.executor import attempts
-from rank1_batch.executor.stream import ShardStreamer
-from rank1_batch.pipeline.score import process_shard, worker_name
+from rank1_batch.executor import attempts, blame
+from rank1_batch.executor.actor import ShardWorker
 from rank1_batch.progress import Progress
 from rank1_batch.spec import JobSpec
 from rank1_batch.storage import Store
 
 log = logging.getLogger(__name__)
-
-
-class ShardWorker:
-    """A Ray Data actor: loads one engine, then scores whole shards (batch_size=1)."""
-
-    def __init__(self, spec: JobSpec, store: Store, threads: int, run: str = "") -> None:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # engines without torch
-            pass
-        self.spec, self.store, self.run = spec, store, run
-        # Resolved here, not on the driver: on a cluster the worker's node has its own copy.
-        self.engine = build_engine(spec, model_path(spec))
-        self.streamer = (
-            ShardStreamer(self.engine, store, spec, max_requests=spec.compute.requests_in_flight)
-            if isinstance(self.engine, StreamEngine)
-            else None
-        )
-        self._batch_lock = asyncio.Lock()
-
-    def _start(self, shard: str, attempt: str) -> None:
-        attempts.start(self.store, shard, attempt, self.run, worker_name())
-
-    async def score(self, shard: str, attempt: str) -> commit.Marker:
-        timeout = self.spec.compute.shard_timeout
-        if self.streamer is not None:
-            await asyncio.to_thread(self._start, shard, attempt)
-            # cancellation reaches every request of the shard: nothing of it commits
-            return await asyncio.wait_for(self.streamer.score_shard(shard, attempt), timeout)
-        # A batch engine blocks: run it off the actor's event loop, one shard at a time (an
-        # `engine: auto` actor that resolved to transformers may be handed several at once).
-        async with self._batch_lock:
-            await asyncio.to_thread(self._start, shard, attempt)
-            work = asyncio.to_thread(
-                process_shard, shard, self.engine, self.store, self.spec, attempt
-            )
-            try:
-                return await asyncio.wait_for(work, timeout)
-            except TimeoutError:
-                # A thread cannot be stopped: record why, then end the process (Ray restarts
-                # the actor; this task is not retried).
-                attempts.fail(self.store, shard, attempt, f"timed out after {timeout:g}s")
-                log.error("%s: attempt %s timed out after %gs; exiting", shard, attempt, timeout)
-                os._exit(1)
-
-    async def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "pairs": [], "error": []}
-        for shard in map(str, batch["shard"]):
-            attempt = commit.new_attempt_id()
-            try:
-                marker = await self.score(shard, attempt)
-            except Exception as exc:  # one shard's failure is that shard's, not the job's
-                error = (
-                    f"timed out after {self.spec.compute.shard_timeout:g}s"
-                    if isinstance(exc, TimeoutError)
-                    else f"{type(exc).__name__}: {exc}"
-                )
-                log.warning("%s: attempt %s failed: %s", shard, attempt, error)
-                try:
-                    await asyncio.to_thread(attempts.fail, self.store, shard, attempt, error)
-                except Exception as record_exc:  # the driver records it after the round
-                    log.warning("%s: could not record the failure: %s", shard, record_exc)
-                out["shard"].append(shard)
-                out["pairs"].append(0)
-                out["error"].append(error)
-                continue
-            out["shard"].append(marker.shard)
-            out["pairs"].append(marker.rows)
-            out["error"].append("")
-        return out
 
 
 def shards_per_actor(spec: JobSpec) -> int:
@@ -168,15 +91,17 @@ def vllm_ray_backend(spec: JobSpec) -> bool:
     return spec.model.engine_args.get("distributed_executor_backend") == "ray"
 
 
-def vllm_placement_args(tensor_parallel_size: int) -> dict[str, Any]:
+def vllm_placement_args(tensor_parallel_size: int, made: list[Any] | None = None) -> dict[str, Any]:
     """Remote args placing one actor in a fresh PACK placement group of ``{GPU: 1, CPU: 1}``
     bundles; vLLM's Ray executor puts its workers in the actor's (captured) group, as Ray
-    Data's own vLLM stage does."""
+    Data's own vLLM stage does. The group is appended to ``made``: the round removes it."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     bundles = [{"GPU": 1, "CPU": 1} for _ in range(tensor_parallel_size)]
     group = ray.util.placement_group(bundles, strategy="PACK")
+    if made is not None:
+        made.append(group)
     return {
         "scheduling_strategy": PlacementGroupSchedulingStrategy(
             group, placement_group_capture_child_tasks=True
@@ -240,11 +165,13 @@ def score_pending(
     """Score pending shards in rounds of an actor pool, showing shards, pairs, pairs/s and
     ETA; return the shards quarantined after ``compute.max_shard_attempts`` failed attempts.
 
-    Each round gives every pending shard one attempt. Between rounds the driver records the
-    attempts that died without a result, quarantines shards at the limit and pauses
-    (``compute.retry_backoff``, doubling, at most 5 minutes). A round that fails as a whole (the
-    pool could not start) is retried the same way; after ``max_shard_attempts + 2`` rounds the
-    shards still pending are quarantined.
+    Each round gives every pending shard one attempt (those whose attempt died, in an
+    isolation pool of one shard per actor). Between rounds the driver records the cause of the
+    attempts that died without a result (:func:`blame.close_round`), quarantines shards at the
+    limit of charged failures and pauses (``compute.retry_backoff``, doubling, at most 5
+    minutes). A round that fails as a whole (the pool could not start) is retried the same
+    way; after ``max_shard_attempts + 2`` rounds in a row that neither commit nor charge
+    anything, the shards still pending are quarantined.
     """
     _ensure_gpus(spec)
     # once per node, not by every actor at once; GPU jobs only where a GPU is
@@ -256,13 +183,19 @@ def score_pending(
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
     quarantined: list[attempts.Quarantine] = []
     todo = _not_quarantined(store, pending, limit, quarantined)
-    rounds = 0
+    rounds = stalled = 0
     with _sigint_watch() as interrupted:
         while todo:
             rounds += 1
             reason = attempts.DIED
-            try:
-                _score_round(spec, store, todo, run, progress, threads, interrupted)
+            alone = [s for s in todo if blame.isolated(store, s["id"])]
+            shared = [s for s in todo if s not in alone]
+            try:  # shards whose attempt died go alone on an actor, after the others
+                for group, in_flight in ((shared, shards_per_actor(spec)), (alone, 1)):
+                    if group:
+                        _score_round(
+                            spec, store, group, run, progress, threads, interrupted, in_flight
+                        )
             except Exception as exc:  # the pool itself failed (e.g. no actor could start)
                 if interrupted.is_set():  # Ctrl-C, surfacing from Ray Data as another error
                     raise KeyboardInterrupt from exc
@@ -271,13 +204,17 @@ def score_pending(
             if interrupted.is_set():
                 raise KeyboardInterrupt
             done = commit.committed_shards(store)
-            todo = [s for s in todo if s["id"] not in done]
-            for s in todo:
-                attempts.close_orphans(store, s["id"], run, reason)
-            todo = _not_quarantined(store, todo, limit, quarantined)
-            if todo and rounds >= limit + 2:
+            left = [s for s in todo if s["id"] not in done]
+            charged = blame.close_round(store, [s["id"] for s in left], run, reason)
+            # A round that commits nothing and charges nothing (infrastructure failing)
+            # counts toward a bound; one that does (progress, or blame) resets it.
+            stalled = 0 if charged or len(left) < len(todo) else stalled + 1
+            todo = _not_quarantined(store, left, limit, quarantined)
+            if todo and stalled >= limit + 2:
                 for s in todo:
-                    error = f"still pending after {rounds} scoring rounds ({reason})"
+                    error = (
+                        f"still pending after {stalled} scoring rounds without progress ({reason})"
+                    )
                     quarantined.append(
                         attempts.Quarantine(s["id"], len(attempts.failed(store, s["id"])), error)
                     )
@@ -350,18 +287,20 @@ def _score_round(
     progress: Progress,
     threads: int,
     interrupted: threading.Event | None = None,
+    in_flight: int = 1,
 ) -> None:
-    """One pass of an actor pool over ``pending``: each shard gets one attempt."""
+    """One pass of an actor pool over ``pending``: each shard gets one attempt, with
+    ``in_flight`` shards at once per actor."""
     import ray
 
     cpus = worker_cpus(spec, float(ray.available_resources().get("CPU", 1)))
     workers = min(spec.compute.workers, len(pending))
-    in_flight = shards_per_actor(spec)
     items = [{"shard": s["id"]} for s in pending]
     placement: dict[str, Any] = {}
+    groups: list[Any] = []  # placement groups made for this round's actors
     if vllm_ray_backend(spec):
         placement["ray_remote_args_fn"] = functools.partial(
-            vllm_placement_args, spec.model.tensor_parallel_size
+            vllm_placement_args, spec.model.tensor_parallel_size, groups
         )
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = -1  # a failed task (its actor died) costs its shard only
@@ -389,12 +328,48 @@ def _score_round(
             # whose actor died is not retried, the driver decides in the next round.
             max_restarts=len(items) + workers,
             max_task_retries=0,
+            # An actor ending normally shuts its engine down (atexit) before its children go;
+            # Ray would kill them first (vLLM's engine core under a live engine: a traceback).
+            # A killed actor's engine processes are reaped (rank1_batch.engines.reaper).
+            runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
             **placement,
         )
-    for row in ds.iter_rows():
-        if interrupted is not None and interrupted.is_set():
-            raise KeyboardInterrupt  # Ctrl-C that Ray swallowed: stop at the next shard
-        if row["error"]:
-            log.warning("%s: attempt failed: %s", row["shard"], row["error"])
-        else:
-            progress.shard_done(str(row["shard"]), int(row["pairs"]))
+    try:
+        for row in ds.iter_rows():
+            if interrupted is not None and interrupted.is_set():
+                raise KeyboardInterrupt  # Ctrl-C that Ray swallowed: stop at the next shard
+            if row["error"]:
+                log.warning("%s: attempt failed: %s", row["shard"], row["error"])
+            else:
+                progress.shard_done(str(row["shard"]), int(row["pairs"]))
+        del ds  # Ray Data releases the pool's actors: each exits, shutting its engine down
+        _await_actors_gone()  # not on Ctrl-C or a failed round: those end at once
+    finally:
+        for group in groups:  # the round's actors are gone: free their GPUs for the next
+            with contextlib.suppress(Exception):
+                ray.util.remove_placement_group(group)
+
+
+def _await_actors_gone(timeout: float = 60.0) -> None:
+    """Wait (bounded) until this job's scoring actors have exited: an actor shuts its engine
+    down on its way out, and a driver that ends first (or a next round that starts) would
+    have Ray kill the engine's processes under a live engine (or find its GPUs still held)."""
+    import ray
+    from ray._private import state  # the GCS actor table; needs no dashboard
+
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            table = state.actors()
+        except Exception:  # the table is only for a courtesy wait
+            return
+        if not any(
+            "ShardWorker" in str(a.get("ActorClassName", ""))
+            and a.get("JobID") == job
+            and a.get("State") != "DEAD"
+            for a in table.values()
+        ):
+            return
+        time.sleep(0.2)
+    log.warning("scoring actors still running %gs after their round; going on", timeout)

@@ -42,6 +42,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -54,6 +55,8 @@ from rank1_batch.storage import Store
 
 # Requests in flight per engine slot: a little queued work so no slot idles between requests.
 HEADROOM = 1.1
+
+T = TypeVar("T")
 
 
 def default_max_requests(max_in_flight: int) -> int:
@@ -203,41 +206,71 @@ class ShardStreamer:
 
         await self._stream(state, self.engine.judge_one, requests, chosen, both, last=True)
 
-    async def score_shard(self, shard: str, attempt: str = "") -> commit.Marker:
-        """Judge every pair of ``shard`` and commit it; the existing marker if already done."""
+    async def score_shard(
+        self, shard: str, attempt: str = "", timeout: float | None = None
+    ) -> commit.Marker:
+        """Judge every pair of ``shard`` and commit it; the existing marker if already done.
+
+        ``timeout`` bounds the judging (``TimeoutError``), never the commit: once the commit
+        thread has begun it runs to its end, even when this call is cancelled meanwhile (a
+        thread cannot be stopped, and a marker landing after the attempt was recorded as
+        failed would make the record lie). The cancellation is raised after it."""
         done = await asyncio.to_thread(committed_marker, shard, self.store)
         if done is not None:
             return done
         state = self._loop_state()
-        async with state.admission:  # one shard admitted at a time, in arrival order
-            await self._admit(state)
-            start = time.perf_counter()
-            work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
-            self.waiting += work.to_judge.num_rows
+        deadline = None if timeout is None else state.loop.time() + timeout
+        async with asyncio.timeout_at(deadline):
+            async with state.admission:  # one shard admitted at a time, in arrival order
+                await self._admit(state)
+                start = time.perf_counter()
+                work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
+                self.waiting += work.to_judge.num_rows
         requests = _Requests(work.to_judge, self.spec)
         work = work.ids_only()  # what the commit reads; the texts live on in ``requests``
         self.open_shards += 1
         self.peak_open_shards = max(self.peak_open_shards, self.open_shards)
-        # Closed whatever happens; a commit thread still reading when a cancelled shard
-        # gets here fails cleanly (JudgedRows locks its reads against the close).
+        # Closed whatever happens: a cancelled shard never starts its commit, and a commit
+        # is awaited to its end before the rows close.
         with JudgedRows(work.to_judge.num_rows) as rows:
             try:
-                await self.judge_pairs(state, requests, work.to_judge.column("query_id"), rows)
+                async with asyncio.timeout_at(deadline):
+                    await self.judge_pairs(state, requests, work.to_judge.column("query_id"), rows)
                 del requests
             finally:
                 self.open_shards -= 1
             seconds = time.perf_counter() - start
-            return await asyncio.to_thread(
-                commit_shard,
-                shard,
-                work,
-                rows,
-                self.engine,
-                self.store,
-                self.spec,
-                seconds,
-                attempt,
+            return await run_to_end(
+                asyncio.to_thread(
+                    commit_shard,
+                    shard,
+                    work,
+                    rows,
+                    self.engine,
+                    self.store,
+                    self.spec,
+                    seconds,
+                    attempt,
+                )
             )
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation (the commit of a shard whose attempt timed out or was cancelled late)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled: nothing more to wait for
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 _PENDING = rank1.Judgement(math.nan, math.nan, "pending")

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -308,7 +308,12 @@ def judge_shard(
 
 
 def process_shard(
-    shard: str, engine: Rank1Engine, store: Store, spec: JobSpec, attempt: str = ""
+    shard: str,
+    engine: Rank1Engine,
+    store: Store,
+    spec: JobSpec,
+    attempt: str = "",
+    may_commit: Callable[[], bool] | None = None,
 ) -> commit.Marker:
     """Score one shard and commit it; return its marker (the existing one if already done).
 
@@ -326,4 +331,6 @@ def process_shard(
     query_ids = work.to_judge.column("query_id").to_pylist()
     judgements = judge_shard(engine, requests, query_ids, spec) if requests else []
     seconds = time.perf_counter() - start
+    if may_commit is not None and not may_commit():  # the attempt was abandoned (timed out)
+        raise TimeoutError(f"{shard}: attempt {attempt} abandoned before its commit")
     return commit_shard(shard, work, judgements, engine, store, spec, seconds, attempt)
