@@ -3,6 +3,7 @@ not transient: no backoff rounds, no quarantine, no summary that blames a dead p
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
@@ -15,8 +16,16 @@ from rank1_batch.storage import Store
 pytestmark = pytest.mark.ray
 
 
-def test_a_full_output_device_ends_the_run_in_one_line(tmp_path):
+def test_a_full_output_device_ends_the_run_in_one_line(tmp_path, demo_reference):
     out = tmp_path / "out"
+    # A prepared output (the demo's job.json, manifest and pairs), not scored yet: a resume.
+    for name in (commit.JOB_FILE, "pairs", "rejected"):
+        src = demo_reference / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        elif src.exists():
+            out.mkdir(exist_ok=True)
+            shutil.copy(src, out / name)
     scores = out / "scores"
     scores.mkdir(parents=True)
     # scores/ on a filesystem of 8 KiB: a shard's scores file (about 19 KB) cannot be written,

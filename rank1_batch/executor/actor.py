@@ -32,7 +32,7 @@ from rank1_batch.executor import attempts
 from rank1_batch.executor.stream import ShardStreamer
 from rank1_batch.pipeline.score import committed_marker, process_shard, worker_name
 from rank1_batch.spec import JobSpec
-from rank1_batch.storage import Store
+from rank1_batch.storage import OutputUnwritable, Store
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,17 @@ class ShardWorker:
         return await work  # done, or its commit has begun: awaited to its end
 
     async def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "pairs": [], "error": []}
+        out: dict[str, list[Any]] = {"shard": [], "pairs": [], "error": [], "fatal": []}
         for shard in map(str, batch["shard"]):
             attempt = commit.new_attempt_id()
             try:
                 marker = await self.score(shard, attempt)
+            except OutputUnwritable as exc:  # no shard can commit: the driver ends the job
+                out["shard"].append(shard)
+                out["pairs"].append(0)
+                out["error"].append(f"{type(exc).__name__}: {exc}")
+                out["fatal"].append(str(exc))
+                continue
             except Exception as exc:  # one shard's failure is that shard's, not the job's
                 error = (
                     f"timed out after {self.spec.compute.shard_timeout:g}s"
@@ -155,8 +161,10 @@ class ShardWorker:
                     out["shard"].append(shard)
                     out["pairs"].append(0)
                     out["error"].append(error)
+                    out["fatal"].append("")
                     continue
             out["shard"].append(marker.shard)
             out["pairs"].append(marker.rows)
             out["error"].append("")
+            out["fatal"].append("")
         return out

@@ -40,7 +40,7 @@ from rank1_batch.executor import attempts, blame
 from rank1_batch.executor.actor import ShardWorker
 from rank1_batch.progress import Progress
 from rank1_batch.spec import JobSpec
-from rank1_batch.storage import Store
+from rank1_batch.storage import OutputUnwritable, Store
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,8 @@ def score_pending(
                         _score_round(
                             spec, store, group, run, progress, threads, interrupted, in_flight
                         )
+            except OutputUnwritable:
+                raise  # not transient: one line now, not rounds of backoff
             except Exception as exc:  # the pool itself failed (e.g. no actor could start)
                 if interrupted.is_set():  # Ctrl-C, surfacing from Ray Data as another error
                     raise KeyboardInterrupt from exc
@@ -338,6 +340,8 @@ def _score_round(
         for row in ds.iter_rows():
             if interrupted is not None and interrupted.is_set():
                 raise KeyboardInterrupt  # Ctrl-C that Ray swallowed: stop at the next shard
+            if row["fatal"]:  # the output's device is full or read-only: nothing can commit
+                raise OutputUnwritable(row["fatal"])
             if row["error"]:
                 log.warning("%s: attempt failed: %s", row["shard"], row["error"])
             else:
