@@ -123,6 +123,18 @@ def filesystem(
     return fs, path
 
 
+def _is_storage_failure(exc: BaseException) -> bool:
+    """An object store's failure (an OSError or a botocore/aiohttp error) that is no answer
+    about a file: a 4xx, or a transient error that outlived the retries. It reaches the user
+    as one :class:`StorageError` line naming the URI and the operation."""
+    if isinstance(
+        exc, FileNotFoundError | FileExistsError | IsADirectoryError | NotADirectoryError
+    ):
+        return False
+    module = type(exc).__module__
+    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp"))
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -193,7 +205,10 @@ class Store:
                     raise StorageError(f"{self.uri}: {what} failed: {exc}") from exc
                 attempt += 1
                 if self.local or attempt >= RETRIES or not is_transient(exc):
-                    raise
+                    if self.local or not _is_storage_failure(exc):
+                        raise  # missing / existing files are answers; other errors are bugs
+                    tried = f"after {attempt} attempts" if attempt > 1 else "not retried"
+                    raise StorageError(f"{self.uri}: {what} failed ({tried}): {exc}") from exc
                 delay = min(0.2 * 2**attempt, 10.0) * (0.5 + random.random())
                 log.warning(
                     "%s: %s: transient error (%s: %s); retry %d/%d in %.1fs",

@@ -15,7 +15,7 @@ from test_storage_s3 import EchoEngine, _job_and_shard, store_of
 from rank1_batch import commit, lease
 from rank1_batch.pipeline.score import process_shard
 from rank1_batch.results import shard_table
-from rank1_batch.storage import OutputUnwritable, Store, is_transient
+from rank1_batch.storage import OutputUnwritable, StorageError, Store, is_transient
 
 pytestmark = pytest.mark.s3
 
@@ -98,16 +98,37 @@ def test_a_delete_that_landed_with_its_answer_lost_is_done(s3):
 
 
 def test_a_bad_request_is_not_retried(s3):
-    """A 400 surfaces at once: one request, not 6 x 5 of them."""
+    """A 400 surfaces at once, naming the URI: one request, not 6 x 5 of them."""
     plan = FaultPlan(rules=[Rule("PUT", r"/bad\.json", "badrequest", times=100)])
     with FaultProxy(s3.port, plan) as proxy:
         store = store_of(s3, "bad", proxy.url)
         start = time.monotonic()
-        with pytest.raises(OSError) as raised:
+        with pytest.raises(
+            StorageError, match=r"s3://.*/bad: writing bad\.json failed \(not retried\)"
+        ):
             store.write_json("bad.json", {"a": 1})
     assert time.monotonic() - start < 5
     assert plan.counts["badrequest"] == 1, plan.counts
-    assert not is_transient(raised.value)
+
+
+def test_a_bad_request_ends_run_in_one_line(s3):
+    """Through the CLI: a 400 on the output is one line, exit 2, in seconds, not a traceback
+    after minutes of retries."""
+    from conftest import DEMO, run_cli
+
+    plan = FaultPlan(rules=[Rule("PUT", r"/job\.json", "badrequest", times=100)])
+    with FaultProxy(s3.port, plan) as proxy:
+        start = time.monotonic()
+        result = run_cli(
+            "run", str(DEMO), "--output", f"s3://{s3.bucket}/bad400",
+            "--set", f"storage.endpoint_url={proxy.url}", env=s3.env, check=False,
+        )  # fmt: skip
+    assert time.monotonic() - start < 30
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("rank1-batch: error: s3://"), result.stderr[-2000:]
+    assert "job.json failed (not retried)" in errors[-1] and "Traceback" not in result.stderr
+    assert plan.counts["badrequest"] == 1, plan.counts
 
 
 def test_a_slowdown_is_retried_by_the_store_alone(s3):
