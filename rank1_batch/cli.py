@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from rank1_batch import __version__
 from rank1_batch.cli_results import COMMANDS as IO_COMMANDS
 from rank1_batch.cli_results import add_parsers as add_io_parsers
+from rank1_batch.cli_results import add_storage_arguments, storage_of
 from rank1_batch.compare_cli import add_parser as add_compare_parser
 from rank1_batch.compare_cli import cmd_compare
 from rank1_batch.report.cli import add_parser as add_report_parser
@@ -85,13 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="progress of a job, read from its output folder")
     st.add_argument("output", help="output folder (local path or URI)")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)",
-    )
-    st.add_argument("--region", help="S3 region (default: the AWS environment / profile)")
-    st.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
+    add_storage_arguments(st)
 
     _cluster_parsers(sub)
     add_io_parsers(sub)
@@ -300,11 +295,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from rank1_batch.spec import StorageSpec
     from rank1_batch.status import format_status, read_status
     from rank1_batch.storage import Store
 
-    storage = StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    storage = storage_of(args)
     status = read_status(Store(args.output, storage))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0

@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rank1_batch.spec import StorageSpec
 
 EXPORT_EPILOG = """examples:
   rank1-batch export out/demo --format trec --tag rank1-toy
@@ -121,23 +125,34 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     vf.add_argument("output", help="output folder of a job (local path or URI)")
     vf.add_argument("--repair", action="store_true", help="retire the bad shards' markers")
     vf.add_argument("--json", action="store_true", help="print JSON")
-    vf.add_argument(
+    add_storage_arguments(vf)
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint-url/--region/--profile``: how to reach an output on S3 (no credentials)."""
+    parser.add_argument(
         "--endpoint-url",
         metavar="URL",
         help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)",
     )
-    vf.add_argument("--region", help="S3 region (default: the AWS environment / profile)")
-    vf.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
+    parser.add_argument("--region", help="S3 region (default: the AWS environment / profile)")
+    parser.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
+
+
+def storage_of(args: argparse.Namespace) -> StorageSpec:
+    """The storage section :func:`add_storage_arguments`' flags describe."""
+    from rank1_batch.spec import StorageSpec
+
+    return StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from rank1_batch.spec import StorageSpec
     from rank1_batch.storage import Store
     from rank1_batch.verify import EXIT_BAD, repair, verify
 
-    storage = StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    storage = storage_of(args)
     store = Store(args.output, storage)
     report = verify(store)
     if args.repair:
