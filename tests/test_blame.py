@@ -95,7 +95,7 @@ def test_a_commit_slower_than_the_timeout_completes_and_is_recorded_as_success(
     marker = commit.read_marker(store, SHARD)
     assert marker.attempt == record["attempt"]  # this attempt committed ...
     assert "error" not in record and not attempts.failed(store, SHARD)  # ... and says so
-    assert row == {"shard": [SHARD], "pairs": [4], "error": [""]}
+    assert row == {"shard": [SHARD], "pairs": [4], "error": [""], "fatal": [""]}
 
 
 def test_a_cancel_during_the_commit_waits_for_it(tmp_path, monkeypatch):
