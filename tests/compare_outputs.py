@@ -16,6 +16,7 @@ import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +53,7 @@ def derive(
     for shard in sorted(commit.committed_shards(store)):
         marker = commit.read_marker(store, shard)
         attempt = commit.new_attempt_id()
-        changes: dict[str, str] = {"attempt": attempt}
+        changes: dict[str, Any] = {"attempt": attempt}
         if score is not None:
             table = pq.read_table(io.BytesIO(commit.read_committed(store, marker, "scores")))
             qids = table.column("query_id").to_pylist()
@@ -72,6 +73,11 @@ def derive(
                 table.schema.get_field_index("reasoning"), "reasoning", pa.array(text, pa.string())
             )
             changes |= _write(store, commit.traces_path(shard, attempt), table, "traces")
+        for kind in ("scores", "traces"):  # one attempt names both files: copy the other
+            if f"{kind}_file" not in changes:
+                data = commit.read_committed(store, marker, kind)
+                changes |= _put(store, commit.scores_path(shard, attempt) if kind == "scores"
+                                else commit.traces_path(shard, attempt), data, kind)  # fmt: skip
         store.write_json(
             commit.marker_path(shard), dataclasses.replace(marker, **changes).to_dict()
         )
@@ -80,10 +86,14 @@ def derive(
     return dst
 
 
-def _write(store: Store, rel: str, table: pa.Table, kind: str) -> dict[str, str]:
-    data = parquet_bytes(table)
+def _write(store: Store, rel: str, table: pa.Table, kind: str) -> dict[str, Any]:
+    return _put(store, rel, parquet_bytes(table), kind)
+
+
+def _put(store: Store, rel: str, data: bytes, kind: str) -> dict[str, Any]:
+    """Create ``rel`` and the marker fields that name it (file, checksum, size)."""
     assert store.create_exclusive(rel, data)
-    return {f"{kind}_file": rel, f"{kind}_sha256": sha256(data)}
+    return {f"{kind}_file": rel, f"{kind}_sha256": sha256(data), f"{kind}_bytes": len(data)}
 
 
 def drop_shards(src: Path, dst: Path, shards: list[str]) -> Path:
