@@ -68,18 +68,27 @@ def summary_row(label: str, success: dict[str, Any], ndcg: float, wall: float) -
     }
 
 
+# What each row keeps of `compare`'s result against think.
+SIGNIFICANCE = ("delta", "p_randomization", "p_randomization_corrected", "wins", "ties", "losses")
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The README table: tokens relative to ``think`` (the first row) and nDCG@10."""
+    """The README table: tokens relative to ``think`` (the first row), nDCG@10, and each
+    setting's nDCG@10 difference to think with its Holm-corrected randomization p-value
+    (``rank1-batch compare``)."""
     base = rows[0]["reasoning_tokens"] or 1
     lines = [
-        "| setting | reasoning tokens | vs think | tokens/pair | nDCG@10 |",
-        "|---|---:|---:|---:|---:|",
+        "| setting | reasoning tokens | vs think | tokens/pair | nDCG@10 | Δ vs think | p (Holm) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         share = f"{100 * r['reasoning_tokens'] / base:.0f}%"
+        vs = r.get("vs_think")
+        delta = f"{vs['delta']:+.4f}" if vs else "–"
+        p = f"{vs['p_randomization_corrected']:.3g}" if vs else "–"
         lines.append(
             f"| {r['setting']} | {r['reasoning_tokens']:,} | {share} | "
-            f"{r['reasoning_tokens_per_pair']} | {r['ndcg@10']:.4f} |"
+            f"{r['reasoning_tokens_per_pair']} | {r['ndcg@10']:.4f} | {delta} | {p} |"
         )
     return "\n".join(lines)
 
@@ -96,10 +105,10 @@ def subset(queries: int, work: Path) -> Path:
 
 def trade_off(job: Path, qrels: Path, work: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """Run ``job`` once per setting into ``work/<n>`` and evaluate each against ``qrels``."""
-    from rank1_batch import evaluate
+    from rank1_batch import compare, evaluate
     from rank1_batch.storage import Store
 
-    rows = []
+    rows, outs = [], []
     for n, (label, overrides) in enumerate(SETTINGS):
         out = work / f"{n}-{label.replace(' ', '_').replace('=', '')}"
         sets = [f"--set={o}" for o in [*(extra or []), *overrides]]
@@ -108,8 +117,18 @@ def trade_off(job: Path, qrels: Path, work: Path, extra: list[str] | None = None
         report = evaluate.evaluate_output(store, str(qrels), ["nDCG@10"])
         ndcg = report["runs"]["reranked"]["aggregate"]["nDCG@10"]
         rows.append(summary_row(label, store.read_json("_SUCCESS.json"), ndcg, wall))
+        outs.append(str(out))
         print(f"[adaptive] {label}: {rows[-1]}", file=sys.stderr, flush=True)
-    return {"job": str(job), "qrels": str(qrels), "overrides": extra or [], "settings": rows}
+    # Each setting against think, as `rank1-batch compare` reports it: paired randomization
+    # test over the same queries, Holm-corrected across the settings.
+    against = compare.compare(outs, str(qrels), ["nDCG@10"], test="randomization")
+    for row, result in zip(rows[1:], against["results"]["nDCG@10"][1:], strict=True):
+        row["vs_think"] = {k: result[k] for k in SIGNIFICANCE}
+    return {
+        "job": str(job), "qrels": str(qrels), "overrides": extra or [], "settings": rows,
+        "compare": {k: against[k] for k in ("convention", "queries", "test", "correction",
+                                             "permutations", "seed")},
+    }  # fmt: skip
 
 
 def demo(queries: int, work: Path) -> dict[str, Any]:
