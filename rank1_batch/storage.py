@@ -55,6 +55,7 @@ from rank1_batch.storage_faults import (
     StorageError,
     is_full,
     is_precondition_failed,
+    is_storage_failure,
     is_transient,
     missing_bucket,
 )
@@ -121,18 +122,6 @@ def filesystem(
     elif own_retries and hasattr(fs, "retries"):
         fs.retries = 1  # s3fs's own retry loop (a class attribute): one try
     return fs, path
-
-
-def _is_storage_failure(exc: BaseException) -> bool:
-    """An object store's failure (an OSError or a botocore/aiohttp error) that is no answer
-    about a file: a 4xx, or a transient error that outlived the retries. It reaches the user
-    as one :class:`StorageError` line naming the URI and the operation."""
-    if isinstance(
-        exc, FileNotFoundError | FileExistsError | IsADirectoryError | NotADirectoryError
-    ):
-        return False
-    module = type(exc).__module__
-    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp"))
 
 
 def sha256(data: bytes) -> str:
@@ -205,7 +194,7 @@ class Store:
                     raise StorageError(f"{self.uri}: {what} failed: {exc}") from exc
                 attempt += 1
                 if self.local or attempt >= RETRIES or not is_transient(exc):
-                    if self.local or not _is_storage_failure(exc):
+                    if self.local or not is_storage_failure(exc):
                         raise  # missing / existing files are answers; other errors are bugs
                     tried = f"after {attempt} attempts" if attempt > 1 else "not retried"
                     raise StorageError(f"{self.uri}: {what} failed ({tried}): {exc}") from exc

@@ -51,6 +51,11 @@ TRANSIENT_CODES = frozenset(
 )  # fmt: skip
 
 
+# Errors that answer a question about a file (it is missing, it exists, it is a folder):
+# never retried, and raised to the caller as they are.
+FILE_ANSWERS = FileNotFoundError | FileExistsError | IsADirectoryError | NotADirectoryError
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from, outermost first."""
     out: list[BaseException] = []
@@ -70,15 +75,7 @@ def is_transient(exc: BaseException) -> bool:
     """Whether retrying can fix ``exc``: a lost connection, a timeout, an HTTP 5xx or a
     throttling answer. Everything else (4xx, missing files, denied access, a full device,
     bad arguments) is permanent: retrying it only delays the one line that explains it."""
-    if isinstance(
-        exc,
-        FileNotFoundError
-        | FileExistsError
-        | PermissionError
-        | IsADirectoryError
-        | NotADirectoryError
-        | StorageError,
-    ) or is_full(exc):
+    if isinstance(exc, FILE_ANSWERS | PermissionError | StorageError) or is_full(exc):
         return False
     for e in _chain(exc):
         if isinstance(e, TimeoutError | ConnectionError):  # builtins: resets, refused, ...
@@ -119,3 +116,13 @@ def is_precondition_failed(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """An object store's failure (an OSError or a botocore/aiohttp error) that is no answer
+    about a file: a 4xx, or a transient error that outlived the retries. It reaches the user
+    as one :class:`StorageError` line naming the URI and the operation."""
+    if isinstance(exc, FILE_ANSWERS):
+        return False
+    module = type(exc).__module__
+    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp"))
