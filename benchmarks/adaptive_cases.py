@@ -2,7 +2,7 @@
 for ``think``, ``direct`` and ``cascade`` at three settings, all from one run.
 
 Every setting is a real ``rank1-batch run`` of the same job (``--set reasoning.mode=...``)
-into its own output folder, then ``rank1_batch.evaluate`` (ir_measures, as ``rank1-batch
+into its own output folder, then ``rank1_batch.outputs.evaluate`` (ir_measures, as ``rank1-batch
 eval``) against the qrels. Tokens are the ``_SUCCESS.json`` totals of that run.
 
     # the toy demo (CPU, minutes): a TOY world, not a measurement of Rank1's quality
@@ -105,8 +105,8 @@ def subset(queries: int, work: Path) -> Path:
 
 def trade_off(job: Path, qrels: Path, work: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """Run ``job`` once per setting into ``work/<n>`` and evaluate each against ``qrels``."""
-    from rank1_batch import compare, evaluate
-    from rank1_batch.storage import Store
+    from rank1_batch.io.store import Store
+    from rank1_batch.outputs import compare, evaluate
 
     rows, outs = [], []
     for n, (label, overrides) in enumerate(SETTINGS):

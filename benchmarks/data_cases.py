@@ -36,7 +36,7 @@ def pyarrow_copy(data: Path, work: Path, repeats: int) -> dict[str, Any]:
 def shard_hash_seconds(data: Path, n_shards: int) -> float:
     import pyarrow.parquet as pq
 
-    from rank1_batch.pipeline.prepare import shard_of
+    from rank1_batch.job.prepare import shard_of
 
     ids = pq.read_table(data, columns=["query_id"])["query_id"].to_pylist()
     start = time.perf_counter()

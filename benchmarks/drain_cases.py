@@ -51,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim_engine import SimParams, SimulatedContinuousBatchingEngine, inline_executor
 
-from rank1_batch import commit
 from rank1_batch.engines.factory import engine_options
-from rank1_batch.spec import JobSpec, spec_from_mapping
-from rank1_batch.storage import Store, parquet_bytes, sha256
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.spec import JobSpec
 
 TARGET = 0.95
 RSS_REPEATS = 3
@@ -100,8 +101,8 @@ def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list
     prepare's own ``build_shard``; the same pairs for every shard size."""
     import pyarrow as pa
 
-    from rank1_batch.inputs import NORMALISED
-    from rank1_batch.pipeline.prepare import build_shard
+    from rank1_batch.job.inputs import NORMALISED
+    from rank1_batch.job.prepare import build_shard
     from rank1_batch.toy.data import make_ir_collection
 
     per_query = settings.candidates_per_query
@@ -129,12 +130,12 @@ def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list
             schema=NORMALISED,
         )
         pairs, _, _ = build_shard(rows)
-        name = commit.shard_name(k, len(starts))
+        name = layout.shard_name(k, len(starts))
         data = parquet_bytes(pairs)
-        store.write_atomic(commit.pairs_path(name), data)
+        store.write_atomic(layout.pairs_path(name), data)
         shards.append({"id": name, "rows": pairs.num_rows, "sha256": sha256(data)})
     manifest = {"n_buckets": len(shards), "pairs": len(cands), "shards": shards}
-    store.write_json(commit.MANIFEST, manifest)
+    store.write_json(layout.MANIFEST, manifest)
     return [s["id"] for s in shards]
 
 
@@ -153,15 +154,16 @@ def old_policy(
     whole shard through one ``generate`` call, the forced pass of its incomplete pairs through
     one ``answer`` call (each a gather over the stream engine's primitives, awaited whole),
     then the commit, then the next shard."""
+    from rank1_batch.core.rows import requests_for
     from rank1_batch.engines.base import Rank1Engine
-    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work, requests_for
+    from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work
 
     for shard in shards:
         if committed_marker(shard, store) is not None:
             continue
         start = time.perf_counter()
         work = read_work(shard, store, spec, engine)
-        judgements = Rank1Engine.judge(engine, requests_for(work.to_judge, spec))
+        judgements = Rank1Engine.judge(engine, requests_for(work.to_judge, spec.reasoning))
         commit_shard(shard, work, judgements, engine, store, spec, time.perf_counter() - start)
 
 
@@ -172,7 +174,7 @@ async def stream(
     shards: list[str],
     shards_in_flight: int,
 ) -> dict[str, Any]:
-    from rank1_batch.executor.stream import ShardStreamer, score_shards
+    from rank1_batch.pipeline.stream import ShardStreamer, score_shards
 
     asyncio.get_running_loop().set_default_executor(inline_executor())
     streamer = ShardStreamer(engine, store, spec)
@@ -187,11 +189,13 @@ async def stream(
 async def never_draining(
     engine: SimulatedContinuousBatchingEngine, store: Store, spec: JobSpec, shards: list[str]
 ) -> None:
-    from rank1_batch.pipeline.score import requests_for
+    from rank1_batch.core.rows import requests_for
 
     asyncio.get_running_loop().set_default_executor(inline_executor())
     requests = [
-        r for s in shards for r in requests_for(store.read_parquet(commit.pairs_path(s)), spec)
+        r
+        for s in shards
+        for r in requests_for(store.read_parquet(layout.pairs_path(s)), spec.reasoning)
     ]
     await asyncio.gather(*(engine.judge_one(r) for r in requests))
 
@@ -252,13 +256,13 @@ def rss_child(
     store = fresh_copy(prepared, scratch)
     spec = job_spec(str(scratch), settings.sim)
     engine = SimulatedContinuousBatchingEngine(settings.sim, engine_options(spec))
-    from rank1_batch.executor.stream import ShardStreamer, score_shards  # noqa: F401
+    from rank1_batch.pipeline.stream import ShardStreamer, score_shards  # noqa: F401
 
     before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     counts = asyncio.run(stream(engine, store, spec, shards, shards_in_flight))
     peak = peak_rss_bytes()
-    rows = max(s["rows"] for s in store.read_json(commit.MANIFEST)["shards"])
+    rows = max(s["rows"] for s in store.read_json(layout.MANIFEST)["shards"])
     shutil.rmtree(scratch, ignore_errors=True)
     mib = 1024 * 1024
     return {
@@ -416,13 +420,13 @@ def peak_rss(
 
 
 def default_shards_in_flight() -> int:
-    from rank1_batch.spec import ComputeSpec
+    from rank1_batch.job.spec import ComputeSpec
 
     return ComputeSpec().shards_in_flight
 
 
 def shard_names(prepared: Path) -> list[str]:
-    return [s["id"] for s in Store(str(prepared)).read_json(commit.MANIFEST)["shards"]]
+    return [s["id"] for s in Store(str(prepared)).read_json(layout.MANIFEST)["shards"]]
 
 
 def settings_from_dict(data: dict[str, Any]) -> DrainSettings:

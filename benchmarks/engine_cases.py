@@ -27,7 +27,7 @@ def load_engine(threads: int) -> Any:
     import torch
 
     from rank1_batch.engines.factory import build_engine, model_path
-    from rank1_batch.spec import load_job
+    from rank1_batch.job.load import load_job
 
     torch.set_num_threads(threads)
     spec = load_job(c.ROOT / "jobs" / "demo.yaml", overrides=["compute.batch_size=32"])
@@ -36,7 +36,7 @@ def load_engine(threads: int) -> Any:
 
 def fitted_prompts(engine: Any, queries: Sequence[str], passages: Sequence[str]) -> list[list[int]]:
     """Prompt token ids exactly as ``judge`` builds them (truncation guard included)."""
-    from rank1_batch import rank1
+    from rank1_batch.core import rank1
 
     opts = engine.options
     return [

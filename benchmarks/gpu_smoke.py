@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import yaml
 
-    from rank1_batch import rank1
+    from rank1_batch.core import rank1
     from rank1_batch.engines import EngineOptions, JudgeRequest
     from rank1_batch.engines.vllm_engine import VLLMEngine
 

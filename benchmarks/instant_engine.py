@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 
 
 class InstantTestEngine:

@@ -23,10 +23,10 @@ def direct_engine(data: Path, shard_size: int, threads: int, repeats: int) -> di
     import pyarrow.parquet as pq
     import torch
 
-    from rank1_batch import rank1
+    from rank1_batch.core import rank1
     from rank1_batch.engines.base import JudgeRequest
     from rank1_batch.engines.factory import build_engine, model_path
-    from rank1_batch.spec import load_job
+    from rank1_batch.job.load import load_job
 
     torch.set_num_threads(threads)
     table = pq.read_table(data)

@@ -15,6 +15,8 @@ import json
 import sys
 import time
 
+from rank1_batch.job.record import claim_output, job_record
+
 
 def say(**obj: object) -> None:
     print(json.dumps(obj), flush=True)
@@ -22,18 +24,17 @@ def say(**obj: object) -> None:
 
 def main() -> None:
     job, k = sys.argv[1], int(sys.argv[2])
-    from rank1_batch import commit
     from rank1_batch.engines.factory import model_path
-    from rank1_batch.executor.ray_pool import init_ray, score_pending
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.pipeline.prepare import prepare
-    from rank1_batch.spec import load_job
-    from rank1_batch.storage import Store
+    from rank1_batch.io.store import Store
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.load import load_job
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray, score_pending
 
     spec = load_job(job)
     store = Store(spec.output.path, spec.storage)
     files = scan_inputs(spec.input, spec.storage)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    claim_output(store, job_record(spec, listing(files)))
     model_path(spec)
     init_ray(spec)
     say(phase="prepare")

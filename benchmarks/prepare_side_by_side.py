@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rank1_batch.job.record import claim_output, job_record
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -37,12 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     from scale_cases import write_scale_pairs
 
-    from rank1_batch import commit
-    from rank1_batch.executor.ray_pool import init_ray
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.pipeline.prepare import prepare
-    from rank1_batch.spec import load_job
-    from rank1_batch.storage import Store
+    from rank1_batch.io.store import Store
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.load import load_job
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="r1prep-"))
     try:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             store = Store(str(out))
             files = scan_inputs(spec.input, spec.storage)
-            commit.claim_output(store, commit.job_record(spec, listing(files)))
+            claim_output(store, job_record(spec, listing(files)))
             start = time.perf_counter()
             manifest = prepare(spec, store, files)
             prepare_s.append(time.perf_counter() - start)

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from rank1_batch.job.record import claim_output, job_record
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -48,10 +50,10 @@ def peak_mib() -> float:
 
 def main() -> None:
     job, qrels, *only = sys.argv[1:]
-    from rank1_batch import evaluate, exports
-    from rank1_batch.spec import load_job
-    from rank1_batch.status import read_status
-    from rank1_batch.storage import Store
+    from rank1_batch.io.store import Store
+    from rank1_batch.job.load import load_job
+    from rank1_batch.outputs import evaluate, exports
+    from rank1_batch.outputs.status import read_status
 
     spec = load_job(job)
     store = Store(spec.output.path, spec.storage)
@@ -84,15 +86,14 @@ def main() -> None:
         return
     from instant_engine import InstantTestEngine
 
-    from rank1_batch import commit
-    from rank1_batch.executor.local import score_local
-    from rank1_batch.executor.ray_pool import init_ray
-    from rank1_batch.inputs import listing, scan_inputs
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.prepare import prepare
     from rank1_batch.pipeline.finalize import finalize
-    from rank1_batch.pipeline.prepare import prepare
+    from rank1_batch.pipeline.local import score_local
+    from rank1_batch.pipeline.pool import init_ray
 
     files = scan_inputs(spec.input, spec.storage)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    claim_output(store, job_record(spec, listing(files)))
     init_ray(spec)
     start = time.perf_counter()
     manifest = stage("prepare", lambda: prepare(spec, store, files))

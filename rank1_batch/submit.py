@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from rank1_batch.spec import JobSpec
+from rank1_batch.job.spec import JobSpec
 
 log = logging.getLogger(__name__)
 

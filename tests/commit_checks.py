@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
 
 
 def assert_exclusive_create(store: Store, attempts: int = 16) -> None:

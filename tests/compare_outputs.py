@@ -2,7 +2,7 @@
 
 :func:`derive` copies a finished output and rewrites its committed scores (and, optionally,
 its traces) the way a commit writes them: a new attempt's files under
-``commit.scores_path``/``traces_path``, ranks from ``ranks_within_query`` (the scorer's own
+``layout.scores_path``/``traces_path``, ranks from ``ranks_within_query`` (the scorer's own
 rule), and the shard's marker naming the new files with their checksums, so every reader
 goes through the usual verified path. :func:`drop_shards` removes shards' markers (and
 ``_SUCCESS.json``): an output that holds fewer queries, as a job still running does.
@@ -21,9 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch import commit
-from rank1_batch.pipeline.score import ranks_within_query
-from rank1_batch.storage import Store, parquet_bytes, sha256
+from rank1_batch.core.rows import ranks_within_query
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes, sha256
 
 
 def unit(*parts: str) -> float:
@@ -52,7 +52,7 @@ def derive(
     store = Store(str(dst))
     for shard in sorted(commit.committed_shards(store)):
         marker = commit.read_marker(store, shard)
-        attempt = commit.new_attempt_id()
+        attempt = layout.new_attempt_id()
         changes: dict[str, Any] = {"attempt": attempt}
         if score is not None:
             table = pq.read_table(io.BytesIO(commit.read_committed(store, marker, "scores")))
@@ -65,21 +65,21 @@ def derive(
             )
             ranks = pa.array(ranks_within_query(qids, dids, new), pa.int32())
             table = table.set_column(table.schema.get_field_index("rank"), "rank", ranks)
-            changes |= _write(store, commit.scores_path(shard, attempt), table, "scores")
+            changes |= _write(store, layout.scores_path(shard, attempt), table, "scores")
         if trace is not None:
             table = pq.read_table(io.BytesIO(commit.read_committed(store, marker, "traces")))
             text = [None if t is None else trace(t) for t in table.column("reasoning").to_pylist()]
             table = table.set_column(
                 table.schema.get_field_index("reasoning"), "reasoning", pa.array(text, pa.string())
             )
-            changes |= _write(store, commit.traces_path(shard, attempt), table, "traces")
+            changes |= _write(store, layout.traces_path(shard, attempt), table, "traces")
         for kind in ("scores", "traces"):  # one attempt names both files: copy the other
             if f"{kind}_file" not in changes:
                 data = commit.read_committed(store, marker, kind)
-                changes |= _put(store, commit.scores_path(shard, attempt) if kind == "scores"
-                                else commit.traces_path(shard, attempt), data, kind)  # fmt: skip
+                changes |= _put(store, layout.scores_path(shard, attempt) if kind == "scores"
+                                else layout.traces_path(shard, attempt), data, kind)  # fmt: skip
         store.write_json(
-            commit.marker_path(shard), dataclasses.replace(marker, **changes).to_dict()
+            layout.marker_path(shard), dataclasses.replace(marker, **changes).to_dict()
         )
     if store.exists(commit.DIGEST):  # a cache of the old markers
         store.remove(commit.DIGEST)
@@ -101,8 +101,8 @@ def drop_shards(src: Path, dst: Path, shards: list[str]) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("exports"))
     store = Store(str(dst))
     for shard in shards:
-        store.remove(commit.marker_path(shard))
-    store.remove(commit.SUCCESS)
+        store.remove(layout.marker_path(shard))
+    store.remove(layout.SUCCESS)
     if store.exists(commit.DIGEST):
         store.remove(commit.DIGEST)
     return dst

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from s3_server import MotoServer, s3_env
 
-from rank1_batch import commit
-from rank1_batch.spec import StorageSpec
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import StorageSpec, Store
 
 
 @dataclass
@@ -120,8 +119,6 @@ def kill_after_commits(args: list[str], store: Store, shards: int = 1, timeout: 
     import signal
     import time
 
-    from rank1_batch import commit
-
     proc = subprocess.Popen(
         [*CLI, *args],
         cwd=ROOT,
@@ -133,14 +130,14 @@ def kill_after_commits(args: list[str], store: Store, shards: int = 1, timeout: 
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
-            if store.exists(commit.MANIFEST) and len(commit.committed_shards(store)) >= shards:
+            if store.exists(layout.MANIFEST) and len(commit.committed_shards(store)) >= shards:
                 break
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
         proc.wait()
-    assert not store.exists(commit.SUCCESS), "the run ended before it could be killed"
+    assert not store.exists(layout.SUCCESS), "the run ended before it could be killed"
     return len(commit.committed_shards(store))
 
 
@@ -150,7 +147,7 @@ def report_demo_out(request: pytest.FixtureRequest) -> Path:
     named by RANK1_REPORT_DEMO_OUT (a shortcut on machines where the run is slow)."""
     given = os.environ.get("RANK1_REPORT_DEMO_OUT")
     if given:
-        assert (Path(given) / commit.SUCCESS).exists(), f"{given}: not a finished output"
+        assert (Path(given) / layout.SUCCESS).exists(), f"{given}: not a finished output"
         return Path(given)
     return Path(request.getfixturevalue("demo_reference"))
 

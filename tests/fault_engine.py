@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.engines.base import (
     EngineOptions,
     Generation,

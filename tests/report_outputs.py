@@ -20,14 +20,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from rank1_batch import commit
 from rank1_batch.engines.base import Rank1Engine
 from rank1_batch.engines.factory import build_engine, model_path
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.job.load import load_job
+from rank1_batch.job.prepare import _write_shard
+from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.pipeline.finalize import finalize
-from rank1_batch.pipeline.prepare import _write_shard
 from rank1_batch.pipeline.score import process_shard
-from rank1_batch.spec import load_job
-from rank1_batch.storage import Store
 from rank1_batch.toy.data import make_ir_collection
 
 
@@ -90,7 +91,7 @@ def build_messy_output(root: Path) -> tuple[Path, Path]:
     )
     spec = load_job(job)
     store = Store(str(out))
-    commit.claim_output(store, commit.job_record(spec, [{"path": "in.parquet", "rows": 0}]))
+    claim_output(store, job_record(spec, [{"path": "in.parquet", "rows": 0}]))
 
     shard0 = _rows(first, coll, 0)
     fallback = {r["passage"] for r in shard0[1::4]}  # these fall back if forced
@@ -124,12 +125,12 @@ def build_messy_output(root: Path) -> tuple[Path, Path]:
         "duplicates": sum(s["duplicates"] for s in stats),
         "shards": [
             {k: s[k] for k in ("id", "rows", "queries", "rejected", "duplicates", "sha256")}
-            | {"path": commit.pairs_path(s["id"])}
+            | {"path": layout.pairs_path(s["id"])}
             for s in stats
         ],
-        "rejected_files": [commit.rejected_path(s["id"]) for s in stats if s["rejected"]],
+        "rejected_files": [layout.rejected_path(s["id"]) for s in stats if s["rejected"]],
     }
-    store.write_json(commit.MANIFEST, manifest)
+    store.write_json(layout.MANIFEST, manifest)
 
     start = time.perf_counter()
     engine = build_engine(spec, model_path(spec))

@@ -13,11 +13,16 @@ import pyarrow as pa
 import pytest
 from test_stream import SleepyStreamEngine
 
-from rank1_batch import cascade, commit, rank1, results
-from rank1_batch.executor.stream import ShardStreamer, score_shards
+from rank1_batch.core import modes as cascade
+from rank1_batch.core import rank1
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.spec import JobError
+from rank1_batch.outputs import results
 from rank1_batch.pipeline.score import SCORES_SCHEMA, process_shard
-from rank1_batch.spec import JobError, spec_from_mapping
-from rank1_batch.storage import Store, parquet_bytes
+from rank1_batch.pipeline.stream import ShardStreamer, score_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_DIR = ROOT / "rank1_batch" / "toy" / "model_files"
@@ -139,7 +144,7 @@ def test_fingerprint_of_think_is_unchanged_and_modes_enter_it(tmp_path: Path) ->
 
 
 def test_reuse_keys_the_mode_and_is_refused_with_cascade(tmp_path: Path) -> None:
-    from rank1_batch import reuse
+    from rank1_batch.pipeline import reuse
 
     think = reuse.key_settings(_spec(tmp_path))
     assert set(think["reasoning"]) == set(reuse.KEY_REASONING_FIELDS)  # as before modes
@@ -182,7 +187,7 @@ def _shards(store: Store, n: int, per_query: int, shard_rows: int) -> list[str]:
             }
         )
         shard = f"shard-{s:05d}"
-        store.publish(commit.pairs_path(shard), parquet_bytes(table))
+        store.publish(layout.pairs_path(shard), parquet_bytes(table))
         shards.append(shard)
     return shards
 
@@ -209,7 +214,7 @@ def test_stream_and_batch_paths_agree_per_mode(tmp_path: Path, mode: str) -> Non
     assert a.equals(b)
     assert [m.scores_sha256 for m in ma] == [m.scores_sha256 for m in mb]
     rows = a.to_pylist()
-    stats = sum((m.stats for m in ma), commit.ShardStats())
+    stats = sum((m.stats for m in ma), ShardStats())
     reasoned = [r for r in rows if r["score_reasoned"] is not None]
     assert stats.reasoning_tokens == sum(r["reasoning_tokens"] for r in rows)
     if mode == "think":
@@ -265,7 +270,7 @@ def test_toy_transformers_engine_in_each_mode(tmp_path: Path) -> None:
     for mode in ("think", "direct", "cascade"):
         spec = _spec(tmp_path / mode, mode=mode, cascade={"top_k": 2})
         store = Store(spec.output.path)
-        store.publish(commit.pairs_path("shard-00000"), parquet_bytes(table))
+        store.publish(layout.pairs_path("shard-00000"), parquet_bytes(table))
         marker = process_shard("shard-00000", engine, store, spec)
         out[mode] = (results.shard_table(store, "shard-00000", "scores").to_pylist(), marker)
     think, direct, casc = (out[m][0] for m in ("think", "direct", "cascade"))

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DEMO, ROOT, kill_after_commits, run_cli
 
-from rank1_batch import commit, results
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs import results
 
 pytestmark = pytest.mark.ray
 
@@ -52,13 +53,13 @@ def test_mode_runs_and_resumes_after_a_kill(tmp_path: Path, demo_subset: Path, m
     args += MODES[mode]
     ref, out = tmp_path / "ref", tmp_path / "killed"
     run_cli("run", *args, "--output", str(ref))
-    total = len(Store(str(ref)).read_json(commit.MANIFEST)["shards"])
+    total = len(Store(str(ref)).read_json(layout.MANIFEST)["shards"])
     assert 1 <= kill_after_commits(["run", *args, "--output", str(out)], Store(str(out))) < total
     run_cli("run", *args, "--output", str(out))
     resumed, reference = rows(out), rows(ref)
     assert len(reference) == QUERIES * 30
     assert resumed == reference
-    success = Store(str(out)).read_json(commit.SUCCESS)
+    success = Store(str(out)).read_json(layout.SUCCESS)
     statuses = success["statuses"]
     if mode == "think":
         assert statuses["direct"] == 0 and success["reasoning_tokens"] > 0

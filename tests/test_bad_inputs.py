@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch.inputs import InputError
-from rank1_batch.pipeline import run as runner
-from rank1_batch.spec import spec_from_mapping
+from rank1_batch import run as runner
+from rank1_batch.job.inputs import InputError
+from rank1_batch.job.load import spec_from_mapping
 
 
 def good(n: int = 4) -> pa.Table:

@@ -27,12 +27,13 @@ import pytest
 from conftest import ROOT, run_cli
 from fault_engine import FAULTS_ENV, expected_score
 
-from rank1_batch import commit, results
-from rank1_batch.executor import attempts
-from rank1_batch.executor.actor import CommitGate, ShardWorker
-from rank1_batch.executor.attempts import EXIT_QUARANTINED
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store, parquet_bytes
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.outputs import results
+from rank1_batch.pipeline import attempts
+from rank1_batch.pipeline.actor import CommitGate, ShardWorker
+from rank1_batch.pipeline.attempts import EXIT_QUARANTINED
 
 SHARD = "shard-00000"
 STREAM_ENGINE = {
@@ -47,7 +48,7 @@ class SlowCommitStore(Store):
     seconds = 1.5
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        if rel.startswith(commit.COMMITS):
+        if rel.startswith(layout.COMMITS):
             time.sleep(self.seconds)
         return super().create_exclusive(rel, data)
 
@@ -78,7 +79,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_class: type[St
         }
     )
     store = store_class(out)
-    store.write_atomic(commit.pairs_path(SHARD), parquet_bytes(pairs(4, tag)))
+    store.write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs(4, tag)))
     return ShardWorker(spec, store, threads=1, run="run-1"), store
 
 
@@ -120,7 +121,7 @@ def test_a_hang_times_out_commits_nothing_and_is_charged(tmp_path, monkeypatch):
     shard_worker, store = worker(tmp_path, monkeypatch, Store, "POISON-HANG")
     row = asyncio.run(shard_worker({"shard": [SHARD]}))
     assert row["error"] == ["timed out after 0.5s"]
-    assert not store.exists(commit.marker_path(SHARD))
+    assert not store.exists(layout.marker_path(SHARD))
     (record,) = attempts.failed(store, SHARD)
     assert record["cause"] == attempts.OWN_ERROR and record["charged"] is True
 
@@ -138,7 +139,7 @@ def test_an_actor_told_to_stop_records_its_attempts_as_interrupted(tmp_path, mon
 def test_causes_of_death() -> None:
     from collections import Counter
 
-    from rank1_batch.executor.blame import cause_of_death
+    from rank1_batch.pipeline.blame import cause_of_death
 
     dead = Counter({"h:1:aaaa": 3, "h:2:aaaa": 1, "h:3:bbbb": 2})
     alive = {"aaaa0123456789", "cccc0123456789"}
@@ -219,7 +220,7 @@ def committed_rows_are_right(out: Path) -> set[str]:
             key = (r["query_id"], r["doc_id"])
             seen.append(key)
             assert r["status"] == "complete" and r["score"] == expected_score(passages[key])
-        pairs_of = store.read_parquet(commit.pairs_path(shard))
+        pairs_of = store.read_parquet(layout.pairs_path(shard))
         assert len(table) == pairs_of.num_rows == DOCS
     assert len(seen) == len(set(seen)), "a pair was committed twice"
     return shards
@@ -250,7 +251,7 @@ def test_one_poison_shard_among_twenty_only_it_is_quarantined(tmp_path: Path) ->
     line = [x for x in done.stderr.splitlines() if x.startswith("rank1-batch: error:")]
     assert len(line) == 1 and "1 shard(s) quarantined" in line[0], done.stderr[-3000:]
     store = Store(str(out))
-    manifest = store.read_json(commit.MANIFEST)
+    manifest = store.read_json(layout.MANIFEST)
     assert len(manifest["shards"]) == QUERIES
     committed = committed_rows_are_right(out)
     assert len(committed) == QUERIES - 1
@@ -276,7 +277,7 @@ def test_ten_kills_from_outside_quarantine_nothing(tmp_path: Path) -> None:
     assert events(state, "kill") == 10
     assert len(committed_rows_are_right(out)) == QUERIES
     store = Store(str(out))
-    assert store.exists(commit.SUCCESS)
+    assert store.exists(layout.SUCCESS)
     charged = [s for s in commit.committed_shards(store) if attempts.failed(store, s)]
     assert all(len(attempts.failed(store, s)) == 1 for s in charged)  # a victim alone, once
     print(f"kills: 10, shards charged once {len(charged)}, {time.time() - start:.0f}s")

@@ -23,22 +23,23 @@ import pytest
 from conftest import CLI, QUIET, ROOT, run_cli
 from fault_engine import FAULTS_ENV, FaultInjectingTestEngine
 
-from rank1_batch import commit, results
+from rank1_batch.core.rows import requests_for
 from rank1_batch.engines.base import EngineOptions
-from rank1_batch.executor.attempts import EXIT_QUARANTINED, SHARD_FAILED
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.prepare import shard_of
+from rank1_batch.outputs import results
+from rank1_batch.pipeline.attempts import EXIT_QUARANTINED, SHARD_FAILED
 from rank1_batch.pipeline.finalize import finalize
-from rank1_batch.pipeline.prepare import shard_of
+from rank1_batch.pipeline.judged import JudgedRows
 from rank1_batch.pipeline.score import (
     SCORES_SCHEMA,
     ShardWork,
     commit_shard,
-    requests_for,
     traces_bytes,
     traces_skeleton,
 )
-from rank1_batch.pipeline.spill import JudgedRows
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store, parquet_bytes
 
 SHARD = "shard-00000"
 
@@ -95,12 +96,12 @@ def test_a_shard_never_commits_one_attempts_scores_with_anothers_traces(tmp_path
     out = str(tmp_path / "out")
     spec = small_spec(out)
     pairs = pairs_table(10)
-    Store(out).write_atomic(commit.pairs_path(SHARD), parquet_bytes(pairs))
+    Store(out).write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs))
     engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
-    first = engine.judge(requests_for(pairs, spec))
+    first = engine.judge(requests_for(pairs, spec.reasoning))
     with pytest.raises(KeyboardInterrupt):
         commit_shard(SHARD, whole(pairs), first, engine, DiesAfterScores(out), spec, 1.0)
-    second = engine.judge(requests_for(pairs, spec))
+    second = engine.judge(requests_for(pairs, spec.reasoning))
     assert {j.reasoning_tokens for j in first} != {j.reasoning_tokens for j in second}
     marker = commit_shard(SHARD, whole(pairs), second, engine, Store(out), spec, 1.0)
 
@@ -123,12 +124,18 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
     spec = small_spec(out)
     pairs = pairs_table(5)
     store = Store(out)
-    store.write_atomic(commit.pairs_path(SHARD), parquet_bytes(pairs))
+    store.write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs))
     engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
     marker = commit_shard(
-        SHARD, whole(pairs), engine.judge(requests_for(pairs, spec)), engine, store, spec, 1.0
+        SHARD,
+        whole(pairs),
+        engine.judge(requests_for(pairs, spec.reasoning)),
+        engine,
+        store,
+        spec,
+        1.0,
     )
-    other = engine.judge(requests_for(pairs, spec))
+    other = engine.judge(requests_for(pairs, spec.reasoning))
     with JudgedRows.of(other, len(other)) as rows:  # another attempt's traces, same body
         store.write_atomic(marker.traces_file, traces_bytes(traces_skeleton(pairs, rows), rows))
     with pytest.raises(commit.CommitError, match="does not match the checksum"):
@@ -212,7 +219,7 @@ def check_output(out: Path, input_rows: int) -> dict[str, object]:
     keys = list(
         zip(res.table["query_id"].to_pylist(), res.table["doc_id"].to_pylist(), strict=True)
     )
-    success = store.read_json(commit.SUCCESS)
+    success = store.read_json(layout.SUCCESS)
     mixed, quarantined = [], []
     for shard in res.shards:
         scores = results.shard_table(store, shard, "scores")
@@ -255,7 +262,7 @@ def test_a_poison_shard_is_quarantined_not_retried_forever(tmp_path):
     seen = events(tmp_path / "state")
     assert seen["crash"] == 3 and seen["hang"] == 3 and seen["start-failure"] == 1
     assert seen["transient"] == 2
-    assert not (out / commit.SUCCESS).exists()
+    assert not (out / layout.SUCCESS).exists()
     second = run_cli(
         "run", str(job), "--set", "compute.on_shard_failure=error_rows", env=env, timeout=400
     )

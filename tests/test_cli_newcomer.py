@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rank1_batch import commit, lease
 from rank1_batch.cli import main
-from rank1_batch.inputs import listing, scan_inputs
-from rank1_batch.spec import load_job
-from rank1_batch.storage import Store
+from rank1_batch.io import layout, lease
+from rank1_batch.io.store import Store
+from rank1_batch.job.inputs import listing, scan_inputs
+from rank1_batch.job.load import load_job
+from rank1_batch.job.record import claim_output, job_record
 
 
 def tiny_job(tmp_path: Path, input_path: str | None = None) -> Path:
@@ -70,23 +71,23 @@ def test_run_on_an_output_held_by_a_live_run_is_refused_naming_it(tmp_path, caps
     job = tiny_job(tmp_path)
     spec = load_job(job)
     store = Store(spec.output.path)
-    commit.claim_output(store, commit.job_record(spec, listing(scan_inputs(spec.input))))
+    claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
     holder = lease.Attempt.new()
     holder.host, holder.pid, holder.refreshed = "gpu-node-7", 4242, time.time()
     store.write_json(lease.LEASE, holder.to_dict())
     assert main(["-q", "run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "is being run by gpu-node-7:4242" in err and "--join" in err
-    assert not store.exists(commit.MANIFEST)  # nothing was prepared or scored
+    assert not store.exists(layout.MANIFEST)  # nothing was prepared or scored
 
 
 def test_unrelated_folder_check_allows_empty_and_own_folders(tmp_path):
     """Bug 15: an empty folder, a missing one, or one holding job.json are all fine."""
-    lease.check_adoptable(Store(str(tmp_path / "missing")), commit.JOB_FILE)
+    lease.check_adoptable(Store(str(tmp_path / "missing")), layout.JOB_FILE)
     (tmp_path / "empty").mkdir()
-    lease.check_adoptable(Store(str(tmp_path / "empty")), commit.JOB_FILE)
+    lease.check_adoptable(Store(str(tmp_path / "empty")), layout.JOB_FILE)
     (tmp_path / "empty" / "job.json").write_text("{}")
     (tmp_path / "empty" / "other").write_text("")
-    lease.check_adoptable(Store(str(tmp_path / "empty")), commit.JOB_FILE)
+    lease.check_adoptable(Store(str(tmp_path / "empty")), layout.JOB_FILE)
     with pytest.raises(lease.OutputBusy):
-        lease.check_adoptable(Store(str(tmp_path)), commit.JOB_FILE)
+        lease.check_adoptable(Store(str(tmp_path)), layout.JOB_FILE)

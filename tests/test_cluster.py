@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from rank1_batch.io import layout
+
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,9 +304,9 @@ def two_nodes() -> Iterator[Head]:
 def test_two_nodes_spread_and_losing_one_mid_score_ends_exact(two_nodes, tmp_path):
     """Workers run on both nodes; SIGKILL of the worker node's raylet mid-score costs only its
     in-flight shards and the job still ends with exactly the uninterrupted output."""
-    from rank1_batch import commit
-    from rank1_batch.results import shard_table
-    from rank1_batch.storage import Store
+    from rank1_batch.io import commit
+    from rank1_batch.io.store import Store
+    from rank1_batch.outputs.results import shard_table
 
     out, ref = tmp_path / "out", tmp_path / "ref"
     base = ["run", "jobs/demo.yaml", "--set", "output.shard_size=250"]
@@ -337,7 +339,7 @@ def test_two_nodes_spread_and_losing_one_mid_score_ends_exact(two_nodes, tmp_pat
         time.sleep(0.1)
     nodes_before = {m.worker.rsplit(":", 1)[-1] for m in commit.read_markers(store)}
     assert len(nodes_before) == 2, "scoring did not use both nodes"
-    total = len(json.loads((out / commit.MANIFEST).read_text())["shards"])
+    total = len(json.loads((out / layout.MANIFEST).read_text())["shards"])
     assert len(commit.committed_shards(store)) < total, "finished before the node was killed"
     assert two_nodes.kill_node(two_nodes.node_ports[0]) == 1
     _, err = proc.communicate(timeout=300)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from rank1_batch.cli import _parser
-from rank1_batch.spec import spec_from_mapping
+from rank1_batch.job.load import spec_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -22,12 +22,12 @@ from compare_outputs import degrade, derive, drop_shards, unit
 from conftest import ROOT, run_cli
 from scipy import stats
 
-from rank1_batch import commit
-from rank1_batch.compare import correct, exact, randomization_test
-from rank1_batch.evaluate import evaluate_output
-from rank1_batch.exports import json_run
-from rank1_batch.results import LABEL_STATUSES, read_results
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.compare import correct, exact, randomization_test
+from rank1_batch.outputs.evaluate import evaluate_output
+from rank1_batch.outputs.exports import json_run
+from rank1_batch.outputs.results import LABEL_STATUSES, read_results
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 METRICS = {"nDCG@10": "ndcg_cut_10", "P@5": "P_5", "R@100": "recall_100"}
@@ -170,7 +170,7 @@ def test_different_queries_use_the_intersection(runs: dict[str, Path], tmp_path:
     gone = read_results(store).table
     lost_shard = shards[0]
     lost = set(
-        store.read_parquet(commit.pairs_path(lost_shard), ["query_id"])["query_id"].to_pylist()
+        store.read_parquet(layout.pairs_path(lost_shard), ["query_id"])["query_id"].to_pylist()
     )
     assert 0 < len(lost) < 100
     d = drop_shards(runs["b"], tmp_path / "d", [lost_shard])

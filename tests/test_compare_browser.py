@@ -18,8 +18,8 @@ from compare_outputs import degrade, derive
 from conftest import ROOT, run_cli
 from test_report_browser import CHROMIUM, shot
 
-from rank1_batch.results import read_traces
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import read_traces
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 pytestmark = pytest.mark.skipif(

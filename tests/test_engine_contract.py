@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.engines import EngineOptions, JudgeRequest, Rank1Engine, StreamEngine, make_engine
 from rank1_batch.toy import data as toy_data
 from rank1_batch.toy.model import resolve_toy_model

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI, ENV, ROOT, run_cli
 
-from rank1_batch.exports import export
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.exports import export
 
 
 def _parquet(folder: Path) -> list[Path]:

@@ -16,10 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rank1_batch import commit, evaluate, exports, labels
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.outputs import evaluate, exports, labels
+from rank1_batch.outputs.results import read_results
 from rank1_batch.pipeline.score import SCORES_SCHEMA
-from rank1_batch.results import read_results
-from rank1_batch.storage import Store, parquet_bytes, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 # The columns added later (reasoning.mode's, engine): an old output has none of them.
@@ -48,7 +50,7 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
     qids = [r[0] for r in rows]
     dids = [r[1] for r in rows]
     scores = [r[2] for r in rows]
-    from rank1_batch.pipeline.score import ranks_within_query
+    from rank1_batch.core.rows import ranks_within_query
 
     n = len(rows)
     pairs = pa.table(
@@ -85,16 +87,14 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
     traces = pa.table(
         {"query_id": qids, "doc_id": dids, "reasoning": ["r"] * n, "finish_reason": ["stop"] * n}
     )
-    store.write_atomic(commit.pairs_path(shard), parquet_bytes(pairs))
+    store.write_atomic(layout.pairs_path(shard), parquet_bytes(pairs))
     scores_data, traces_data = parquet_bytes(table), parquet_bytes(traces)
     # Deterministic names and a marker naming no files: the layout before whole-attempt commits.
-    store.write_atomic(commit.scores_path(shard), scores_data)
-    store.write_atomic(commit.traces_path(shard), traces_data)
+    store.write_atomic(layout.scores_path(shard), scores_data)
+    store.write_atomic(layout.traces_path(shard), traces_data)
     if marker:
-        m = commit.Marker(
-            shard, n, sha256(scores_data), sha256(traces_data), commit.ShardStats(pairs=n)
-        )
-        store.create_json(commit.marker_path(shard), m.to_dict())
+        m = commit.Marker(shard, n, sha256(scores_data), sha256(traces_data), ShardStats(pairs=n))
+        store.create_json(layout.marker_path(shard), m.to_dict())
 
 
 @pytest.fixture()
@@ -104,7 +104,7 @@ def out(tmp_path) -> Path:
     _write_shard(store, "shard-00000", SHARD0)
     _write_shard(store, "shard-00001", SHARD1)
     _write_shard(store, "shard-00002", [("q9", "zz", 0.99, "complete", 1)], marker=False)
-    store.write_json(commit.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
     return path
 
 
@@ -138,7 +138,7 @@ def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):
 
 
 def test_json_run_round_trip(out, tmp_path):
-    from rank1_batch.formats import parse_json_run
+    from rank1_batch.job.convert import parse_json_run
 
     exports.export(Store(str(out)), "json-run", str(tmp_path / "r.json"))
     run = json.loads((tmp_path / "r.json").read_text())
@@ -270,7 +270,7 @@ def test_eval_cli_prints_both_runs_and_writes_metrics(out, tmp_path):
 
 @pytest.mark.s3
 def test_exports_and_eval_on_object_storage(s3, tmp_path):
-    from rank1_batch.spec import StorageSpec
+    from rank1_batch.io.store import StorageSpec
 
     store = Store(f"s3://{s3.bucket}/job", StorageSpec(endpoint_url=s3.endpoint))
     _write_shard(store, "shard-00000", SHARD0)

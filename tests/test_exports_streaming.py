@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from test_exports_eval import _write_shard
 
-from rank1_batch import commit, evaluate, exports, labels, results
-from rank1_batch.results import read_results
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs import evaluate, exports, labels, results
+from rank1_batch.outputs.results import read_results
 
 STATUSES = ["complete"] * 6 + ["forced", "fallback", "error"]
 
@@ -42,8 +43,8 @@ def many(tmp_path) -> Path:
     store = Store(str(path))
     for s in range(8):
         qids = [f"q{(7 - s) * 3 + k:02d}" for k in (2, 0, 1)]
-        _write_shard(store, commit.shard_name(s, 8), _rows(rng, qids))
-    store.write_json(commit.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+        _write_shard(store, layout.shard_name(s, 8), _rows(rng, qids))
+    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
     return path
 
 
@@ -105,7 +106,7 @@ def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path):
     # unfinished job: only the scored qrels queries (as before); finished: every qrels query
     for qrels, done in ((scored, False), (all_qrels, True)):
         if done:
-            store.write_json(commit.SUCCESS, {"scored": whole.num_rows})
+            store.write_json(layout.SUCCESS, {"scored": whole.num_rows})
         results.COUNTER.reset()
         report = evaluate.evaluate_output(store, str(qrels_path), metrics, per_query=True)
         assert results.COUNTER.pair_columns == {"query_id", "doc_id", "input_rank"}

@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import formats, inputs
-from rank1_batch.spec import InputSpec, spec_from_mapping
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
+from rank1_batch.job import convert as formats
+from rank1_batch.job import inputs
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.spec import InputSpec
 from rank1_batch.toy.data import make_ir_collection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,7 +277,7 @@ def test_ungrouped_trec_run_falls_back_to_the_whole_run(tmp_path):
 
 
 def test_ungrouped_trec_run_partitions_by_query_into_bounded_buckets(tmp_path, monkeypatch):
-    from rank1_batch import run_files
+    from rank1_batch.job import run_files
 
     # queries interleaved, ties in score (file order breaks them), one query twice as long
     lines = [f"{q} Q0 p{(q * 5 + r) % 40} {r} {float(r % 3)} bm25\n" for r in range(6)
@@ -295,7 +297,7 @@ def test_ungrouped_trec_run_partitions_by_query_into_bounded_buckets(tmp_path, m
 
 
 def test_json_run_streams_member_by_member_like_the_whole_object(tmp_path, monkeypatch):
-    from rank1_batch import run_files
+    from rank1_batch.job import run_files
 
     obj = {f"{q}": {f"p{(q * 3 + d) % 40}": round(1 / (d + 1), 3) for d in range(5)}
            for q in (7, 2, 11, 0)}  # fmt: skip

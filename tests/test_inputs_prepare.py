@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import inputs
-from rank1_batch.pipeline.prepare import build_shard, shard_of
-from rank1_batch.spec import InputSpec
+from rank1_batch.job import inputs
+from rank1_batch.job.prepare import build_shard, shard_of
+from rank1_batch.job.spec import InputSpec
 
 
 def write(path, table, **kw):

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from rank1_batch import job_file
-from rank1_batch.spec import JobError, load_job
+from rank1_batch.job import load as job_file
+from rank1_batch.job.load import load_job
+from rank1_batch.job.spec import JobError
 from tests.conftest import ENV, ROOT
 
 VALID = "input: {path: in.parquet}\noutput: {path: out}\nmodel: {name: toy}\n"

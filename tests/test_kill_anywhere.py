@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 from conftest import CLI, DEMO, ROOT, run_cli
 
-from rank1_batch import commit
-from rank1_batch.results import shard_table
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import shard_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -32,9 +32,9 @@ PHASES = ("prepare", "score", "finalize")
 
 
 def phase_of(store: Store, total: int) -> str:
-    if store.exists(commit.SUCCESS):
+    if store.exists(layout.SUCCESS):
         return "done"
-    if not store.exists(commit.MANIFEST):
+    if not store.exists(layout.MANIFEST):
         return "prepare"
     return "score" if len(commit.committed_shards(store)) < total else "finalize"
 
@@ -56,7 +56,7 @@ def check_final(store: Store, reference: Path) -> None:
     keys = list(zip(*(table.column(c).to_pylist() for c in ("query_id", "doc_id")), strict=True))
     assert len(keys) == len(set(keys)), "duplicate pairs"
     assert _score_map(table) == reference_scores(reference)
-    success = store.read_json(commit.SUCCESS)
+    success = store.read_json(layout.SUCCESS)
     assert success["scored"] + success["rejected"] + success["duplicates"] == success["input_rows"]
 
 
@@ -117,7 +117,7 @@ def kill_loop(args: list[str], env: dict[str, str], store: Store, total: int, se
 
 
 def test_kill_anywhere_local(tmp_path, demo_reference):
-    total = len(json.loads((demo_reference / commit.MANIFEST).read_text())["shards"])
+    total = len(json.loads((demo_reference / layout.MANIFEST).read_text())["shards"])
     hits: dict[str, int] = {}
     for seed in range(6):
         out = tmp_path / f"out{seed}"
@@ -126,7 +126,7 @@ def test_kill_anywhere_local(tmp_path, demo_reference):
         got = kill_loop(args, dict(os.environ), store, total, seed)
         for k, v in got.items():
             hits[k] = hits.get(k, 0) + v
-        if not store.exists(commit.SUCCESS):
+        if not store.exists(layout.SUCCESS):
             run_cli("run", str(DEMO), "--output", str(out))
         check_final(store, demo_reference)
         if sum(v for k, v in hits.items() if k != "missed") >= KILLS:
@@ -138,7 +138,7 @@ def test_kill_anywhere_local(tmp_path, demo_reference):
 
 @pytest.mark.s3
 def test_kill_anywhere_s3(s3, demo_reference):
-    total = len(json.loads((demo_reference / commit.MANIFEST).read_text())["shards"])
+    total = len(json.loads((demo_reference / layout.MANIFEST).read_text())["shards"])
     s3.client().upload_file(
         str(ROOT / "jobs/data/demo-pairs.parquet"), s3.bucket, "in/demo-pairs.parquet"
     )
@@ -150,7 +150,7 @@ def test_kill_anywhere_s3(s3, demo_reference):
         got = kill_loop(args, env, store, total, 100 + seed)
         for k, v in got.items():
             hits[k] = hits.get(k, 0) + v
-        if not store.exists(commit.SUCCESS):
+        if not store.exists(layout.SUCCESS):
             run_cli(*args, env=env)
         check_final(store, demo_reference)
         if sum(v for k, v in hits.items() if k != "missed") >= KILLS:
@@ -197,7 +197,7 @@ def test_killing_a_ray_worker_mid_shard_does_not_stop_the_job(tmp_path, demo_ref
     try:
         deadline = time.time() + 300
         while killed is None and time.time() < deadline and proc.poll() is None:
-            if store.exists(commit.MANIFEST) and len(commit.committed_shards(store)) >= 1:
+            if store.exists(layout.MANIFEST) and len(commit.committed_shards(store)) >= 1:
                 # Only our run's descendants: other Ray jobs may run on this machine.
                 for pid, cmd in descendants(proc.pid).items():
                     if "ShardWorker" in cmd or "MapWorker" in cmd:

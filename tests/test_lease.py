@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from rank1_batch import commit, lease
-from rank1_batch.spec import StorageSpec
-from rank1_batch.status import format_status, read_status
-from rank1_batch.storage import Store
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout, lease
+from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.outputs.status import format_status, read_status
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -149,17 +149,17 @@ def test_total_wall_time_is_the_union_of_attempts():
 
 
 def _status_folder(store: Store, total: int) -> None:
-    store.write_json(commit.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(layout.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
     store.write_json(
-        commit.MANIFEST,
+        layout.MANIFEST,
         {"shards": [{"id": f"s{i}"} for i in range(10)], "pairs": total, "rejected": 0,
          "duplicates": 0},
     )  # fmt: skip
 
 
 def _marker(store: Store, shard: str, rows: int, at: float) -> None:
-    m = commit.Marker(shard, rows, "x", "y", commit.ShardStats(pairs=rows), committed_at=at)
-    store.create_json(commit.marker_path(shard), m.to_dict())
+    m = commit.Marker(shard, rows, "x", "y", ShardStats(pairs=rows), committed_at=at)
+    store.create_json(layout.marker_path(shard), m.to_dict())
 
 
 def test_status_eta_uses_the_current_attempt_rate(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 from conftest import DEMO, run_cli
 from s3_server import s3_env
 
-from rank1_batch import model_cache, results
-from rank1_batch.spec import StorageSpec
-from rank1_batch.storage import Store
+from rank1_batch.engines import model_cache
+from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.outputs import results
 from rank1_batch.toy.model import resolve_toy_model
 
 
@@ -26,7 +26,7 @@ def test_model_names_are_classified(tmp_path: Path) -> None:
 
 
 def test_runai_streaming_copies_nothing() -> None:
-    from rank1_batch.spec import spec_from_mapping
+    from rank1_batch.job.load import spec_from_mapping
 
     def spec(**engine_args: str):  # type: ignore[no-untyped-def]
         return spec_from_mapping(
@@ -137,7 +137,7 @@ def test_a_fetch_that_never_answers_is_left_to_the_actors(monkeypatch) -> None: 
 
     import ray
 
-    from rank1_batch.spec import spec_from_mapping
+    from rank1_batch.job.load import spec_from_mapping
 
     def hang(spec):  # type: ignore[no-untyped-def]
         time.sleep(600)

@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import DEMO, run_cli
 
-from rank1_batch import commit
-from rank1_batch.storage import Store
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
 
 pytestmark = pytest.mark.ray
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 def test_a_full_output_device_ends_the_run_in_one_line(tmp_path, demo_reference):
     out = tmp_path / "out"
     # A prepared output (the demo's job.json, manifest and pairs), not scored yet: a resume.
-    for name in (commit.JOB_FILE, "pairs", "rejected"):
+    for name in (layout.JOB_FILE, "pairs", "rejected"):
         src = demo_reference / name
         if src.is_dir():
             shutil.copytree(src, out / name)
@@ -47,5 +47,5 @@ def test_a_full_output_device_ends_the_run_in_one_line(tmp_path, demo_reference)
     assert str(out) in errors[0] and "full or read-only" in errors[0], errors[0]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "to score again" not in result.stderr, "a full device was retried in rounds"
-    assert not Store(str(out)).exists(commit.SUCCESS)
+    assert not Store(str(out)).exists(layout.SUCCESS)
     print(f"ended in {wall:.0f} s: {errors[0]}")

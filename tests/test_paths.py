@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from rank1_batch.paths import UnsafePath, check_uri
-from rank1_batch.spec import JobError, spec_from_mapping
+from rank1_batch.io import layout
+from rank1_batch.io.paths import UnsafePath, check_uri
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.record import claim_output, job_record
+from rank1_batch.job.spec import JobError
 
 
 def job(output: str = "out", input_path: str = "in.parquet", **storage: object) -> dict:
@@ -70,7 +73,8 @@ def test_check_uri_dotted_names_are_not_parent_segments():
 @pytest.mark.parametrize("scheme", ["gs", "gcs", "az", "abfs", "abfss"])
 def test_outputs_are_the_schemes_the_store_commits_to(scheme):
     """The path rules and the store's exclusive-create check are one list."""
-    from rank1_batch import paths, storage
+    from rank1_batch.io import paths
+    from rank1_batch.io import store as storage
 
     assert set(storage.EXCLUSIVE_BACKENDS) == paths.OUTPUT_SCHEMES == {"file", "local", "s3", "s3a"}
     with pytest.raises(JobError, match=f"output.path: .*scheme {scheme!r} is not allowed"):
@@ -143,11 +147,10 @@ def test_a_manifest_naming_other_files_is_refused_one_line_exit_2(tmp_path, caps
     import pyarrow.parquet as pq
     import yaml
 
-    from rank1_batch import commit
     from rank1_batch.cli import main
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.spec import load_job
-    from rank1_batch.storage import Store
+    from rank1_batch.io.store import Store
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.load import load_job
 
     data = tmp_path / "pairs.parquet"
     pq.write_table(
@@ -160,17 +163,17 @@ def test_a_manifest_naming_other_files_is_refused_one_line_exit_2(tmp_path, caps
     )  # fmt: skip
     spec = load_job(path)
     store = Store(spec.output.path)
-    commit.claim_output(store, commit.job_record(spec, listing(scan_inputs(spec.input))))
-    store.write_json(commit.MANIFEST, {"shards": [{"id": "shard-00001"}, entry]})
+    claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
+    store.write_json(layout.MANIFEST, {"shards": [{"id": "shard-00001"}, entry]})
     assert main(["-q", "run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"rank1-batch: error: {store.uri}/pairs/_manifest.json: ")
     assert rule in err and err.count("\n") == 1
-    assert not store.exists(commit.SUCCESS)
+    assert not store.exists(layout.SUCCESS)
 
 
 def test_manifest_names_prepare_writes_pass():
-    from rank1_batch.paths import check_manifest
+    from rank1_batch.io.paths import check_manifest
 
     check_manifest(
         {

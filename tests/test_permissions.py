@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

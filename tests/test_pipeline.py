@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import commit
-from rank1_batch.results import shard_table
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import shard_table
 from rank1_batch.toy.data import ndcg_at_k
 
 pytestmark = pytest.mark.ray
@@ -74,15 +74,15 @@ def demo_out(demo_reference) -> Path:
 
 
 def test_demo_writes_the_layout(demo_out):
-    manifest = json.loads((demo_out / commit.MANIFEST).read_text())
+    manifest = json.loads((demo_out / layout.MANIFEST).read_text())
     shards = [s["id"] for s in manifest["shards"]]
     assert len(shards) >= 4
     for name in ("job.json", "_SUCCESS.json", "pairs/_manifest.json"):
         assert (demo_out / name).is_file(), name
     for s in shards:
         for rel in (
-            commit.pairs_path(s),
-            commit.marker_path(s),
+            layout.pairs_path(s),
+            layout.marker_path(s),
         ):
             assert (demo_out / rel).is_file(), rel
     scores = shard_table(Store(str(demo_out)), shards[0], "scores")
@@ -121,7 +121,7 @@ def test_every_input_pair_is_accounted_for_once(demo_out):
     src_keys = set(
         zip(source.column("query_id").to_pylist(), source.column("doc_id").to_pylist(), strict=True)
     )
-    success = json.loads((demo_out / commit.SUCCESS).read_text())
+    success = json.loads((demo_out / layout.SUCCESS).read_text())
     assert set(keys) == src_keys
     assert success["input_rows"] == source.num_rows
     assert success["scored"] + success["rejected"] + success["duplicates"] == source.num_rows
@@ -199,7 +199,7 @@ def test_sigkill_mid_score_then_resume_gives_identical_output(demo_out, tmp_path
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    total = len(json.loads((demo_out / commit.MANIFEST).read_text())["shards"])
+    total = len(json.loads((demo_out / layout.MANIFEST).read_text())["shards"])
     deadline = time.time() + 300
     try:
         while time.time() < deadline:
@@ -216,7 +216,7 @@ def test_sigkill_mid_score_then_resume_gives_identical_output(demo_out, tmp_path
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
         proc.wait()
-    assert not (out / commit.SUCCESS).exists()
+    assert not (out / layout.SUCCESS).exists()
     cli("run", str(DEMO), "--output", str(out))
     resumed = committed_scores(out)
     reference = committed_scores(demo_out)
@@ -262,7 +262,7 @@ def test_messy_input_all_statuses_and_every_row_accounted(tmp_path):
     )
     cli("run", str(job))
     out = tmp_path / "out"
-    success = json.loads((out / commit.SUCCESS).read_text())
+    success = json.loads((out / layout.SUCCESS).read_text())
     assert success["input_rows"] == len(rows)
     assert success["duplicates"] == 1 and success["rejected"] == 3
     assert success["scored"] + success["rejected"] + success["duplicates"] == len(rows)

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import cli, plan_work, throughput
-from rank1_batch.spec import spec_from_mapping
+from rank1_batch import cli
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.outputs import forecast as plan_work
+from rank1_batch.outputs import throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "demo.yaml"
@@ -62,7 +64,7 @@ def test_scan_counts_pairs_queries_duplicates_and_rejects_exactly(tmp_path, monk
     pq.write_table(table, tmp_path / "in" / "a.parquet", row_group_size=8)
     pq.write_table(table.slice(0, 5), tmp_path / "in" / "b.parquet")
     spec = spec_from_mapping(json.loads(job(tmp_path, tmp_path / "in").read_text()))
-    from rank1_batch.inputs import scan_inputs
+    from rank1_batch.job.inputs import scan_inputs
 
     files = scan_inputs(spec.input)
     monkeypatch.setattr(plan_work, "SPILL_ROWS", 6)  # force the on-disk path

@@ -9,11 +9,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import commit, inputs
-from rank1_batch.pipeline import grouped
-from rank1_batch.pipeline.prepare import PLAN, prepare
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.job import inputs
+from rank1_batch.job import prepare_grouped as grouped
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.prepare import PLAN, prepare
 
 
 def grouped_input(path, row_group_size=7):
@@ -68,7 +69,7 @@ def rejected_of(store, manifest):
 
 def reference(spec):
     """Every row through the shuffle path's shard body at once (one shard holds it all)."""
-    from rank1_batch.pipeline.prepare import build_shard
+    from rank1_batch.job.prepare import build_shard
 
     files = inputs.scan_inputs(spec.input)
     rows = pa.concat_tables(inputs.read_unit(u, spec.input) for u in inputs.units(files))
@@ -127,7 +128,7 @@ def test_grouped_prepare_is_deterministic_and_resumes_only_missing_units(tmp_pat
     first = prepare(spec, store, inputs.scan_inputs(spec.input))
     files = {p: (tmp_path / "a" / p).read_bytes() for p in (s["path"] for s in first["shards"])}
     # A crash after some units: drop the manifest, one unit marker and that unit's shards.
-    (tmp_path / "a" / commit.MANIFEST).unlink()
+    (tmp_path / "a" / layout.MANIFEST).unlink()
     units_dir = tmp_path / "a" / grouped.UNITS
     markers = sorted(units_dir.iterdir())
     lost = json.loads(markers[1].read_text())

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 
 HEAD = (
     "Determine if the following passage is relevant to the query. "

@@ -20,14 +20,14 @@ import pytest
 from conftest import ROOT, run_cli
 from report_outputs import messy_output
 
-from rank1_batch import commit
-from rank1_batch.evaluate import evaluate_runs, first_stage_run, load_qrels, reranked_run
-from rank1_batch.labels import LabelRules, select
-from rank1_batch.report.build import collect
-from rank1_batch.report.explorer import Limits
-from rank1_batch.report.stats import Reliability, kendall_tau_b, spearman
-from rank1_batch.results import read_results, read_traces
-from rank1_batch.storage import Store
+from rank1_batch.core.figures import Reliability, kendall_tau_b, spearman
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.evaluate import evaluate_runs, first_stage_run, load_qrels, reranked_run
+from rank1_batch.outputs.labels import LabelRules, select
+from rank1_batch.outputs.report.build import collect
+from rank1_batch.outputs.report.explorer import Limits
+from rank1_batch.outputs.results import read_results, read_traces
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 
@@ -77,7 +77,7 @@ def test_demo_report_agrees_with_eval_labels_and_markers(report_demo_out: Path, 
     out = tmp_path / "demo.html"
     proc = run_cli("report", str(report_demo_out), "--qrels", str(QRELS), "--out", str(out))
     summary = json.loads(proc.stdout)
-    success = json.loads((report_demo_out / commit.SUCCESS).read_text())
+    success = json.loads((report_demo_out / layout.SUCCESS).read_text())
     assert summary["report"] == str(out) and summary["bytes"] == out.stat().st_size
     assert summary["pairs"] == success["scored"]
     assert {k: v for k, v in success["statuses"].items() if v} == summary["statuses"]
@@ -183,11 +183,11 @@ def test_partial_output_reads_only_committed_shards(messy: tuple[Path, Path], tm
     disk (an attempt killed before it committed). The report reads what markers name."""
     out = tmp_path / "partial"
     shutil.copytree(messy[0], out, ignore=shutil.ignore_patterns("exports"))
-    (out / commit.SUCCESS).unlink()
-    (out / commit.marker_path("shard-00001")).unlink()
+    (out / layout.SUCCESS).unlink()
+    (out / layout.marker_path("shard-00001")).unlink()
     assert list((out / "scores").glob("shard-00001.*parquet"))
     summary = json.loads(run_cli("report", str(out)).stdout)
-    marker = json.loads((messy[0] / commit.marker_path("shard-00000")).read_text())
+    marker = json.loads((messy[0] / layout.marker_path("shard-00000")).read_text())
     assert summary["pairs"] == marker["rows"] == marker["stats"]["pairs"]
     assert summary["statuses"].get("error", 0) == marker["stats"]["error"] == 0
     page = (out / "exports" / "report.html").read_text()

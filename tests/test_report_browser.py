@@ -20,8 +20,8 @@ import pytest
 from conftest import ROOT, run_cli
 from report_outputs import messy_output
 
-from rank1_batch.results import read_traces
-from rank1_batch.storage import Store
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import read_traces
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 SHOTS = Path(os.environ.get("RANK1_REPORT_SCREENSHOTS", ROOT / "build" / "report-screenshots"))

@@ -11,13 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rank1_batch import commit
 from rank1_batch.cli import main
-from rank1_batch.engines import factory, resolve
-from rank1_batch.engines.resolve import Platform, resolve_model, resolve_spec
-from rank1_batch.executor.ray_pool import worker_gpus
-from rank1_batch.spec import ModelSpec, spec_from_mapping
-from rank1_batch.storage import Store
+from rank1_batch.engines import factory
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.job import resolve
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.record import FingerprintMismatch, claim_output, job_record
+from rank1_batch.job.resolve import Platform, resolve_model, resolve_spec, worker_gpus
+from rank1_batch.job.spec import ModelSpec
 
 MINIMAL = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": {"name": "toy"}}
 
@@ -66,7 +68,7 @@ def test_the_driver_resolves_for_the_workers_gpus_not_its_own(monkeypatch):
 def test_job_json_records_resolved_settings_and_actors_build_them(monkeypatch):
     monkeypatch.setattr(resolve, "vllm_installed", lambda: True)
     spec = spec_from_mapping({**MINIMAL, "compute": {"gpus_per_worker": 1}})
-    record = commit.job_record(spec, [])
+    record = job_record(spec, [])
     model = record["settings"]["job"]["model"]
     assert (model["engine"], model["device"], model["dtype"]) == ("vllm", "cuda", "float16")
     assert record["spec"]["model"]["engine"] == "vllm"
@@ -96,14 +98,12 @@ def _job(tmp_path, **compute: object):
 
 
 def _claim(path, monkeypatch, *, vllm: bool) -> None:
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.spec import load_job
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.load import load_job
 
     monkeypatch.setattr(resolve, "vllm_installed", lambda: vllm)
     spec = load_job(path)
-    commit.claim_output(
-        Store(spec.output.path), commit.job_record(spec, listing(scan_inputs(spec.input)))
-    )
+    claim_output(Store(spec.output.path), job_record(spec, listing(scan_inputs(spec.input))))
 
 
 def test_resume_that_resolves_another_engine_is_refused_one_line_exit_2(
@@ -139,17 +139,17 @@ def test_output_written_before_resolution_still_resumes(tmp_path, monkeypatch, c
     settings decide, with a warning; another change is still refused, naming only it."""
     spec = spec_from_mapping(MINIMAL)
     store = Store(str(tmp_path / "out"))
-    record = commit.job_record(spec, [])
+    record = job_record(spec, [])
     old = json.loads(json.dumps(record))
     model = old["settings"]["job"]["model"]
     model.update(engine="auto", dtype="auto")
     del model["device"]
     old["fingerprint"] = "written-before-resolution"
-    store.create_json(commit.JOB_FILE, old)
+    store.create_json(layout.JOB_FILE, old)
     with caplog.at_level(logging.WARNING):
-        assert commit.claim_output(store, record) is False
+        assert claim_output(store, record) is False
     assert "written before engine, device and dtype were resolved" in caplog.text
-    changed = commit.job_record(spec_from_mapping({**MINIMAL, "reasoning": {"max_tokens": 9}}), [])
-    with pytest.raises(commit.FingerprintMismatch) as err:
-        commit.claim_output(store, changed)
+    changed = job_record(spec_from_mapping({**MINIMAL, "reasoning": {"max_tokens": 9}}), [])
+    with pytest.raises(FingerprintMismatch) as err:
+        claim_output(store, changed)
     assert "changed: job.reasoning.max_tokens: 8192 -> 9." in str(err.value)

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_exports_eval import SHARD0, SHARD1, _write_shard
 
-from rank1_batch import commit, evaluate, exports, labels, results
 from rank1_batch.cli import main
-from rank1_batch.storage import Store
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs import evaluate, exports, labels, results
 
 # Bug 2: twin passages that tie exactly. Our order is score desc then doc_id ascending; trec_eval
 # breaks ties by doc_id descending. The relevant documents sit where the two rules disagree.
@@ -38,10 +39,10 @@ TIES_QRELS = "q1 0 a 1\nq1 0 b 1\nq2 0 m 1\nq2 0 q 1\n"
 def _folder(tmp_path, *shards: list[tuple], complete: bool = True) -> Store:
     store = Store(str(tmp_path / "out"))
     for i, rows in enumerate(shards):
-        _write_shard(store, commit.shard_name(i, len(shards)), rows)
-    store.write_json(commit.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+        _write_shard(store, layout.shard_name(i, len(shards)), rows)
+    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
     if complete:
-        store.write_json(commit.SUCCESS, {"scored": sum(len(s) for s in shards)})
+        store.write_json(layout.SUCCESS, {"scored": sum(len(s) for s in shards)})
     return store
 
 
@@ -103,7 +104,7 @@ def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_pa
     """Bug 3: a running job's eval covers the scored queries only, and says it is incomplete."""
     store = _folder(tmp_path, SHARD0, SHARD1, complete=False)
     store.write_json(
-        commit.MANIFEST, {"shards": [{"id": commit.shard_name(i, 5)} for i in range(5)]}
+        layout.MANIFEST, {"shards": [{"id": layout.shard_name(i, 5)} for i in range(5)]}
     )
     qrels = tmp_path / "qrels"
     # q1 and q2 are scored; q3..q6 sit in shards not committed yet
@@ -115,7 +116,7 @@ def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_pa
     report = json.loads((tmp_path / "out/exports/metrics.json").read_text())
     assert report["runs"]["reranked"]["aggregate"]["RR@10"] == pytest.approx(1.0)
     assert report["incomplete"]["qrels_queries_scored"] == 2
-    store.write_json(commit.SUCCESS, {})
+    store.write_json(layout.SUCCESS, {})
     assert main(["-q", "eval", store.uri, "--qrels", str(qrels), "--json"]) == 0
     assert "incomplete" not in json.loads(capsys.readouterr().out)
 

@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from rank1_batch import commit, reuse, reuse_ready
-from rank1_batch.results import shard_table
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.record import claim_output, job_record
+from rank1_batch.outputs.results import shard_table
+from rank1_batch.pipeline import reuse, reuse_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "demo.yaml"
@@ -131,7 +133,7 @@ def test_key_covers_composed_texts_not_ids():
 def test_reuse_is_not_in_the_fingerprint():
     a = spec_from_mapping(demo_mapping())
     b = spec_from_mapping(demo_mapping(reuse=["/earlier/out", "s3://bucket/run1"]))
-    ra, rb = commit.job_record(a, []), commit.job_record(b, [])
+    ra, rb = job_record(a, []), job_record(b, [])
     assert ra["fingerprint"] == rb["fingerprint"]
 
 
@@ -142,7 +144,7 @@ def test_a_reuse_source_that_is_no_output_is_named(tmp_path):
 
 
 def test_reuse_may_not_name_the_job_own_output():
-    from rank1_batch.spec import JobError
+    from rank1_batch.job.spec import JobError
 
     with pytest.raises(JobError, match=r"reuse\[0\].*own output"):
         spec_from_mapping(demo_mapping(output={"path": "/o"}, reuse=["/o/"]))
@@ -278,11 +280,11 @@ def extended_input(path: Path) -> pa.Table:
 @pytest.mark.ray
 def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_reference):
     from rank1_batch.engines.factory import build_engine, model_path
-    from rank1_batch.executor.local import score_local
-    from rank1_batch.executor.ray_pool import init_ray
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.pipeline.prepare import prepare
-    from rank1_batch.pipeline.run import run
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.local import score_local
+    from rank1_batch.pipeline.pool import init_ray
+    from rank1_batch.run import run
 
     table = extended_input(tmp_path / "ext.parquet")
     out = str(tmp_path / "ext-out")
@@ -293,7 +295,7 @@ def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_r
     # An interrupted first attempt: prepare, match, and commit two shards only.
     store = Store(out)
     files = scan_inputs(spec.input)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    claim_output(store, job_record(spec, listing(files)))
     init_ray(spec)
     manifest = prepare(spec, store, files)
     shards = [s["id"] for s in manifest["shards"]]
@@ -301,12 +303,12 @@ def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_r
     assert sum(matched.values()) == 3000
     engine = build_engine(spec, model_path(spec))
     first = score_local(spec, store, shards[:2], engine)
-    before = {m.shard: (tmp_path / "ext-out" / commit.marker_path(m.shard)).read_bytes()
+    before = {m.shard: (tmp_path / "ext-out" / layout.marker_path(m.shard)).read_bytes()
               for m in first}  # fmt: skip
     # The resumed run: only the other shards are matched and scored again.
     done = run(spec)
     for shard, data in before.items():
-        assert (tmp_path / "ext-out" / commit.marker_path(shard)).read_bytes() == data
+        assert (tmp_path / "ext-out" / layout.marker_path(shard)).read_bytes() == data
     assert done["scored"] == table.num_rows == 4500
     assert done["reused"] == 3000, done
     markers = commit.read_markers(store)
@@ -325,20 +327,20 @@ def test_extended_job_scores_only_new_pairs_and_resumes_exactly(tmp_path, demo_r
     assert {origin[p] for p in old} == {str(demo_reference)}
     assert {origin[p] for p in new if p not in old} == {None}
     # Status shows the count.
-    from rank1_batch.status import read_status
+    from rank1_batch.outputs.status import read_status
 
     assert read_status(store)["pairs_reused"] == 3000
     # Readers (exports, eval) take a reuse job's output like any other.
-    from rank1_batch.results import read_results
+    from rank1_batch.outputs.results import read_results
 
     assert read_results(store, require_complete=True).table.num_rows == 4500
 
 
 @pytest.mark.ray
 def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
-    from rank1_batch.executor.ray_pool import init_ray
-    from rank1_batch.inputs import listing, scan_inputs
-    from rank1_batch.pipeline.prepare import prepare
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray
 
     spec = spec_from_mapping(
         demo_mapping(output={"path": str(tmp_path / "o"), "shard_size": 500},
@@ -347,7 +349,7 @@ def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
     )  # fmt: skip
     store = Store(spec.output.path)
     files = scan_inputs(spec.input)
-    commit.claim_output(store, commit.job_record(spec, listing(files)))
+    claim_output(store, job_record(spec, listing(files)))
     init_ray(spec)
     manifest = prepare(spec, store, files)
     shards = [s["id"] for s in manifest["shards"]]
@@ -359,7 +361,7 @@ def test_changed_reasoning_budget_reuses_nothing(tmp_path, demo_reference):
                      reuse=[str(demo_reference)])
     )  # fmt: skip
     store2 = Store(same_spec.output.path)
-    commit.claim_output(store2, commit.job_record(same_spec, listing(files)))
+    claim_output(store2, job_record(same_spec, listing(files)))
     prepare(same_spec, store2, files)
     assert sum(reuse_ready.build_reuse(same_spec, store2, shards).values()) == 3000
 
@@ -379,7 +381,7 @@ def test_reuse_from_and_into_s3(tmp_path, s3, demo_reference, monkeypatch):
     args, store = s3.demo_run(f"s3://{s3.bucket}/new")
     run_cli(*args, "--set", f"reuse=['s3://{s3.bucket}/old']", "--set", "model.device=cpu",
             env=s3.env)  # fmt: skip
-    done = store.read_json(commit.SUCCESS)
+    done = store.read_json(layout.SUCCESS)
     assert done["scored"] == 3000 and done["reused"] == 3000
     old = by_pair(*committed(str(demo_reference)))
     shards = sorted(commit.committed_shards(store))

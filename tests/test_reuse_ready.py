@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from rank1_batch import lease, reuse, reuse_ready
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store
+from rank1_batch.io import lease
+from rank1_batch.io.store import Store
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.pipeline import reuse, reuse_ready
 
 JOB = {
     "input": {"path": "in.parquet"},

@@ -21,10 +21,11 @@ import pytest
 import yaml
 from conftest import CLI, ENV, ROOT
 
-from rank1_batch import commit, lease
-from rank1_batch.inputs import listing, scan_inputs
-from rank1_batch.spec import load_job
-from rank1_batch.storage import Store
+from rank1_batch.io import layout, lease
+from rank1_batch.io.store import Store
+from rank1_batch.job.inputs import listing, scan_inputs
+from rank1_batch.job.load import load_job
+from rank1_batch.job.record import claim_output, job_record
 
 pytestmark = pytest.mark.ray
 
@@ -88,7 +89,7 @@ def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
     # an earlier attempt of this job that ran 100 s and was stopped
     spec = load_job(job)
     store = Store(spec.output.path)
-    commit.claim_output(store, commit.job_record(spec, listing(scan_inputs(spec.input))))
+    claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
     earlier = lease.Attempt.new()
     earlier.started, earlier.refreshed = time.time() - 1000, time.time() - 900
     earlier.finished = True
@@ -110,7 +111,7 @@ def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
     assert re.search(r"shards \d+/\d+", screen), "our progress bar is missing"
     assert "finished_at" not in screen  # no raw JSON
 
-    done = store.read_json(commit.SUCCESS)
+    done = store.read_json(layout.SUCCESS)
     assert done["attempts"] == 2
     assert done["total_wall_seconds"] >= 100 + done["last_attempt_wall_seconds"] - 1
     assert "wall_seconds" not in done
@@ -133,7 +134,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
     )  # fmt: skip
     try:
         deadline = time.time() + 600
-        while not (out / commit.COMMITS).exists() or not os.listdir(out / commit.COMMITS):
+        while not (out / layout.COMMITS).exists() or not os.listdir(out / layout.COMMITS):
             assert time.time() < deadline, "no shard committed in 600 s"
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.05)
@@ -151,13 +152,13 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
         "and the same command resumes"
     ), err[-3000:]
     assert not (out / lease.LEASE).exists()
-    assert not (out / commit.SUCCESS).exists()
+    assert not (out / layout.SUCCESS).exists()
 
 
 def test_a_swallowed_ctrl_c_still_stops_scoring():
     """Ray Data can swallow the driver's KeyboardInterrupt (or turn it into another error);
     the scoring loop's watch keeps the fact, so the next shard or round stops the run."""
-    from rank1_batch.executor.ray_pool import _sigint_watch
+    from rank1_batch.pipeline.pool import _sigint_watch
 
     before = signal.getsignal(signal.SIGINT)
     with _sigint_watch() as interrupted:

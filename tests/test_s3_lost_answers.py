@@ -12,10 +12,10 @@ import pytest
 from s3_server import FaultPlan, FaultProxy, Rule
 from test_storage_s3 import EchoEngine, _job_and_shard, store_of
 
-from rank1_batch import commit, lease
+from rank1_batch.io import commit, layout, lease
+from rank1_batch.io.store import OutputUnwritable, StorageError, Store, is_transient
+from rank1_batch.outputs.results import shard_table
 from rank1_batch.pipeline.score import process_shard
-from rank1_batch.results import shard_table
-from rank1_batch.storage import OutputUnwritable, StorageError, Store, is_transient
 
 pytestmark = pytest.mark.s3
 
@@ -35,7 +35,7 @@ def _assert_committed_and_readable(s3, prefix: str, marker: commit.Marker) -> No
     direct = store_of(s3, prefix)
     on_disk = commit.read_marker(direct, "shard-00000")
     assert on_disk.attempt == marker.attempt
-    assert direct.list(commit.COMMITS) == ["shard-00000.json"]
+    assert direct.list(layout.COMMITS) == ["shard-00000.json"]
     scores = shard_table(direct, "shard-00000", "scores")  # checksum verified
     traces = shard_table(direct, "shard-00000", "traces")
     assert scores.num_rows == traces.num_rows == 40
@@ -260,7 +260,7 @@ def test_s3_demo_with_faults_on_every_request_kind_equals_a_local_run(s3, demo_r
     random_faults = sum(n for (_, action), n in plan.by_kind.items() if action != "pass")
     assert random_faults > len(rules) + 10, plan.by_kind
     store = store_of(s3, "flaky")
-    assert store.exists(commit.SUCCESS)
+    assert store.exists(layout.SUCCESS)
     local = _rows(Store(str(demo_reference)))
     flaky = _rows(store)
     assert len(flaky) == len(local) == 3000

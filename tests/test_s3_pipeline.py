@@ -21,9 +21,9 @@ import pytest
 from conftest import CLI, ROOT, S3, run_cli
 from s3_server import SECRET_KEY, s3_env
 
-from rank1_batch import commit
-from rank1_batch.results import shard_table
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import shard_table
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
 
@@ -62,7 +62,7 @@ def s3_run(moto_server, demo_reference):
         )
         uri = f"s3://{s3.bucket}/demo"
         args, store = s3.demo_run(uri)
-        total = len(json.loads((demo_reference / commit.MANIFEST).read_text())["shards"])
+        total = len(json.loads((demo_reference / layout.MANIFEST).read_text())["shards"])
         with open(logs / "killed.out", "w") as out, open(logs / "killed.err", "w") as err:
             proc = subprocess.Popen(
                 [*CLI, *args],
@@ -83,7 +83,7 @@ def s3_run(moto_server, demo_reference):
                 os.killpg(proc.pid, signal.SIGKILL)  # driver, its local Ray, every worker
                 proc.wait()
         killed_at = len(commit.committed_shards(store))
-        assert not store.exists(commit.SUCCESS)
+        assert not store.exists(layout.SUCCESS)
         resumed = run_cli(*args, env=env)
         (logs / "resumed.out").write_text(resumed.stdout)
         (logs / "resumed.err").write_text(resumed.stderr)
@@ -121,7 +121,7 @@ def test_s3_demo_killed_mid_score_resumes_to_the_exact_output(s3_run, demo_refer
     assert len(keys) == len(set(keys)), "duplicate pairs after resume"
     assert resumed.num_rows == reference.num_rows
     assert score_map(resumed) == score_map(reference)
-    success = s3_run["store"].read_json(commit.SUCCESS)
+    success = s3_run["store"].read_json(layout.SUCCESS)
     assert success["scored"] + success["rejected"] + success["duplicates"] == success["input_rows"]
 
 

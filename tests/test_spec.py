@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rank1_batch.spec import JobError, load_job, spec_from_mapping
+from rank1_batch.job.load import load_job, spec_from_mapping
+from rank1_batch.job.spec import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,34 +7,34 @@ import time
 
 import pytest
 
-from rank1_batch import commit
-from rank1_batch.spec import StorageSpec
-from rank1_batch.status import read_status
-from rank1_batch.storage import Store
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.outputs.status import read_status
 
 SHARDS = 50_000
 LIMIT_S = 10.0
 
 
 def marker(i: int) -> commit.Marker:
-    stats = commit.ShardStats(pairs=2000, complete=1990 - i % 7, forced=7 + i % 7, error=3)
-    return commit.Marker(commit.shard_name(i, SHARDS), 2000, f"s{i}", f"t{i}", stats, 1e9 + i, "w")
+    stats = ShardStats(pairs=2000, complete=1990 - i % 7, forced=7 + i % 7, error=3)
+    return commit.Marker(layout.shard_name(i, SHARDS), 2000, f"s{i}", f"t{i}", stats, 1e9 + i, "w")
 
 
 def planned(store: Store, shards: int = SHARDS) -> None:
-    store.write_json(commit.JOB_FILE, {"spec": {"name": "big", "model": {"name": "toy"}}})
+    store.write_json(layout.JOB_FILE, {"spec": {"name": "big", "model": {"name": "toy"}}})
     manifest = {
         "input_rows": 2000 * shards,
         "pairs": 2000 * shards,
         "rejected": 0,
         "duplicates": 0,
-        "shards": [{"id": commit.shard_name(i, shards), "rows": 2000} for i in range(shards)],
+        "shards": [{"id": layout.shard_name(i, shards), "rows": 2000} for i in range(shards)],
     }
-    store.write_json(commit.MANIFEST, manifest)
+    store.write_json(layout.MANIFEST, manifest)
 
 
 def expected(committed: range) -> dict[str, int]:
-    total = sum((marker(i).stats for i in committed), commit.ShardStats())
+    total = sum((marker(i).stats for i in committed), ShardStats())
     return {"pairs": total.pairs, "forced": total.forced, "complete": total.complete}
 
 
@@ -50,11 +50,11 @@ def check(status: dict, committed: range) -> None:
 def test_status_of_50000_local_markers_in_seconds(tmp_path):
     store = Store(str(tmp_path / "out"))
     planned(store)
-    folder = tmp_path / "out" / commit.COMMITS
+    folder = tmp_path / "out" / layout.COMMITS
     folder.mkdir()
     committed = range(SHARDS - 1)  # one shard still scoring
     for i in committed:
-        (folder / f"{commit.shard_name(i, SHARDS)}.json").write_text(
+        (folder / f"{layout.shard_name(i, SHARDS)}.json").write_text(
             json.dumps(marker(i).to_dict())
         )
     start = time.perf_counter()
@@ -76,17 +76,17 @@ def test_status_of_50000_local_markers_in_seconds(tmp_path):
 def test_digest_is_a_cache_markers_added_later_still_count(tmp_path):
     store = Store(str(tmp_path / "out"))
     planned(store, 1200)
-    folder = tmp_path / "out" / commit.COMMITS
+    folder = tmp_path / "out" / layout.COMMITS
     folder.mkdir()
     for i in range(600):
-        (folder / f"{commit.shard_name(i, 1200)}.json").write_text(json.dumps(marker(i).to_dict()))
+        (folder / f"{layout.shard_name(i, 1200)}.json").write_text(json.dumps(marker(i).to_dict()))
     assert len(commit.read_markers(store)) == 600 and store.exists(commit.DIGEST)
     for i in range(600, 700):
-        (folder / f"{commit.shard_name(i, 1200)}.json").write_text(json.dumps(marker(i).to_dict()))
+        (folder / f"{layout.shard_name(i, 1200)}.json").write_text(json.dumps(marker(i).to_dict()))
     got = commit.read_markers(store)
-    assert [m.shard for m in got] == [commit.shard_name(i, 1200) for i in range(700)]
+    assert [m.shard for m in got] == [layout.shard_name(i, 1200) for i in range(700)]
     assert [m.to_dict() for m in got] == [
-        marker(i).to_dict() | {"shard": commit.shard_name(i, 1200)} for i in range(700)
+        marker(i).to_dict() | {"shard": layout.shard_name(i, 1200)} for i in range(700)
     ]
 
 
@@ -102,7 +102,7 @@ def test_status_of_50000_shards_on_s3_in_seconds(s3):
     commit.write_digest(store, {marker(i).shard: marker(i) for i in folded})
     store.fs.pipe(
         {
-            store.path(commit.marker_path(marker(i).shard)): json.dumps(
+            store.path(layout.marker_path(marker(i).shard)): json.dumps(
                 marker(i).to_dict()
             ).encode()
             for i in range(SHARDS - 200, SHARDS - 1)
@@ -120,18 +120,18 @@ def test_status_of_50000_shards_on_s3_in_seconds(s3):
 def test_status_of_a_complete_output_counts_reused_pairs(tmp_path):
     """A complete output answers from _SUCCESS.json alone, reused pairs included (a folder of
     a version without reuse reads 0)."""
-    from rank1_batch.status import format_status, read_status
+    from rank1_batch.outputs.status import format_status, read_status
 
     store = Store(str(tmp_path / "out"))
-    store.write_json(commit.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(layout.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
     store.write_json(
-        commit.MANIFEST,
+        layout.MANIFEST,
         {"shards": [{"id": "shard-00000", "rows": 3}], "pairs": 3, "rejected": 0, "duplicates": 0},
     )
     success = {"shards": 1, "scored": 3, "statuses": {"complete": 3}, "truncated": 0}
-    store.write_json(commit.SUCCESS, success | {"reused": 2})
+    store.write_json(layout.SUCCESS, success | {"reused": 2})
     status = read_status(store)
     assert status["state"] == "complete" and status["pairs_reused"] == 2
     assert "2 copied from earlier outputs" in format_status(status)
-    store.write_json(commit.SUCCESS, success)
+    store.write_json(layout.SUCCESS, success)
     assert read_status(store)["pairs_reused"] == 0

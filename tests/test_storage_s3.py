@@ -12,11 +12,13 @@ import pytest
 from commit_checks import assert_exclusive_create
 from s3_server import FaultPlan, FaultProxy
 
-from rank1_batch import commit, rank1
+from rank1_batch.core import rank1
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import StorageError, StorageSpec, Store, parquet_bytes
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.record import claim_output, job_record
+from rank1_batch.outputs.results import shard_table
 from rank1_batch.pipeline.score import process_shard
-from rank1_batch.results import shard_table
-from rank1_batch.spec import StorageSpec, spec_from_mapping
-from rank1_batch.storage import StorageError, Store, parquet_bytes
 
 pytestmark = pytest.mark.s3
 
@@ -57,8 +59,8 @@ def test_job_json_holds_no_credentials(s3):
         }
     )
     store = store_of(s3)
-    commit.claim_output(store, commit.job_record(spec, []))
-    text = store.read_bytes(commit.JOB_FILE).decode()
+    claim_output(store, job_record(spec, []))
+    text = store.read_bytes(layout.JOB_FILE).decode()
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in text
     assert s3.env["AWS_ACCESS_KEY_ID"] not in text
 
@@ -106,7 +108,7 @@ def _job_and_shard(s3, prefix: str, n: int = 40) -> tuple[object, Store]:
             "instruction": pa.nulls(n, pa.string()),
         }
     )
-    store.write_atomic(commit.pairs_path("shard-00000"), parquet_bytes(pairs))
+    store.write_atomic(layout.pairs_path("shard-00000"), parquet_bytes(pairs))
     return spec, store
 
 
@@ -130,8 +132,8 @@ def test_two_racing_attempts_of_one_shard_commit_once(s3):
     for t in threads:
         t.join()
     assert not errors
-    assert store.list(commit.COMMITS) == ["shard-00000.json"]
-    on_disk = commit.Marker.from_dict(store.read_json(commit.marker_path("shard-00000")))
+    assert store.list(layout.COMMITS) == ["shard-00000.json"]
+    on_disk = commit.Marker.from_dict(store.read_json(layout.marker_path("shard-00000")))
     # Both attempts report the one committed marker, and it describes the published files.
     assert [m.scores_sha256 for m in markers] == [on_disk.scores_sha256] * 2
     # The losing attempt removed its own files: only the committed attempt's remain.
@@ -139,7 +141,7 @@ def test_two_racing_attempts_of_one_shard_commit_once(s3):
     scores = shard_table(store, "shard-00000", "scores")
     keys = list(zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 40
-    from rank1_batch.storage import sha256
+    from rank1_batch.io.store import sha256
 
     assert sha256(store.read_bytes(on_disk.scores_file)) == on_disk.scores_sha256
 
@@ -162,7 +164,7 @@ def test_transient_faults_are_retried_and_output_is_identical(s3):
     assert shard_table(direct, "shard-00000", "scores") == shard_table(
         clean, "shard-00000", "scores"
     )
-    assert direct.list(commit.COMMITS) == ["shard-00000.json"]
+    assert direct.list(layout.COMMITS) == ["shard-00000.json"]
     print("fault counts:", plan.counts)
 
 
@@ -170,7 +172,7 @@ def test_one_file_export_upload_is_retried_on_transient_faults(s3, monkeypatch):
     """A TREC run or JSONL labels file goes up in one put at the end of a long export: a reset
     connection that botocore's own retries did not absorb must be retried, not end the export.
     (Injected at the filesystem: through the fault proxy s3fs's own backoff takes minutes.)"""
-    from rank1_batch.exports import streamed_file
+    from rank1_batch.outputs.targets import streamed_file
 
     store = store_of(s3, "upload")
     real, calls = store.fs.put_file, []
@@ -223,7 +225,7 @@ def _run(spec) -> None:
     Ray may already be up in this process (an earlier in-process test left it), so the check is
     that the run never reached ``init_ray``, not whether Ray happens to be initialized.
     """
-    from rank1_batch.pipeline import run as runner
+    from rank1_batch import run as runner
 
     reached: list[str] = []
     original = runner.init_ray

@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import commit, rank1, results
+from rank1_batch.core import rank1
 from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, StreamEngine
-from rank1_batch.executor.stream import ShardStreamer, default_max_requests, score_shards
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.outputs import results
 from rank1_batch.pipeline.score import process_shard
-from rank1_batch.spec import spec_from_mapping
-from rank1_batch.storage import Store, parquet_bytes
+from rank1_batch.pipeline.stream import ShardStreamer, default_max_requests, score_shards
 
 
 class SleepyStreamEngine(StreamEngine):
@@ -112,7 +114,7 @@ def _job(tmp_path, n: int, shard_rows: int):  # type: ignore[no-untyped-def]
                 "instruction": pa.nulls(len(rows), pa.string()),
             }
         )
-        store.publish(commit.pairs_path(shard), parquet_bytes(table))
+        store.publish(layout.pairs_path(shard), parquet_bytes(table))
         shards.append(shard)
     return spec, store, shards
 
@@ -160,7 +162,7 @@ def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
     streamer = ShardStreamer(engine, store, spec, max_requests=3)
     with pytest.raises(ExceptionGroup):
         asyncio.run(score_shards(streamer, shards, shards_in_flight=1))
-    assert not store.exists(commit.marker_path(shards[0]))
+    assert not store.exists(layout.marker_path(shards[0]))
     assert engine.peak <= 3
     assert streamer.waiting == 0 and streamer.in_flight == 0  # the books balance
 
@@ -283,10 +285,10 @@ def test_an_open_shard_holds_only_the_requests_in_flight(tmp_path, monkeypatch) 
     assert [m.traces_sha256 for m in markers] == [m.traces_sha256 for m in reference]
     assert [m.scores_sha256 for m in markers] == [m.scores_sha256 for m in reference]
     texts = results.shard_table(store, shards[1], "traces").column("reasoning").to_pylist()
-    pairs = ref_store.read_parquet(commit.pairs_path(shards[1]))
-    from rank1_batch.pipeline.score import requests_for
+    pairs = ref_store.read_parquet(layout.pairs_path(shards[1]))
+    from rank1_batch.core.rows import requests_for
 
-    expected = sync.judge(requests_for(pairs, ref_spec))
+    expected = sync.judge(requests_for(pairs, ref_spec.reasoning))
     assert texts == [j.reasoning for j in expected]
     assert all(len(t) == 4096 for t in texts) and len(set(texts)) == 300
 
@@ -294,7 +296,7 @@ def test_an_open_shard_holds_only_the_requests_in_flight(tmp_path, monkeypatch) 
 def test_spilled_rows_leave_no_file_and_read_back_what_was_put(tmp_path, monkeypatch) -> None:
     """The spill file lives in $RANK1_BATCH_SPILL_DIR, unlinked from the start (nothing is left
     behind, even by a killed process); rows come back by index whatever the order of arrival."""
-    from rank1_batch.pipeline.spill import SPILL_DIR_ENV, JudgedRows
+    from rank1_batch.pipeline.judged import SPILL_DIR_ENV, JudgedRows
 
     monkeypatch.setenv(SPILL_DIR_ENV, str(tmp_path))
     made = [

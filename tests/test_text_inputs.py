@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rank1_batch import inputs
-from rank1_batch.spec import InputSpec
+from rank1_batch.job import inputs
+from rank1_batch.job.spec import InputSpec
 
 ROWS = [
     {"query_id": "q1", "query": "cats", "doc_id": "d1", "passage": "a cat, sitting"},

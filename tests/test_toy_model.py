@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.toy import data as toy_data
 from rank1_batch.toy import model as toy_model
 from rank1_batch.toy import tokenizer as toy_tokenizer

@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from rank1_batch import rank1  # noqa: E402
+from rank1_batch.core import rank1  # noqa: E402
 from rank1_batch.engines import (  # noqa: E402
     EngineOptions,
     Generation,
@@ -325,7 +325,7 @@ def test_model_revision_and_options(random_model: Path, random_engine: Recording
 
 def test_package_import_does_not_pull_torch_vllm_or_ray() -> None:
     code = (
-        "import sys, rank1_batch, rank1_batch.engines, rank1_batch.rank1, rank1_batch.cli\n"
+        "import sys, rank1_batch, rank1_batch.engines, rank1_batch.core.rank1, rank1_batch.cli\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DEMO, ROOT, run_cli
 
-from rank1_batch import commit, results
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.io.verify import RETIRED, check_files, verify
+from rank1_batch.outputs import results
 from rank1_batch.pipeline.finalize import finalize
-from rank1_batch.storage import Store
-from rank1_batch.verify import RETIRED, check_files, verify
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 TAMPERED = ["shard-00000", "shard-00001", "shard-00002", "shard-00003"]
@@ -35,7 +37,7 @@ def _copy(reference: Path, dest: Path) -> Path:
 
 
 def _file(out: Path, kind: str, shard: str) -> Path:
-    marker = json.loads((out / commit.marker_path(shard)).read_text())
+    marker = json.loads((out / layout.marker_path(shard)).read_text())
     return out / marker[f"{kind}_file"]
 
 
@@ -56,7 +58,7 @@ def change_one_score(out: Path, shard: str) -> None:
 
 
 def truncate_marker(out: Path, shard: str) -> None:
-    path = out / commit.marker_path(shard)
+    path = out / layout.marker_path(shard)
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
@@ -87,9 +89,9 @@ def test_markers_are_checked_in_one_place(tmp_path):
     store = Store(str(tmp_path))
     shard, attempt = "shard-00007", "ab12"
     doc = commit.Marker(
-        shard, 3, "a" * 64, "b" * 64, commit.ShardStats(pairs=3), attempt=attempt,
-        scores_file=commit.scores_path(shard, attempt),
-        traces_file=commit.traces_path(shard, attempt), scores_bytes=5, traces_bytes=6,
+        shard, 3, "a" * 64, "b" * 64, ShardStats(pairs=3), attempt=attempt,
+        scores_file=layout.scores_path(shard, attempt),
+        traces_file=layout.traces_path(shard, attempt), scores_bytes=5, traces_bytes=6,
     ).to_dict()  # fmt: skip
     assert commit.parse_marker(store, shard, json.dumps(doc).encode()).scores_bytes == 5
     cases = {
@@ -110,8 +112,8 @@ def test_markers_are_checked_in_one_place(tmp_path):
 def test_finalize_checks_existence_and_size_and_verify_checks_content(tmp_path, demo_reference):
     out = _copy(demo_reference, tmp_path / "out")
     store = Store(str(out))
-    manifest = store.read_json(commit.MANIFEST)
-    (out / commit.SUCCESS).unlink()
+    manifest = store.read_json(layout.MANIFEST)
+    (out / layout.SUCCESS).unlink()
     flip_bytes(out, "shard-00004")  # same size: finalize cannot see it, verify does
     markers = commit.read_markers(store)
     assert all(m.scores_bytes and m.traces_bytes for m in markers)
@@ -123,7 +125,7 @@ def test_finalize_checks_existence_and_size_and_verify_checks_content(tmp_path, 
     with pytest.raises(commit.CommitError, match=r"shard-00002: traces/.*: missing") as err:
         finalize(store, manifest, 1.0)
     assert "and 1 more bad shard" in str(err.value)
-    assert not (out / commit.SUCCESS).exists()
+    assert not (out / layout.SUCCESS).exists()
     problems = check_files(store, markers)
     assert {(p.shard, p.what.split(",")[0]) for p in problems} == {
         ("shard-00002", "missing"),
@@ -133,7 +135,7 @@ def test_finalize_checks_existence_and_size_and_verify_checks_content(tmp_path, 
 
 def test_status_names_a_corrupt_marker(tmp_path, demo_reference):
     out = _copy(demo_reference, tmp_path / "out")
-    (out / commit.SUCCESS).unlink()  # unfinished: status reads the markers
+    (out / layout.SUCCESS).unlink()  # unfinished: status reads the markers
     truncate_marker(out, "shard-00001")
     line = one_error_line(run_cli("-q", "status", str(out), check=False))
     assert "_commits/shard-00001.json is corrupt" in line
@@ -142,7 +144,7 @@ def test_status_names_a_corrupt_marker(tmp_path, demo_reference):
 def test_tampered_output_is_named_refused_repaired_and_rescored(tmp_path, demo_reference):
     out = _copy(demo_reference, tmp_path / "out")
     tamper(out)
-    success = (out / commit.SUCCESS).read_bytes()
+    success = (out / layout.SUCCESS).read_bytes()
 
     found = run_cli("-q", "verify", str(out), check=False)
     assert found.returncode == 1, found.stderr[-3000:]
@@ -164,11 +166,11 @@ def test_tampered_output_is_named_refused_repaired_and_rescored(tmp_path, demo_r
     rerun = run_cli("-q", "run", str(DEMO), "--output", str(out), check=False)
     assert "_commits/shard-00003.json is corrupt" in one_error_line(rerun)
     assert "done" not in rerun.stdout
-    assert (out / commit.SUCCESS).read_bytes() == success
+    assert (out / layout.SUCCESS).read_bytes() == success
 
     repaired = run_cli("-q", "verify", str(out), "--repair", check=False)
     assert repaired.returncode == 1 and "retired 4 marker(s)" in repaired.stdout
-    assert not (out / commit.SUCCESS).exists()
+    assert not (out / layout.SUCCESS).exists()
     retired = sorted(p.name.split(".")[0] for p in (out / RETIRED).iterdir())
     assert retired == TAMPERED
     assert sorted(commit.committed_shards(Store(str(out)))) == ["shard-00004", "shard-00005"]
@@ -178,8 +180,8 @@ def test_tampered_output_is_named_refused_repaired_and_rescored(tmp_path, demo_r
     assert run_cli("-q", "verify", str(out), check=False).returncode == 0
     for kind in ("scores", "traces"):
         assert all_rows(out, kind).equals(all_rows(demo_reference, kind)), kind
-    done = json.loads((out / commit.SUCCESS).read_text())
-    assert done["scored"] == json.loads((demo_reference / commit.SUCCESS).read_text())["scored"]
+    done = json.loads((out / layout.SUCCESS).read_text())
+    assert done["scored"] == json.loads((demo_reference / layout.SUCCESS).read_text())["scored"]
     # the tampered files are gone (no marker names them); the retired markers are kept
     names = {f"{k}/{os.path.basename(p)}" for k in ("scores", "traces") for p in glob.glob(
         str(out / k / "*.parquet"))}  # fmt: skip

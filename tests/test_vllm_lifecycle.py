@@ -27,8 +27,8 @@ import pytest
 from conftest import ROOT, run_cli
 from test_vllm_cpu import VLLM_DEMO, _vllm_cpu
 
-from rank1_batch import commit
-from rank1_batch.storage import Store
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
 
 pytestmark = [
     pytest.mark.vllm,
@@ -110,6 +110,6 @@ def test_a_successful_vllm_run_prints_no_traceback(tmp_path: Path) -> None:
         "--set=reasoning.max_tokens=4",
         timeout=900,
     )
-    assert Store(str(out)).exists(commit.SUCCESS)
+    assert Store(str(out)).exists(layout.SUCCESS)
     for text in (done.stderr, done.stdout):
         assert "Traceback" not in text and "EngineDeadError" not in text, text[-4000:]

@@ -2,7 +2,7 @@
 
 An engine supplies three primitives — tokenisation, a greedy reasoning pass, and a one-token
 answer pass restricted to the two answer ids. :meth:`Rank1Engine.judge` turns them into
-judgements with the shared rules of :mod:`rank1_batch.rank1`, so no engine re-implements
+judgements with the shared rules of :mod:`rank1_batch.core.rank1`, so no engine re-implements
 prompt building, truncation, the completeness rule, the forced prompt or the fallback.
 
 Two shapes of engine share those steps (:meth:`Rank1Engine.fit`, ``budget``, ``after_pass1``,
@@ -22,19 +22,13 @@ from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rank1_batch import cascade, rank1
+from rank1_batch.core import modes as cascade
+from rank1_batch.core import rank1
+from rank1_batch.core.rows import JudgeRequest
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """One pair to judge: the composed query text and passage text (see ``rank1.compose_*``)."""
-
-    query: str
-    passage: str
 
 
 @dataclass(frozen=True)
@@ -247,7 +241,7 @@ class Rank1Engine(abc.ABC):
         query_ids: Sequence[str],
         mode: cascade.ReasoningMode,
     ) -> list[rank1.Judgement]:
-        """A shard's judgements under ``reasoning.mode`` (:mod:`rank1_batch.cascade`):
+        """A shard's judgements under ``reasoning.mode`` (:mod:`rank1_batch.core.modes`):
         the direct pass where the mode has one, then reasoning for the pairs it plans."""
         direct = self.judge_direct(requests) if mode.mode != rank1.THINK else None
         chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)

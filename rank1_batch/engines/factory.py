@@ -1,7 +1,7 @@
 """Which engine a job gets, and how it is built from the job file.
 
 The actors receive a spec whose ``auto`` settings the driver resolved
-(:mod:`rank1_batch.engines.resolve`) and build exactly that engine; the model folder is
+(:mod:`rank1_batch.job.resolve`) and build exactly that engine; the model folder is
 found where the engine runs (the one on that node).
 """
 
@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from rank1_batch.engines.base import EngineOptions, Rank1Engine
-from rank1_batch.engines.resolve import local_platform, resolve_spec
-from rank1_batch.spec import JobSpec
+from rank1_batch.job.resolve import local_platform, resolve_spec
+from rank1_batch.job.spec import JobSpec
 
 # Test-only hook: ``module:function`` building a test double from the engine options (the
 # chaos suite's fault-injecting engine). A job file cannot select it; nothing sets it but tests.
@@ -21,8 +21,8 @@ TEST_ENGINE_ENV = "RANK1_BATCH_TEST_ENGINE"
 
 def model_path(spec: JobSpec) -> str:
     """Local folder (or hub id) to load: ``toy`` resolves to the built-in toy model, an
-    object-store folder to this node's cached copy (:mod:`rank1_batch.model_cache`)."""
-    from rank1_batch.model_cache import model_path as resolve
+    object-store folder to this node's cached copy (:mod:`rank1_batch.engines.model_cache`)."""
+    from rank1_batch.engines.model_cache import model_path as resolve
 
     return resolve(spec)
 

@@ -40,7 +40,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.engines.base import EngineOptions, Generation, Rank1Engine
 
 THREADS_ENV = "RANK1_BATCH_TORCH_THREADS"

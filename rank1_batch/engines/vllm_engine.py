@@ -20,7 +20,7 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   (Ray Data ending its actors, SIGTERM). Ray kills an actor's child processes before its
   ``atexit`` hooks run, which killed the engine core under a live ``AsyncLLM`` (the
   ``EngineDeadError`` traceback that ended every run): the scoring actors turn that off
-  (:mod:`rank1_batch.executor.ray_pool`) so the hook closes the engine first. vLLM 0.32's
+  (:mod:`rank1_batch.pipeline.pool`) so the hook closes the engine first. vLLM 0.32's
   engine core does not
   exit when its parent is SIGKILLed (it keeps the GPU memory): a small reaper process
   (:func:`start_reaper`) waits on a pipe from this process and kills the engine's processes
@@ -69,7 +69,7 @@ from rank1_batch.engines.vllm_protocol import (
     step_sampling,
     stream_pass1,
 )
-from rank1_batch.spec import RESERVED_ENGINE_ARGS
+from rank1_batch.job.spec import RESERVED_ENGINE_ARGS
 
 __all__ = [
     "FINISH_ENGINE_ERROR",

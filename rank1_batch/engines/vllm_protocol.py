@@ -24,7 +24,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from rank1_batch import rank1
+from rank1_batch.core import rank1
 from rank1_batch.engines.base import Generation
 
 FINISH_EOS = "eos"  # finish_reason "stop" without a stop string: EOS or a stop token id

@@ -1,5 +1,5 @@
 """Stage 3: check every shard is committed and its files are there (existence and the size
-its marker records: :func:`rank1_batch.verify.require_files`; checksums are ``verify``'s
+its marker records: :func:`rank1_batch.io.verify.require_files`; checksums are ``verify``'s
 job), sum the shard stats, write ``_SUCCESS.json``, remove the data files of losing attempts
 (files no marker names)."""
 
@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rank1_batch import commit, rank1
-from rank1_batch.storage import Store
-from rank1_batch.verify import require_files
+from rank1_batch.core import rank1
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store
+from rank1_batch.io.verify import require_files
 
 
 def finalize(
@@ -24,7 +26,7 @@ def finalize(
     """Check every shard is committed, sum their stats, write ``_SUCCESS.json`` last.
 
     ``wall`` is this attempt's wall time; ``total_wall`` that of every attempt of the job
-    (resumes included, downtime excluded; from :mod:`rank1_batch.lease`'s attempt records).
+    (resumes included, downtime excluded; from :mod:`rank1_batch.io.lease`'s attempt records).
     """
     markers = {m.shard: m for m in commit.read_markers(store)}
     expected = [s["id"] for s in manifest["shards"]]
@@ -32,7 +34,7 @@ def finalize(
     if missing:
         raise RuntimeError(f"{len(missing)} shards are not committed (first: {missing[0]})")
     require_files(store, [markers[s] for s in expected])  # CommitError: no _SUCCESS.json
-    total = sum((markers[s].stats for s in expected), commit.ShardStats())
+    total = sum((markers[s].stats for s in expected), ShardStats())
     accounted = total.pairs + manifest["rejected"] + manifest["duplicates"]
     if accounted != manifest["input_rows"]:
         raise RuntimeError(
@@ -59,6 +61,6 @@ def finalize(
         "finished_at": time.time(),
     }
     success["removed_losing_files"] = len(commit.remove_losing_files(store, list(markers.values())))
-    store.create_json(commit.SUCCESS, success)
-    result: dict[str, Any] = store.read_json(commit.SUCCESS)
+    store.create_json(layout.SUCCESS, success)
+    result: dict[str, Any] = store.read_json(layout.SUCCESS)
     return result

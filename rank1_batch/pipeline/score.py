@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import socket
 import sys
@@ -22,53 +21,21 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch import cascade, commit, rank1, reuse
+from rank1_batch.core import modes as cascade
+from rank1_batch.core import rank1
+from rank1_batch.core.rows import ranks_within_query, requests_for
+from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
-from rank1_batch.pipeline.spill import JudgedRows
-from rank1_batch.schemas import SCORES_SCHEMA, TRACES_SCHEMA
-from rank1_batch.spec import JobSpec
-from rank1_batch.storage import Store, parquet_bytes, sha256
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline import reuse
+from rank1_batch.pipeline.judged import JudgedRows
 
 log = logging.getLogger(__name__)
 # Traces row groups: the text one group holds (UTF-8), and a row cap for tiny traces.
 TRACE_GROUP_BYTES = 1 << 20
 TRACE_GROUP_ROWS = 16_384
-
-
-def requests_for(pairs: pa.Table, spec: JobSpec) -> list[JudgeRequest]:
-    """Compose each pair's query and passage text with the job's instruction and template."""
-    cols = {c: pairs.column(c).to_pylist() for c in ("query", "passage", "title", "instruction")}
-    out = []
-    for q, p, t, i in zip(
-        cols["query"], cols["passage"], cols["title"], cols["instruction"], strict=True
-    ):
-        instruction = i if i is not None else spec.reasoning.instruction
-        out.append(
-            JudgeRequest(
-                query=rank1.compose_query(
-                    q, instruction=instruction, template=spec.reasoning.prompt_template
-                ),
-                passage=rank1.compose_passage(p, title=t),
-            )
-        )
-    return out
-
-
-def ranks_within_query(
-    query_ids: list[str], doc_ids: list[str], scores: list[float]
-) -> list[int | None]:
-    """1-based rank of each pair in its query by score desc, then doc_id; None for NaN scores."""
-    order = sorted(
-        (i for i, s in enumerate(scores) if not math.isnan(s)),
-        key=lambda i: (query_ids[i], -scores[i], doc_ids[i]),
-    )
-    ranks: list[int | None] = [None] * len(scores)
-    prev, r = None, 0
-    for i in order:
-        r = r + 1 if query_ids[i] == prev else 1
-        prev = query_ids[i]
-        ranks[i] = r
-    return ranks
 
 
 def scores_table(
@@ -178,13 +145,13 @@ def worker_name() -> str:
 
 def committed_marker(shard: str, store: Store) -> commit.Marker | None:
     """The shard's marker if some attempt already committed it."""
-    if store.exists(commit.marker_path(shard)):
+    if store.exists(layout.marker_path(shard)):
         return commit.read_marker(store, shard)  # a corrupt one: CommitError naming the repair
     return None
 
 
 def read_pairs(shard: str, store: Store) -> pa.Table:
-    return store.read_parquet(commit.pairs_path(shard))
+    return store.read_parquet(layout.pairs_path(shard))
 
 
 @dataclass(frozen=True)
@@ -204,7 +171,7 @@ class ShardWork:
 
 
 def read_work(shard: str, store: Store, spec: JobSpec, engine: Rank1Engine) -> ShardWork:
-    """Read a shard's pairs and split off the rows reuse copies (:mod:`rank1_batch.reuse`)."""
+    """Read a shard's pairs and split off the rows reuse copies (:mod:`.reuse`)."""
     pairs = read_pairs(shard, store)
     reused = reuse.read_reused(store, shard, spec)
     to_judge, copied = reuse.split_reused(pairs, reused, engine.model_revision)
@@ -224,7 +191,7 @@ def commit_shard(
     """The one commit body: write this attempt's scores and traces under its own names,
     create the marker exclusively; return the marker that holds (another attempt's, if one
     won). ``judgements`` are aligned with ``work.to_judge``: the streamer's
-    :class:`~rank1_batch.pipeline.spill.JudgedRows`, or a list (spilled here, so both
+    :class:`~rank1_batch.pipeline.judged.JudgedRows`, or a list (spilled here, so both
     paths write the same bytes); copied rows are merged in, in ``work.pairs`` order.
 
     Memory: the scores (scalars) are built whole; the traces file is built a row group at
@@ -247,7 +214,7 @@ def _commit(
     seconds: float,
     attempt: str,
 ) -> commit.Marker:
-    attempt = attempt or commit.new_attempt_id()
+    attempt = attempt or layout.new_attempt_id()
     pairs = work.pairs
     if rows.n != work.to_judge.num_rows:
         raise RuntimeError(f"{shard}: {rows.n} judgements for {work.to_judge.num_rows} pairs")
@@ -262,8 +229,8 @@ def _commit(
         )  # fmt: skip
         judged = scores.column("reused_from").is_null().to_pylist()
     files = {
-        commit.scores_path(shard, attempt): parquet_bytes(scores),
-        commit.traces_path(shard, attempt): traces_bytes(traces, rows, judged),
+        layout.scores_path(shard, attempt): parquet_bytes(scores),
+        layout.traces_path(shard, attempt): traces_bytes(traces, rows, judged),
     }
     del scores, traces
     for rel, data in files.items():
@@ -284,7 +251,7 @@ def _commit(
         scores_bytes=len(scores_data),
         traces_bytes=len(traces_data),
     )
-    if not store.create_json(commit.marker_path(shard), marker.to_dict()):
+    if not store.create_json(layout.marker_path(shard), marker.to_dict()):
         log.info("%s: already committed by another attempt; discarding attempt %s", shard, attempt)
         for rel in files:
             try:
@@ -318,7 +285,7 @@ def process_shard(
     """Score one shard and commit it; return its marker (the existing one if already done).
 
     The synchronous unit of work (batch engines; stream engines through their sync adapter).
-    :class:`rank1_batch.executor.stream.ShardStreamer` is its streaming twin: same read, same
+    :class:`rank1_batch.pipeline.stream.ShardStreamer` is its streaming twin: same read, same
     commit body, pairs judged one request at a time with several shards in flight.
     """
     done = committed_marker(shard, store)
@@ -327,7 +294,7 @@ def process_shard(
     start = time.perf_counter()
     work = read_work(shard, store, spec, engine)
     # A shard copied whole from earlier outputs never reaches the engine.
-    requests = requests_for(work.to_judge, spec)
+    requests = requests_for(work.to_judge, spec.reasoning)
     query_ids = work.to_judge.column("query_id").to_pylist()
     judgements = judge_shard(engine, requests, query_ids, spec) if requests else []
     seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rank1_batch.rank1 import build_prompt
+from rank1_batch.core.rank1 import build_prompt
 from rank1_batch.toy import data as toy_data
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rank1_batch.rank1 import forced_prompt
+from rank1_batch.core.rank1 import forced_prompt
 from rank1_batch.toy import TOY_MODEL_NAME
 from rank1_batch.toy import data as toy_data
 from rank1_batch.toy import tokenizer as toy_tokenizer

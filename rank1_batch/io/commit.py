@@ -1,0 +1,313 @@
+"""Output layout, the job fingerprint, shard stats and commit markers.
+
+A reader trusts ``_commits/`` and ``_SUCCESS.json`` only, never a listing of data files.
+
+Whole-attempt commits: each attempt of a shard writes its scores and traces under names unique
+to the attempt (``scores/<shard>.<attempt>.parquet``, create-only), then creates the marker
+exclusively. The marker names the two files it commits with their checksums, so one marker
+always binds one attempt's scores to the same attempt's traces. Every reader resolves a shard's
+files through :func:`read_committed` (the marker's names, checksum verified); markers written
+before this change name no files and resolve to the old deterministic names. Files of attempts
+that lost the marker race are removed by :func:`remove_losing_files` at the end of the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rank1_batch.core.stats import STAT_NAMES, ShardStats
+from rank1_batch.io.layout import COMMITS, marker_path, repair_hint, scores_path, traces_path
+from rank1_batch.io.store import Store, sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Marker:
+    """What ``_commits/<shard>.json`` holds: the committed files, checksums and stats.
+
+    ``scores_file`` / ``traces_file`` are the one place a shard's data file names come from.
+    """
+
+    shard: str
+    rows: int
+    scores_sha256: str
+    traces_sha256: str
+    stats: ShardStats
+    committed_at: float = field(default_factory=time.time)
+    worker: str = ""
+    attempt: str = ""
+    scores_file: str = ""
+    traces_file: str = ""
+    scores_bytes: int | None = None  # sizes of the two files (None: written before sizes)
+    traces_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        # Markers written before whole-attempt commits name no files: the old names.
+        self.scores_file = self.scores_file or scores_path(self.shard)
+        self.traces_file = self.traces_file or traces_path(self.shard)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stats"] = self.stats.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Marker:
+        return cls(
+            shard=data["shard"],
+            rows=data["rows"],
+            scores_sha256=data["scores_sha256"],
+            traces_sha256=data["traces_sha256"],
+            stats=ShardStats.from_dict(data["stats"]),
+            committed_at=data.get("committed_at", 0.0),
+            worker=data.get("worker", ""),
+            attempt=data.get("attempt", ""),
+            scores_file=data.get("scores_file", ""),
+            traces_file=data.get("traces_file", ""),
+            scores_bytes=data.get("scores_bytes"),
+            traces_bytes=data.get("traces_bytes"),
+        )
+
+    def file(self, kind: str) -> tuple[str, str, int | None]:
+        """(name, sha256, size) of the ``scores`` or ``traces`` file this marker commits."""
+        if kind == "scores":
+            return self.scores_file, self.scores_sha256, self.scores_bytes
+        if kind == "traces":
+            return self.traces_file, self.traces_sha256, self.traces_bytes
+        raise ValueError(f"kind must be 'scores' or 'traces', not {kind!r}")
+
+    def problem(self) -> str | None:
+        """Why this marker cannot be trusted (None when it can): wrong types, or data file
+        names other than the ones :func:`scores_path` / :func:`traces_path` give its shard
+        and attempt (a marker naming ``../x`` must never send a reader there)."""
+        texts = (self.shard, self.scores_sha256, self.traces_sha256, self.attempt)
+        if not all(isinstance(v, str) for v in texts):
+            return "a field that must be text is not"
+        sizes = (self.rows, self.scores_bytes, self.traces_bytes)
+        if any(v is not None and (not isinstance(v, int) or v < 0) for v in sizes):
+            return "a row count or size that is not a whole number"
+        for kind, name in (("scores", self.scores_file), ("traces", self.traces_file)):
+            want = (scores_path if kind == "scores" else traces_path)(self.shard, self.attempt)
+            if name != want:
+                return f"it names {name!r} as its {kind} file, not {want!r}"
+        return None
+
+
+class CommitError(RuntimeError):
+    """A commit marker is corrupt, or a committed file is missing or does not match it."""
+
+
+class CorruptMarker(CommitError):
+    """A marker that cannot be trusted; ``problem`` says why."""
+
+    def __init__(self, store: Store, shard: str, problem: str) -> None:
+        self.shard, self.problem = shard, problem
+        super().__init__(
+            f"{store.uri}: {marker_path(shard)} is corrupt ({problem}); {repair_hint(store.uri)}"
+        )
+
+
+def parse_marker(store: Store, shard: str, data: bytes | Any) -> Marker:
+    """The marker of ``shard`` from its file's bytes (or parsed JSON): the one place markers
+    are checked, so a truncated, corrupt or hand-edited one is a :class:`CorruptMarker`
+    naming the file and the repair, never a bare ``JSONDecodeError``/``KeyError``."""
+    try:
+        doc = json.loads(data) if isinstance(data, bytes | bytearray) else data
+        marker = Marker.from_dict(doc)
+        problem = marker.problem() or (
+            None if marker.shard == shard else f"it is the marker of {marker.shard!r}"
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        raise CorruptMarker(store, shard, problem)
+    return marker
+
+
+def read_marker(store: Store, shard: str) -> Marker:
+    return parse_marker(store, shard, store.read_bytes(marker_path(shard)))
+
+
+def committed_table(store: Store, shard: str, kind: str, columns: list[str]) -> Any:
+    """``columns`` of a committed shard's ``scores`` or ``traces`` file (a pyarrow Table),
+    its checksum verified before any byte is decoded: pyarrow can abort the process on a
+    corrupt file (``terminate called``), so unverified bytes never reach it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = read_committed(store, read_marker(store, shard), kind)
+    return pq.read_table(io.BytesIO(data), columns=columns)
+
+
+def read_committed(store: Store, marker: Marker, kind: str) -> bytes:
+    """The bytes of a committed shard's ``scores`` or ``traces`` file, checksum verified."""
+    rel, expected, _ = marker.file(kind)
+    try:
+        data = store.read_bytes(rel)
+    except FileNotFoundError as exc:
+        raise CommitError(
+            f"{store.uri}: {rel} (committed by {marker_path(marker.shard)}) is missing; "
+            + repair_hint(store.uri)
+        ) from exc
+    if sha256(data) != expected:
+        raise CommitError(
+            f"{store.uri}: {rel} does not match the checksum in {marker_path(marker.shard)} "
+            f"(sha256 {sha256(data)[:12]}..., marker {expected[:12]}...); {repair_hint(store.uri)}"
+        )
+    return data
+
+
+def remove_losing_files(store: Store, markers: list[Marker]) -> list[str]:
+    """Delete data files in ``scores/`` and ``traces/`` that no marker names (attempts that
+    were killed or lost the marker race); return their names. Run when every shard is
+    committed: a file no marker names can then never be committed."""
+    named = {m.scores_file for m in markers} | {m.traces_file for m in markers}
+    removed = []
+    for folder in ("scores", "traces"):
+        for name in store.list(folder):
+            rel = f"{folder}/{name}"
+            if name.startswith(".") or rel in named:
+                continue
+            try:
+                store.remove(rel)
+                removed.append(rel)
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("%s: removed %d file(s) of losing attempts", store.uri, len(removed))
+    return removed
+
+
+def committed_shards(store: Store) -> set[str]:
+    """Shards with a commit marker: one listing of ``_commits/``."""
+    return {
+        n[: -len(".json")]
+        for n in store.list(COMMITS)
+        if n.endswith(".json") and not n.startswith(".")
+    }
+
+
+# Concurrent small reads: enough to hide object-store latency, few enough for any endpoint.
+READ_THREADS = 32
+# A cache of committed markers: ``{"fields": [...], "markers": {shard: [values...]}}``.
+DIGEST = "_commits_digest.json"
+DIGEST_MIN_NEW = 500  # a reader that read this many markers not in the digest rewrites it
+_STATS = list(STAT_NAMES)
+_FILE_FIELDS = ["attempt", "scores_file", "traces_file"]  # whole-attempt commits
+_SIZE_FIELDS = ["scores_bytes", "traces_bytes"]  # null: a marker written before sizes
+_DIGEST_FIELDS = [
+    "rows", "scores_sha256", "traces_sha256", "committed_at", "worker", *_STATS, *_FILE_FIELDS,
+    *_SIZE_FIELDS,
+]  # fmt: skip
+
+
+def read_bytes_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[bytes]:
+    """Read many small files concurrently (bounded); results in the order of ``paths``."""
+    if store.local:  # CPU-bound: plain reads, no threads contending for the GIL
+        out = []
+        for p in paths:
+            with open(store.path(p), "rb") as fh:
+                out.append(fh.read())
+        return out
+    if len(paths) <= 1:
+        return [store.read_bytes(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(paths))) as pool:
+        return list(pool.map(store.read_bytes, paths))
+
+
+def read_json_many(store: Store, paths: list[str], threads: int = READ_THREADS) -> list[Any]:
+    """Read many small JSON files concurrently (bounded); results in the order of ``paths``."""
+    return [json.loads(data) for data in read_bytes_many(store, paths, threads)]
+
+
+def _digest_row(m: Marker) -> list[Any]:
+    head = [m.rows, m.scores_sha256, m.traces_sha256, m.committed_at, m.worker]
+    tail = [getattr(m, k) for k in (*_FILE_FIELDS, *_SIZE_FIELDS)]
+    return head + [getattr(m.stats, k) for k in _STATS] + tail
+
+
+def _from_digest(shard: str, row: list[Any], names: list[str]) -> Marker:
+    if names != _DIGEST_FIELDS:  # written by another version: go by name
+        d = dict(zip(names, row, strict=True))
+        # a digest without file names: the deterministic names (Marker's defaults); without
+        # sizes: none (existence is checked, not size)
+        row = [d.get(k, "" if k in _FILE_FIELDS else None if k in _SIZE_FIELDS else 0)
+               for k in _DIGEST_FIELDS]  # fmt: skip
+    rows, scores, traces, at, worker, *rest = row
+    stats, files = rest[: len(_STATS)], rest[len(_STATS) :]
+    attempt, scores_file, traces_file, scores_bytes, traces_bytes = files
+    return Marker(
+        shard, rows, scores, traces, ShardStats(*stats), at, worker,
+        attempt, scores_file, traces_file, scores_bytes, traces_bytes,
+    )  # fmt: skip
+
+
+def read_digest(store: Store) -> dict[str, Marker]:
+    """The markers folded into ``_commits_digest.json`` (empty when there is none, or when it
+    cannot be read: it is a cache, and the markers themselves are read instead)."""
+    if not store.exists(DIGEST):
+        return {}
+    try:
+        doc = store.read_json(DIGEST)
+        names = doc["fields"]
+        digest = {s: _from_digest(s, row, names) for s, row in doc["markers"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: ignoring an unreadable %s (%s)", store.uri, DIGEST, exc)
+        return {}
+    for shard, m in digest.items():
+        if m.problem() is not None:
+            log.warning("%s: ignoring %s: %s: %s", store.uri, DIGEST, shard, m.problem())
+            return {}
+    return digest
+
+
+def write_digest(store: Store, markers: dict[str, Marker]) -> bool:
+    """Fold ``markers`` into the digest (best effort: a reader without write access skips it).
+
+    Markers never change once created, so any digest is a true subset of the commits; two
+    readers racing only decide which true subset stays.
+    """
+    doc = {
+        "fields": _DIGEST_FIELDS,
+        "markers": {s: _digest_row(markers[s]) for s in sorted(markers)},
+    }
+    try:
+        store.write_atomic(DIGEST, json.dumps(doc, separators=(",", ":")).encode())
+    except (OSError, RuntimeError) as exc:  # read-only mount, StorageError (access denied)
+        log.info("not writing %s: %s", DIGEST, exc)
+        return False
+    return True
+
+
+def read_markers(
+    store: Store, shards: list[str] | None = None, *, update_digest: bool = True
+) -> list[Marker]:
+    """The commit markers of ``shards`` (default: every committed shard), in name order.
+
+    One listing of ``_commits/``, the digest for markers folded into it, bounded concurrent
+    reads for the rest; when many were read, the digest is rewritten so the next reader (a
+    ``status`` every few seconds, a resumed ``run``) reads one file instead of thousands.
+    """
+    listed = committed_shards(store)
+    digest = read_digest(store)
+    # A digest entry was read from a marker, and markers are never removed: committed too.
+    known = listed | digest.keys()
+    names = sorted(known if shards is None else set(shards) & known)
+    new = [s for s in names if s not in digest]
+    raw = read_bytes_many(store, [marker_path(s) for s in new])
+    fresh = [parse_marker(store, s, data) for s, data in zip(new, raw, strict=True)]
+    if update_digest and len(fresh) >= DIGEST_MIN_NEW:
+        write_digest(
+            store,
+            {**{s: m for s, m in digest.items() if s in listed}, **{m.shard: m for m in fresh}},
+        )
+    got = {**digest, **{m.shard: m for m in fresh}}
+    return [got[s] for s in names]

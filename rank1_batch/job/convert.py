@@ -1,0 +1,333 @@
+"""IR input formats converted to Parquet pairs on the driver: TREC / JSON runs + text, HF data.
+
+``input.format: trec | json-run | hf`` is turned into normalised Parquet parts,
+``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage, title and a
+preset reason), each written atomically as it fills, then ``input/_converted.json``; prepare
+then reads the folder as ordinary ``pairs`` input. Rows of the run whose query or document
+has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The
+job's fingerprint records the *original* files (names and sizes), not the converted ones.
+
+Memory (driver): the queries, the ids and text of the documents the run names (documents it
+does not name are skipped while streaming the corpus), and one part of pairs (500,000); never
+the run: :mod:`rank1_batch.job.run_files` reads it as query blocks (a grouped TREC run one block
+at a time; an ungrouped one through local temporary files partitioned by query, plus an index
+of its query ids; a JSON run one query's object at a time). The run is read more than once
+(document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
+``hf`` data is memory-mapped Arrow, written out part by part.
+
+Text sources (``input.queries`` / ``input.corpus``):
+
+* a BEIR folder as ``corpus``: ``corpus.jsonl`` ({_id, title, text}) and, unless
+  ``queries`` is given, ``queries.jsonl`` ({_id, text});
+* JSONL files of those shapes (``.jsonl``, optionally ``.gz``);
+* MS MARCO TSVs: ``collection.tsv`` (``pid<TAB>text``, or ``pid<TAB>title<TAB>text``) and
+  ``queries.*.tsv`` (``qid<TAB>text``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rank1_batch.io.store import StorageSpec, Store, filesystem
+from rank1_batch.job.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON
+from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks, trec_line
+from rank1_batch.job.spec import Columns, InputSpec, JobSpec
+
+CONVERTED = ("trec", "json-run", "hf")
+CONVERTED_PATH = "input/pairs-00000.parquet"  # one whole file: outputs of earlier versions
+CONVERTED_DIR = "input"
+CONVERTED_MARKER = "input/_converted.json"
+ROW_GROUP = 20_000
+PART_ROWS = 500_000
+
+CONVERTED_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("doc_id", pa.string()),
+        ("passage", pa.string()),
+        ("title", pa.string()),
+        (PRESET_REASON, pa.string()),
+    ]
+)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def parse_trec_run(text: str, source: str = "<run>") -> list[Row]:
+    """A whole TREC run (``qid Q0 docid rank score tag`` or ``qid docid score`` lines) in run
+    order per query: score descending, ties kept in file order (a stable sort). The reference
+    the streamed readers of :mod:`rank1_batch.job.run_files` follow (small runs, tests)."""
+    rows = [r for n, line in enumerate(text.splitlines(), 1) if (r := trec_line(line, n, source))]
+    return _run_order(rows)
+
+
+def parse_json_run(obj: Any, source: str = "<run>") -> list[tuple[str, str, float]]:
+    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+        raise FormatError(f"{source}: expected a JSON object {{qid: {{docid: score}}}}")
+    try:
+        rows = [(str(q), str(d), float(s)) for q, docs in obj.items() for d, s in docs.items()]
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{source}: a score is not a number ({exc})") from None
+    return _run_order(rows)
+
+
+def _run_order(rows: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    first: dict[str, int] = {}
+    for q, _, _ in rows:
+        first.setdefault(q, len(first))
+    order = sorted(range(len(rows)), key=lambda i: (first[rows[i][0]], -rows[i][2]))
+    return [rows[i] for i in order]
+
+
+def cut_top_k(rows: list[tuple[str, str, float]], top_k: int | None) -> list[tuple[str, str]]:
+    out, seen = [], {}  # type: list[tuple[str, str]], dict[str, int]
+    for q, d, _ in rows:
+        seen[q] = seen.get(q, 0) + 1
+        if top_k is None or seen[q] <= top_k:
+            out.append((q, d))
+    return out
+
+
+# -- text sources -----------------------------------------------------------------------------
+
+
+def _is_jsonl(uri: str) -> bool:
+    return uri.removesuffix(".gz").endswith((".jsonl", ".json"))
+
+
+def read_queries(uri: str, storage: StorageSpec | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines(uri, storage), 1):
+        if not line.strip():
+            continue
+        if _is_jsonl(uri):
+            try:
+                obj = json.loads(line)
+                out[str(obj["_id"])] = obj["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise FormatError(f"{uri}: line {n}: expected {{_id, text}} ({exc})") from None
+        else:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                raise FormatError(f"{uri}: line {n}: expected qid<TAB>text")
+            out[parts[0]] = parts[-1]
+    return out
+
+
+def read_corpus(
+    uri: str, wanted: set[str], storage: StorageSpec | None = None
+) -> dict[str, tuple[str | None, str]]:
+    """(title, text) of the ``wanted`` documents only, streaming the corpus once."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for n, line in enumerate(lines(uri, storage), 1):
+        if not line.strip():
+            continue
+        if _is_jsonl(uri):
+            try:
+                obj = json.loads(line)
+                did = str(obj["_id"])
+                if did in wanted:
+                    out[did] = (obj.get("title") or None, obj["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise FormatError(
+                    f"{uri}: line {n}: expected {{_id, title, text}} ({exc})"
+                ) from None
+        else:
+            parts = line.rstrip("\n").split("\t")
+            if parts[0] not in wanted:
+                continue
+            if len(parts) == 2:
+                out[parts[0]] = (None, parts[1])
+            elif len(parts) == 3:
+                out[parts[0]] = (parts[1] or None, parts[2])
+            else:
+                raise FormatError(
+                    f"{uri}: line {n}: expected pid<TAB>text or pid<TAB>title<TAB>text"
+                )
+    return out
+
+
+def text_sources(spec: InputSpec, storage: StorageSpec | None = None) -> tuple[str, str]:
+    """(queries file, corpus file) from ``input.queries`` / ``input.corpus``."""
+    if spec.corpus is None:
+        raise FormatError(
+            f"input.format {spec.format}: input.corpus is required (file or BEIR folder)"
+        )
+    corpus, queries = spec.corpus, spec.queries
+    fs, path = filesystem(corpus, storage)
+    if fs.isdir(path):
+        queries = queries or posixpath.join(corpus.rstrip("/"), "queries.jsonl")
+        corpus = posixpath.join(corpus.rstrip("/"), "corpus.jsonl")
+    if queries is None:
+        raise FormatError(f"input.format {spec.format}: input.queries is required")
+    return queries, corpus
+
+
+def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[dict[str, Any]]:
+    """What the fingerprint records about a converted input: original names and sizes."""
+    if spec.format == "hf":
+        fs, path = filesystem(spec.path, storage)
+        if not fs.exists(path) and not any(c in path for c in "*?["):
+            return [{"path": spec.path, "hub": True, "split": spec.split}]  # a hub id
+        files = fs.glob(path) if any(c in path for c in "*?[") else [path]
+        if fs.isdir(path):
+            files = fs.find(path)
+        return [{"path": f, "size": int(fs.size(f) or 0)} for f in sorted(files)]
+    out = []
+    for uri in (spec.path, *text_sources(spec, storage)):
+        fs, path = filesystem(uri, storage)
+        if not fs.exists(path):
+            raise FormatError(f"input {uri}: no such file")
+        out.append({"path": uri, "size": int(fs.size(path) or 0)})
+    return out
+
+
+# -- conversion -------------------------------------------------------------------------------
+
+
+def _run_blocks(spec: InputSpec, storage: StorageSpec | None) -> Iterator[list[Row]]:
+    """Query blocks of the run in run order, each sorted (score desc, ties in file order)."""
+    if spec.format == "trec":
+        return trec_blocks(spec.path, storage)
+    return json_blocks(spec.path, storage)
+
+
+def iter_run_pairs(
+    spec: InputSpec, storage: StorageSpec | None = None, chunk_rows: int = 500_000
+) -> Iterator[pa.Table]:
+    """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` tables of at most about
+    ``chunk_rows`` rows, in run order.
+
+    Memory: the queries, the set of document ids the run names and their text, one chunk of
+    pairs, and what :mod:`rank1_batch.job.run_files` holds for the run's shape (one block, or an
+    index of query ids plus one bucket). The run is read more than once (ids first, then
+    pairs), never held whole.
+    """
+    wanted: set[str] = set()
+    for block in _run_blocks(spec, storage):
+        wanted.update(d for _, d, _ in block[: spec.top_k])
+    queries_uri, corpus_uri = text_sources(spec, storage)
+    queries = read_queries(queries_uri, storage)
+    corpus = read_corpus(corpus_uri, wanted, storage)
+    del wanted
+    cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
+    for block in _run_blocks(spec, storage):
+        for q, d, _ in block[: spec.top_k]:
+            query = queries.get(q)
+            title, passage = corpus.get(d, (None, None))
+            reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
+            for name, value in zip(
+                CONVERTED_SCHEMA.names, (q, query, d, passage, title, reason), strict=True
+            ):
+                cols[name].append(value)
+        if len(cols["query_id"]) >= chunk_rows:
+            yield pa.table(cols, schema=CONVERTED_SCHEMA)
+            cols = {name: [] for name in CONVERTED_SCHEMA.names}
+    if cols["query_id"]:
+        yield pa.table(cols, schema=CONVERTED_SCHEMA)
+
+
+def run_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """The whole converted run as one table (small runs, tests)."""
+    parts = list(iter_run_pairs(spec, storage))
+    return pa.concat_tables(parts) if parts else CONVERTED_SCHEMA.empty_table()
+
+
+def _load_hf(spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
+    import datasets
+
+    fs, path = filesystem(spec.path, storage)
+    is_local = fs.exists(path) or any(c in path for c in "*?[")
+    if (
+        is_local
+        and fs.isdir(path)
+        and (
+            fs.exists(posixpath.join(path, "state.json"))
+            or fs.exists(posixpath.join(path, "dataset_dict.json"))
+        )
+    ):
+        ds = datasets.load_from_disk(spec.path)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[spec.split]
+    elif is_local and not fs.isdir(path):
+        builder = "json" if _is_jsonl(path) else "csv" if path.endswith(".csv") else "parquet"
+        ds = datasets.load_dataset(builder, data_files=spec.path, split="train")
+    else:  # a folder with data files / a dataset card, or a hub id
+        ds = datasets.load_dataset(spec.path, spec.hf_config, split=spec.split)
+    table: pa.Table = ds.with_format("arrow")[:]
+    return table
+
+
+def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
+    """A ``datasets`` dataset with pair columns named by ``input.columns``."""
+    table = _load_hf(spec, storage)
+    cols = spec.columns
+    out: dict[str, pa.Array] = {}
+    for target, source in (
+        ("query_id", cols.query_id),
+        ("query", cols.query),
+        ("doc_id", cols.doc_id),
+        ("passage", cols.passage),
+        ("title", cols.title),
+    ):
+        if source is None:
+            out[target] = pa.nulls(table.num_rows, pa.string())
+            continue
+        if source not in table.column_names:
+            raise FormatError(
+                f"input {spec.path}: missing column {source!r} (columns: "
+                f"{', '.join(table.column_names)}); map it under input.columns"
+            )
+        try:
+            out[target] = table.column(source).cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise FormatError(f"input {spec.path}: column {source!r} is not text or id") from None
+    out[PRESET_REASON] = pa.nulls(table.num_rows, pa.string())
+    return pa.table(out, schema=CONVERTED_SCHEMA)
+
+
+def converted_spec(spec: JobSpec, store: Store) -> InputSpec:
+    """The ``pairs`` input spec that reads the converted files."""
+    root = store.uri.rstrip("/") + "/"
+    # Outputs converted by earlier versions hold one file, written whole.
+    path = CONVERTED_PATH if store.exists(CONVERTED_PATH) else CONVERTED_DIR
+    return InputSpec(path=root + path, format="pairs", columns=Columns(title="title"))
+
+
+def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpec:
+    """Write ``OUTPUT/input/part-NNNNN.parquet`` files once, then ``input/_converted.json``;
+    return the pairs spec reading them.
+
+    Streams: each part (at most about ``part_rows`` pairs) is written atomically as soon as
+    it is full, so memory holds one part, never the whole input. A crash before the marker
+    redoes the conversion (it rewrites the same parts).
+    """
+    if store.exists(CONVERTED_PATH) or store.exists(CONVERTED_MARKER):
+        return converted_spec(spec, store)
+    if spec.input.format == "hf":
+        table = hf_pairs(spec.input, spec.storage)  # memory-mapped Arrow: sliced, not copied
+        chunks: Iterator[pa.Table] = (
+            table.slice(i, part_rows) for i in range(0, table.num_rows, part_rows)
+        )
+    else:
+        chunks = iter_run_pairs(spec.input, spec.storage, part_rows)
+    rows = parts = 0
+    for chunk in chunks:
+        sink = io.BytesIO()
+        pq.write_table(chunk, sink, compression="zstd", row_group_size=ROW_GROUP)
+        store.write_atomic(f"{CONVERTED_DIR}/part-{parts:05d}.parquet", sink.getvalue())
+        rows += chunk.num_rows
+        parts += 1
+    if rows == 0:
+        raise FormatError(f"input {spec.input.path}: no pairs")
+    store.write_json(CONVERTED_MARKER, {"parts": parts, "rows": rows})
+    return converted_spec(spec, store)

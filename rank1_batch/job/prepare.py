@@ -1,0 +1,270 @@
+"""Stage 1: normalise, validate, dedup, group by query and cut into shards (Ray, CPU).
+
+Two plans, both a pure function of the input and ``shard_size`` (Ray's block boundaries
+never decide anything), both keeping each query whole in one shard:
+
+* **grouped** (the common case: a query's rows are contiguous in the input): one pass, one
+  Ray task per input unit, no shuffle; see :mod:`rank1_batch.job.prepare_grouped`. Resumable
+  per unit.
+* **shuffle** (anything else): a query goes to shard ``hash(query_id) % n_shards`` (a stable
+  hash, not Python's) through a Ray Data groupby; inside a shard rows are ordered by
+  (query_id, input order).
+
+Re-running prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is
+not re-run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rank1_batch.core.schemas import REJECTED_SCHEMA
+from rank1_batch.io import commit, layout
+from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.job import prepare_grouped as grouped
+from rank1_batch.job.inputs import InputError, InputFile, Unit, read_unit, units
+from rank1_batch.job.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(query_id: str | None, n_shards: int) -> int:
+    digest = hashlib.blake2b((query_id or "").encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
+
+
+def _sorted_by(table: pa.Table, *keys: str) -> pa.Table:
+    return table.take(pc.sort_indices(table, [(k, "ascending") for k in keys]))
+
+
+def build_shard(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
+    """One shard's normalised rows → (pairs, rejected, duplicate count).
+
+    Pairs keep the first occurrence (in input order) of each (query_id, doc_id), ordered by
+    query then input order, with ``input_rank``: the pair's 1-based position in its query's
+    first-stage list.
+    """
+    bad = pc.is_valid(rows.column("reason"))
+    rejected = _sorted_by(rows.filter(bad), "input_order").select(REJECTED_SCHEMA.names)
+    good = _sorted_by(rows.filter(pc.invert(bad)), "query_id", "doc_id", "input_order")
+    qid = good.column("query_id").to_numpy(zero_copy_only=False)
+    did = good.column("doc_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(qid), dtype=bool)
+    if len(qid) > 1:
+        first[1:] = (qid[1:] != qid[:-1]) | (did[1:] != did[:-1])
+    duplicates = int((~first).sum())
+    pairs = _sorted_by(good.filter(pa.array(first)), "query_id", "input_order")
+    qid = pairs.column("query_id").to_numpy(zero_copy_only=False)
+    starts = np.ones(len(qid), dtype=bool)
+    if len(qid) > 1:
+        starts[1:] = qid[1:] != qid[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(qid)), 0))
+    rank = (np.arange(len(qid)) - group_start + 1).astype(np.int32)
+    pairs = pairs.drop_columns(["reason"]).append_column("input_rank", pa.array(rank))
+    return pairs, rejected.cast(REJECTED_SCHEMA), duplicates
+
+
+def _read_units(batch: pa.Table, *, spec: JobSpec) -> pa.Table:
+    tables = [
+        read_unit(Unit(f, g, o), spec.input, spec.storage)
+        for f, g, o in zip(
+            *(batch.column(c).to_pylist() for c in ("file", "row_group", "ordinal")), strict=True
+        )
+    ]
+    return pa.concat_tables(tables)
+
+
+def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
+    ids = table.column("query_id").to_pylist()
+    return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
+
+
+def _write_shard(rows: pa.Table, store: Store, n_shards: int) -> pa.Table:
+    name = layout.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
+    pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
+    data = parquet_bytes(pairs, plain=True)
+    if pairs.num_rows:
+        store.write_atomic(layout.pairs_path(name), data)
+    if rejected.num_rows:
+        store.write_atomic(layout.rejected_path(name), parquet_bytes(rejected))
+    return pa.table(
+        {
+            "id": [name],
+            "rows": [pairs.num_rows],
+            "queries": [len(pc.unique(pairs.column("query_id")))],
+            "rejected": [rejected.num_rows],
+            "duplicates": [duplicates],
+            "sha256": [sha256(data) if pairs.num_rows else ""],
+            "input_rows": [rows.num_rows],
+        }
+    )
+
+
+PLAN = "pairs/_plan.json"
+
+
+def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
+    """Run prepare unless the manifest exists; return the manifest.
+
+    Grouped input (detected, or ``input.grouped: true``) takes the one-pass path of
+    :mod:`rank1_batch.job.prepare_grouped`; other input is shuffled by query. The path chosen
+    is recorded in ``pairs/_plan.json`` before any shard is written, so a resumed prepare
+    takes the same one.
+    """
+    if store.exists(layout.MANIFEST):
+        manifest: dict[str, Any] = store.read_json(layout.MANIFEST)
+        return manifest
+    mode = store.read_json(PLAN)["mode"] if store.exists(PLAN) else None
+    tasks: list[grouped.UnitTask] = []
+    count = 0
+    if mode != "shuffle" and spec.input.grouped is not False:
+        try:
+            tasks, count = grouped.plan(files, spec)
+            mode = "grouped"
+        except grouped.NotGrouped as exc:
+            if spec.input.grouped is True or mode == "grouped":
+                raise InputError(
+                    f"input {spec.input.path} is not grouped by query: {exc}; "
+                    "set input.grouped to false (or auto) to shuffle it"
+                ) from None
+            log.info("prepare: input not grouped by query (%s); shuffling", exc)
+    mode = mode or "shuffle"
+    if not store.exists(PLAN):
+        store.write_json(PLAN, {"mode": mode})
+    if mode == "grouped":
+        manifest = _prepare_grouped(spec, store, tasks, count)
+    else:
+        manifest = _prepare_shuffled(spec, store, files)
+    store.write_json(layout.MANIFEST, manifest)
+    return manifest
+
+
+def _prepare_grouped(
+    spec: JobSpec, store: Store, tasks: list[grouped.UnitTask], count: int
+) -> dict[str, Any]:
+    import ray
+
+    n_units = len(tasks)
+    # One listing of the unit markers: a unit with one is done (its shards were written first).
+    present = {f"{grouped.UNITS}/{n}" for n in store.list(grouped.UNITS)}
+    paths = {t.ordinal: grouped.unit_marker_path(t.ordinal, n_units) for t in tasks}
+    finished = [paths[t.ordinal] for t in tasks if paths[t.ordinal] in present]
+    pending = [t for t in tasks if paths[t.ordinal] not in present]
+    log.info(
+        "prepare: input grouped by query; %d units (%d already done), up to %d shards",
+        n_units,
+        len(finished),
+        count,
+    )
+    markers = commit.read_json_many(store, finished)
+    if pending and ray.is_initialized():
+        # One CPU a unit: a unit is CPU-bound (decode, checks, encode), and half-CPU tasks
+        # only make two share a core (measured slower on a 2-core machine).
+        cpus = min(1.0, ray.cluster_resources().get("CPU", 1.0))
+        run = ray.remote(num_cpus=cpus)(grouped.run_unit)
+        markers += _gather(
+            [run.remote(t, spec, store, count, n_units) for t in pending], len(finished), n_units
+        )
+    else:  # no Ray (tests, tools): the same units in this process, one after another
+        markers += [grouped.run_unit(t, spec, store, count, n_units) for t in pending]
+    markers.sort(key=lambda m: m["unit"])
+    shards = [s for m in markers for s in m["shards"]]
+    return {
+        "plan": "grouped",
+        "name_count": count,
+        "input_rows": sum(m["input_rows"] for m in markers),
+        "pairs": sum(m["pairs"] for m in markers),
+        "rejected": sum(m["rejected"] for m in markers),
+        "duplicates": sum(m["duplicates"] for m in markers),
+        "shards": shards,
+        "rejected_files": [m["rejected_file"] for m in markers if m["rejected_file"]],
+    }
+
+
+def _gather(refs: list[Any], done: int, total: int, every: float = 10.0) -> list[Any]:
+    """Results of ``refs`` as they finish, logging progress every ``every`` seconds."""
+    import ray
+
+    out: list[Any] = []
+    last = time.monotonic()
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=len(refs), timeout=every)
+        out += ray.get(ready)
+        if refs and time.monotonic() - last >= every:
+            log.info("prepare: %d of %d units done", done + len(out), total)
+            last = time.monotonic()
+    return out
+
+
+def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, Any]:
+    """Every row to shard ``hash(query_id) % n_shards`` through a Ray Data groupby.
+
+    Not resumable inside: the shuffle has no finished part until it ends, so a crash redoes it.
+    """
+    import ray.data
+
+    work = units(files)
+    items = [{"file": u.file, "row_group": u.row_group, "ordinal": u.ordinal} for u in work]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    normal = (
+        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        .map_batches(
+            functools.partial(_read_units, spec=spec),
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0.5,
+        )
+        .materialize()
+    )
+    total = normal.count()
+    n_shards = max(1, math.ceil(total / spec.output.shard_size))
+    log.info(
+        "prepare: %d input pairs -> %d shards of about %d", total, n_shards, spec.output.shard_size
+    )
+    stats = (
+        normal.map_batches(
+            _assign_shard, fn_kwargs={"n_shards": n_shards}, batch_format="pyarrow", num_cpus=0.5
+        )
+        .groupby("shard", num_partitions=min(n_shards, 64))
+        .map_groups(
+            functools.partial(_write_shard, store=store, n_shards=n_shards),
+            batch_format="pyarrow",
+            num_cpus=0.5,
+        )
+        .take_all()
+    )
+    stats.sort(key=lambda r: r["id"])
+    shards = [
+        {
+            "id": r["id"],
+            "path": layout.pairs_path(r["id"]),
+            "rows": int(r["rows"]),
+            "queries": int(r["queries"]),
+            "rejected": int(r["rejected"]),
+            "duplicates": int(r["duplicates"]),
+            "sha256": r["sha256"],
+        }
+        for r in stats
+    ]
+    if sum(int(r["input_rows"]) for r in stats) != total:
+        raise RuntimeError("prepare lost rows: shard inputs do not add up to the input count")
+    return {
+        "plan": "shuffle",
+        "n_buckets": n_shards,
+        "input_rows": total,
+        "pairs": sum(s["rows"] for s in shards),
+        "rejected": sum(s["rejected"] for s in shards),
+        "duplicates": sum(s["duplicates"] for s in shards),
+        "shards": [s for s in shards if s["rows"]],
+        "rejected_files": [layout.rejected_path(s["id"]) for s in shards if s["rejected"]],
+    }

@@ -1,0 +1,119 @@
+"""``rank1-batch status OUTPUT``: progress read from the output folder alone.
+
+Works while a job runs (anywhere: the folder is the only shared state) and after it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rank1_batch.core import rank1
+from rank1_batch.core.progress import format_eta
+from rank1_batch.core.stats import ShardStats
+from rank1_batch.io import commit, layout, lease
+from rank1_batch.io.store import Store
+
+
+def read_status(store: Store) -> dict[str, Any]:
+    if not store.exists(layout.JOB_FILE):
+        raise FileNotFoundError(f"{store.uri}: no job.json; not a rank1-batch output folder")
+    job = store.read_json(layout.JOB_FILE)
+    out: dict[str, Any] = {
+        "output": store.uri,
+        "job": job["spec"].get("name"),
+        "model": job["spec"]["model"]["name"],
+    }
+    if not store.exists(layout.MANIFEST):
+        out["state"] = "preparing"
+        return out
+    manifest = store.read_json(layout.MANIFEST)
+    if store.exists(layout.SUCCESS):
+        # Complete: the totals are in _SUCCESS.json; no marker needs reading (at 50,000
+        # shards that is one request instead of a listing and a digest).
+        done = store.read_json(layout.SUCCESS)
+        out.update(
+            shards_total=len(manifest["shards"]),
+            shards_committed=int(done["shards"]),
+            pairs_total=int(manifest["pairs"]),
+            pairs_scored=int(done["scored"]),
+            pairs_reused=int(done.get("reused", 0)),
+            rejected=manifest["rejected"],
+            duplicates=manifest["duplicates"],
+            statuses=done["statuses"],
+            truncated=done["truncated"],
+            state="complete",
+            eta_seconds=0.0,
+        )
+        return out
+    markers = commit.read_markers(store)
+    stats = sum((m.stats for m in markers), ShardStats())
+    total_pairs = int(manifest["pairs"])
+    out.update(
+        shards_total=len(manifest["shards"]),
+        shards_committed=len(markers),
+        pairs_total=total_pairs,
+        pairs_scored=stats.pairs,
+        pairs_reused=stats.reused,
+        rejected=manifest["rejected"],
+        duplicates=manifest["duplicates"],
+        statuses={s: getattr(stats, s) for s in rank1.STATUSES},
+        truncated=stats.truncated,
+    )
+    if store.exists(layout.SUCCESS):
+        out["state"] = "complete"
+        out["eta_seconds"] = 0.0
+        return out
+    holder = lease.live_holder(store)
+    out["state"] = "scoring" if holder is not None else "stopped"
+    out["run"] = f"{holder.who()}" if holder is not None else None
+    out["eta_seconds"] = eta_seconds(markers, total_pairs - stats.pairs, holder)
+    return out
+
+
+def eta_seconds(
+    markers: list[commit.Marker], pairs_left: int, holder: lease.Attempt | None
+) -> float | None:
+    """Time left at the rate of the *current* attempt (never across a downtime).
+
+    Only commits made since the live run started count, first to last (the first marks when
+    scoring was flowing: prepare and model loading stay out of the rate); fewer than two, or
+    no live run (stopped, killed): None.
+    """
+    if holder is None:
+        return None
+    times = sorted(m.committed_at for m in markers if m.committed_at >= holder.started)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    rows = sum(m.rows for m in markers if m.committed_at > times[0])
+    rate = rows / (times[-1] - times[0])
+    if rate <= 0:
+        return None
+    return max(pairs_left / rate - (time.time() - times[-1]), 0.0)
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [
+        f"output   {s['output']}",
+        f"job      {s['job']}  (model {s['model']})",
+        f"state    {s['state']}"
+        + (f"  (run by {s['run']})" if s.get("run") else "")
+        + (
+            "  (no live run holds it: `rank1-batch run` with the same job resumes it)"
+            if s["state"] == "stopped"
+            else ""
+        ),
+    ]
+    if "shards_total" in s:
+        pct = 100.0 * s["pairs_scored"] / s["pairs_total"] if s["pairs_total"] else 100.0
+        lines += [
+            f"shards   {s['shards_committed']}/{s['shards_total']} committed",
+            f"pairs    {s['pairs_scored']}/{s['pairs_total']} scored ({pct:.1f}%), "
+            f"{s['rejected']} rejected, {s['duplicates']} duplicates"
+            + (f"; {s['pairs_reused']} copied from earlier outputs" if s["pairs_reused"] else ""),
+            "statuses "
+            + ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
+            + f"; truncated {s['truncated']}",
+            f"eta      {format_eta(s['eta_seconds'])}",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Bounded attempts: every attempt of a shard is recorded in the output folder.
+
+``_attempts/<shard>/<attempt>.json`` is created (create-only) when an attempt starts and
+rewritten with its ``error``, ``cause`` and ``charged`` when it fails; never for an attempt
+whose commit marker landed after all (a committed shard is never recorded as failed). An
+attempt whose process died (a crash, a kill, ``compute.shard_timeout`` on a batch engine)
+cannot write its error: after each round the driver writes it for the attempts its own run
+started, with the cause :mod:`rank1_batch.pipeline.blame` finds. Attempts of an earlier run
+that never ended were cut short by that run's driver stopping (the whole Ray job goes with
+it): they do not count. Only ``charged`` failures count (the shard's own: :data:`CHARGED`); a
+shard with ``compute.max_shard_attempts`` of them is quarantined: the job ends naming it
+(:class:`ShardQuarantined`, exit code 3), or with ``compute.on_shard_failure: error_rows``
+its pairs are committed as ``error`` rows with code ``shard_failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rank1_batch.core import rank1
+from rank1_batch.io import layout
+from rank1_batch.io.store import Store
+from rank1_batch.job.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = "_attempts"
+SHARD_FAILED = "shard_failed"
+EXIT_QUARANTINED = 3
+DIED = "the attempt ended without a result (its process died, was killed or timed out)"
+
+# Causes of a failed attempt (the ``cause`` of its record).
+OWN_ERROR = "own_error"  # the attempt raised (a pair, the shard's data, its timeout)
+CRASH_ALONE = "crash_alone"  # its process died while it was the only attempt there
+CRASH_SHARED = "crash_shared"  # its process died with other attempts in flight
+NODE_LOST = "node_lost"  # its node left the cluster (preemption, node failure)
+INTERRUPTED = "interrupted"  # its process was told to stop (SIGTERM) or the driver stopped
+ROUND_FAILED = "round_failed"  # the actor pool failed as a whole (no actor could start)
+CHARGED = frozenset({OWN_ERROR, CRASH_ALONE})
+
+
+def attempt_path(shard: str, attempt: str) -> str:
+    return f"{ATTEMPTS}/{shard}/{attempt}.json"
+
+
+def start(store: Store, shard: str, attempt: str, run: str, worker: str) -> None:
+    record = {"shard": shard, "attempt": attempt, "run": run, "worker": worker}
+    store.create_json(attempt_path(shard, attempt), {**record, "started_at": time.time()})
+
+
+def fail(store: Store, shard: str, attempt: str, error: str, cause: str = OWN_ERROR) -> bool:
+    """Record why an attempt failed (keeps what the start record said); whether it did: not
+    when the shard's marker is this attempt's (its commit landed, the attempt succeeded)."""
+    if committed_by(store, shard, attempt):
+        return False
+    rel = attempt_path(shard, attempt)
+    record = store.read_json(rel) if store.exists(rel) else {"shard": shard, "attempt": attempt}
+    record.update(error=error[:2000], cause=cause, charged=cause in CHARGED, ended_at=time.time())
+    store.write_json(rel, record)
+    return True
+
+
+def committed_by(store: Store, shard: str, attempt: str) -> bool:
+    rel = layout.marker_path(shard)
+    return bool(attempt) and store.exists(rel) and store.read_json(rel).get("attempt") == attempt
+
+
+def records(store: Store, shard: str) -> list[dict[str, Any]]:
+    names = [n for n in store.list(f"{ATTEMPTS}/{shard}") if n.endswith(".json")]
+    found = [store.read_json(f"{ATTEMPTS}/{shard}/{n}") for n in names]
+    return sorted(found, key=lambda r: r.get("started_at", 0.0))
+
+
+def unfinished(store: Store, shard: str, run: str) -> list[dict[str, Any]]:
+    """This run's attempts of ``shard`` that never recorded an end."""
+    return [r for r in records(store, shard) if r.get("run") == run and "error" not in r]
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    shard: str
+    attempts: int
+    last_error: str
+
+    def line(self) -> str:
+        return f"{self.shard} ({self.attempts} attempts; last error: {self.last_error})"
+
+
+def failed(store: Store, shard: str) -> list[dict[str, Any]]:
+    """Attempts that count toward the limit: those that failed by the shard's own fault
+    (records written before causes were recorded count, as they did)."""
+    return [r for r in records(store, shard) if "error" in r and r.get("charged", True)]
+
+
+def quarantine_of(store: Store, shard: str, limit: int) -> Quarantine | None:
+    bad = failed(store, shard)
+    if len(bad) < limit:
+        return None
+    return Quarantine(shard, len(bad), str(bad[-1]["error"]).splitlines()[0][:300])
+
+
+class ShardQuarantined(RuntimeError):
+    """Shards failed ``compute.max_shard_attempts`` times; the job ends (exit code 3)."""
+
+    def __init__(self, quarantined: list[Quarantine]) -> None:
+        self.quarantined = quarantined
+        super().__init__(
+            f"{len(quarantined)} shard(s) quarantined: "
+            + "; ".join(q.line() for q in quarantined)
+            + ". Committed shards are kept; raise compute.max_shard_attempts or set "
+            "compute.on_shard_failure: error_rows, then run again to resume"
+        )
+
+
+def settle(spec: JobSpec, store: Store, quarantined: list[Quarantine]) -> None:
+    """End the job naming the quarantined shards, or commit them as ``error`` rows."""
+    if not quarantined:
+        return
+    if spec.compute.on_shard_failure != "error_rows":
+        raise ShardQuarantined(quarantined)
+    from rank1_batch.pipeline.score import SCORES_SCHEMA, ShardWork, commit_shard, read_pairs
+
+    for q in quarantined:
+        pairs = read_pairs(q.shard, store)
+        rows = [rank1.error_judgement(SHARD_FAILED) for _ in range(pairs.num_rows)]
+        work = ShardWork(pairs, pairs, SCORES_SCHEMA.empty_table())
+        marker = commit_shard(q.shard, work, rows, _Provenance(spec), store, spec, 0.0)  # type: ignore[arg-type]
+        log.warning(
+            "%s: quarantined; committed its %d pairs as error rows (%s): %s",
+            q.shard, marker.rows, SHARD_FAILED, q.line(),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Provenance:
+    """What the scores table records about the model, for rows no engine produced."""
+
+    spec: JobSpec
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model.name
+
+    @property
+    def model_revision(self) -> str:
+        return self.spec.model.revision or ""

@@ -1,0 +1,157 @@
+"""``reuse/`` is built once per output, by the run that holds it, and then only read.
+
+Two runs score one output when a second joins (``--join``, :mod:`rank1_batch.io.lease`). The
+reuse stage (:func:`build_reuse`) clears and rewrites ``reuse/<shard>.parquet``
+files, so it must never run while another run reads them. The holder builds them before it
+scores and then publishes ``reuse/_built.json`` (create-only, written after every reuse
+file): the shards covered, the sources, the matches. A joiner never builds nor deletes
+anything under ``reuse/``: it waits for that marker (bounded: while the holder is alive, and
+at most :data:`WAIT_S`), then scores with what it names.
+
+A holder that finds the marker keeps the build (a resume of the same job); it builds again
+only when the ``reuse:`` sources changed and no joiner is running. A build that died before
+its marker is invisible to joiners and is cleared by the next holder's build.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rank1_batch.io import lease
+from rank1_batch.io.store import Store
+from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline import reuse
+
+log = logging.getLogger(__name__)
+
+BUILT = f"{reuse.REUSE}/_built.json"
+WAIT_S = float(os.environ.get("RANK1_REUSE_WAIT_S", "3600"))  # a joiner's longest wait
+POLL_S = 2.0
+
+
+def ensure_built(
+    spec: JobSpec,
+    store: Store,
+    pending: list[str],
+    held: lease.Lease,
+    *,
+    wait_s: float = WAIT_S,
+    poll_s: float = POLL_S,
+) -> dict[str, Any]:
+    """Make ``reuse/`` ready for scoring ``pending``: build and publish it (the holder) or
+    wait for the holder's (a joiner). Returns the marker's contents."""
+    if held.me.role == "joiner":
+        return wait_built(store, lambda: lease.live_holder(store), wait_s=wait_s, poll_s=poll_s)
+    if store.exists(BUILT):
+        built: dict[str, Any] = store.read_json(BUILT)
+        if built.get("sources") == list(spec.reuse):
+            log.info("reuse: %s built earlier; scoring with it", BUILT)
+            return built
+        if held.others_running():
+            log.warning(
+                "reuse: the reuse: sources changed, but a joined run is reading reuse/; "
+                "keeping the build of %s",
+                built.get("sources"),
+            )
+            return built
+        store.delete(BUILT)  # no one else reads reuse/ now: build again for the new sources
+    counts = build_reuse(spec, store, pending)
+    record = {
+        "sources": list(spec.reuse),
+        "shards": sorted(pending),
+        "matched": counts,
+        "built_at": time.time(),
+    }
+    if not store.create_json(BUILT, record):  # a run that took over from us published first
+        taken: dict[str, Any] = store.read_json(BUILT)
+        return taken
+    return record
+
+
+def wait_built(
+    store: Store,
+    holder: Callable[[], lease.Attempt | None],
+    *,
+    wait_s: float = WAIT_S,
+    poll_s: float = POLL_S,
+) -> dict[str, Any]:
+    """The marker's contents once it exists; :class:`lease.OutputBusy` (one line) when the
+    holder is gone without publishing it, or after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        if store.exists(BUILT):
+            built: dict[str, Any] = store.read_json(BUILT)
+            return built
+        rec = holder()
+        if rec is None:
+            raise lease.OutputBusy(
+                f"{store.uri}: no live run holds this output and {BUILT} is missing: the holder "
+                "builds reuse/ before it scores; run without --join to build it"
+            )
+        if time.monotonic() >= deadline:
+            raise lease.OutputBusy(
+                f"{store.uri}: waited {wait_s:g} s for {rec.who()} to publish {BUILT}; "
+                "run --join again later (RANK1_REUSE_WAIT_S sets the wait)"
+            )
+        if not said:
+            log.info("reuse: waiting for %s to build reuse/ (up to %g s)", rec.who(), wait_s)
+            said = True
+        time.sleep(poll_s)
+
+
+def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, int]:
+    """Match pending shards' pairs against the ``reuse:`` sources; write ``reuse/`` files.
+
+    Returns {shard: matched rows} for shards with matches. Runs on Ray Data.
+    """
+    import ray.data
+
+    from rank1_batch.job.resolve import resolve_spec
+
+    spec = resolve_spec(spec)  # here, not in each task: the key hashes the driver's values
+    _clear(store, set(pending))
+    sources = reuse.usable_sources(spec)
+    items = [
+        {"uri": uri, "shard": shard, "priority": (i << 32) + j}
+        for i, (uri, shards) in enumerate(sources)
+        for j, shard in enumerate(shards)
+    ]
+    if not items or not pending:
+        return {}
+    targets = ray.data.from_items(
+        [{"shard": s} for s in pending], override_num_blocks=min(len(pending), 64)
+    ).map_batches(
+        functools.partial(reuse.target_rows, spec=spec, store=store),
+        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+    )  # fmt: skip
+    found = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
+        functools.partial(reuse.source_rows, storage=spec.storage),
+        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
+    )  # fmt: skip
+    written = (
+        targets.union(found)
+        .groupby("bucket", num_partitions=min(reuse.BUCKETS, 16))
+        .map_groups(reuse.join_bucket, batch_format="pyarrow", num_cpus=0.5)
+        .groupby("shard", num_partitions=min(len(pending), 16))
+        .map_groups(functools.partial(reuse.write_shard, store=store), batch_format="pyarrow",
+                    num_cpus=0.5)
+        .take_all()
+    )  # fmt: skip
+    counts = {str(r["shard"]): int(r["rows"]) for r in written}
+    log.info(
+        "reuse: %d pairs of %d shards match earlier outputs", sum(counts.values()), len(counts)
+    )
+    return counts
+
+
+def _clear(store: Store, shards: set[str]) -> None:
+    """Drop reuse files of the shards about to be matched again (an earlier run's)."""
+    for name in store.list(reuse.REUSE):
+        if name.endswith(".parquet") and name[: -len(".parquet")] in shards:
+            store.fs.rm(store.path(f"{reuse.REUSE}/{name}"))

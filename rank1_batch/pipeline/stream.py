@@ -1,0 +1,351 @@
+"""Shards in, a stream of requests out: the scheduling code of the streaming engine.
+
+A shard stays the unit of commit and recovery, never the unit the engine waits on. The
+:class:`ShardStreamer` judges every pair of a shard as its own request
+(:meth:`~rank1_batch.engines.base.StreamEngine.judge_one`: pass 1, then that pair's forced
+pass at once), several shards at a time, all sharing one cap on requests in flight. The cap
+sits a little above what the engine runs at once (``max_in_flight``, vLLM's ``max_num_seqs``),
+as ``ray.data.llm`` does, so the engine always has queued work while one shard's last pairs
+finish and the next shard's first pairs start. A shard commits through the one commit body
+(:func:`rank1_batch.pipeline.score.commit_shard`) when its last pair is judged; storage I/O
+runs in a thread so the event loop keeps feeding the engine meanwhile.
+
+The cap is an ``asyncio.Semaphore``, and passes take its slots in the order they started
+(``_LoopState.turns``): pairs of the shard that started first are served first, so shards
+finish roughly in the order they started instead of all at the end.
+
+Shards are opened on demand: of the ``shards_in_flight`` shards the actor may hold, a new one
+is read and queued only when fewer than ``max_requests`` requests of the open shards are still
+waiting for a slot. With long-tailed reasoning a shard stays open for its slowest pair long
+after its bulk is done; the next shards keep the engine full meanwhile (small shards need
+several open at once, large ones two), and a shard is never read before the engine needs it.
+
+Memory does not grow with the shard size or the reasoning budget. A pair's request (prompt,
+task) is made only when it gets a slot; each finished judgement goes at once into the shard's
+:class:`~rank1_batch.pipeline.judged.JudgedRows` (scalars in memory, reasoning text in a
+node-local spill file); once a shard's last request is sent its query and passage texts are
+dropped, leaving its ids for the commit. So an actor holds the requests in flight, the input
+tables of shards still sending requests, and about 100 bytes a pair of open shards; no
+per-token logprobs anywhere.
+
+The Ray actor (:class:`rank1_batch.pipeline.pool.ShardWorker`) calls
+:meth:`ShardStreamer.score_shard` from its async ``__call__``, one call per shard, with
+``compute.shards_in_flight`` calls at once; :func:`score_shards` is the same thing without
+Ray, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
+
+import pyarrow as pa
+
+from rank1_batch.core import modes as cascade
+from rank1_batch.core import rank1
+from rank1_batch.core.rows import requests_for
+from rank1_batch.engines.base import JudgeRequest, StreamEngine
+from rank1_batch.io import commit
+from rank1_batch.io.store import Store
+from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline.judged import JudgedRows
+from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work
+
+# Requests in flight per engine slot: a little queued work so no slot idles between requests.
+HEADROOM = 1.1
+
+T = TypeVar("T")
+
+
+def default_max_requests(max_in_flight: int) -> int:
+    return max(1, math.ceil(max_in_flight * HEADROOM))
+
+
+class ShardStreamer:
+    """Scores whole shards on one :class:`StreamEngine`, pairs streamed to it one by one."""
+
+    def __init__(
+        self,
+        engine: StreamEngine,
+        store: Store,
+        spec: JobSpec,
+        *,
+        max_requests: int | None = None,
+    ) -> None:
+        if max_requests is not None and max_requests < 1:
+            raise ValueError(f"max_requests must be at least 1, not {max_requests}")
+        self.engine, self.store, self.spec = engine, store, spec
+        self.max_requests = max_requests or default_max_requests(engine.max_in_flight)
+        self._state: _LoopState | None = None
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.waiting = 0  # requests of open shards not yet holding a slot
+        self.open_shards = 0
+        self.peak_open_shards = 0
+
+    def _loop_state(self) -> _LoopState:
+        """Cap and admission, one set per event loop (a Ray actor has one; each
+        ``asyncio.run`` makes a new one)."""
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            self._state = _LoopState(loop, self.max_requests)
+        return self._state
+
+    async def _admit(self, state: _LoopState) -> None:
+        """Wait until the queued requests of the open shards fall below the cap: a new shard
+        is opened only when the engine is about to run out of queued work, so shards whose
+        stragglers are still running do not stop it, and no shard is read before it is
+        needed."""
+        while self.waiting >= self.max_requests:
+            state.changed.clear()
+            await state.changed.wait()
+
+    async def _stream(
+        self,
+        state: _LoopState,
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        requests: _Requests,
+        indices: Sequence[int],
+        done: Callable[[int, rank1.Judgement], None],
+        *,
+        last: bool,
+    ) -> None:
+        """Judge ``requests[i]`` for each ``i`` of ``indices``, handing each judgement to
+        ``done(i, judgement)`` as it completes. ``indices`` are already counted as waiting.
+        ``last``: the shard's last pass, after whose last request its query and passage
+        texts are dropped (its stragglers may run for minutes yet).
+
+        A request is built and its task created only when it gets a slot, so an open shard
+        holds its input table and its finished rows (spilled), never a prompt and a
+        coroutine per pair. Passes take slots in the order they started (``state.turns``):
+        the oldest pass with pairs left gets every slot that frees, as a FIFO queue of all
+        its requests would, so shards finish roughly in the order they started.
+        """
+        if not indices:
+            if last:
+                requests.close()
+            return
+        turn = state.take_turn()
+        sent = 0
+        try:
+            # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
+            # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
+            async with asyncio.TaskGroup() as group:
+                try:
+                    await turn.wait()
+                    for i in indices:
+                        request = requests[i]
+                        await state.slots.acquire()
+                        sent += 1
+                        self.waiting -= 1
+                        state.changed.set()
+                        self.in_flight += 1
+                        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                        task = group.create_task(self._one(judge, request, i, done))
+                        # A callback, not a ``finally`` in the task: a task cancelled
+                        # before it first runs never enters its body.
+                        task.add_done_callback(functools.partial(self._release, state))
+                    if last:
+                        requests.close()
+                finally:
+                    state.pass_turn(turn)
+        finally:
+            if sent < len(indices):  # cancelled before every request got a slot
+                self.waiting -= len(indices) - sent
+                state.changed.set()
+
+    @staticmethod
+    async def _one(
+        judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
+        request: JudgeRequest,
+        i: int,
+        done: Callable[[int, rank1.Judgement], None],
+    ) -> None:
+        done(i, await judge(request))
+
+    def _release(self, state: _LoopState, _task: asyncio.Task[None]) -> None:
+        self.in_flight -= 1
+        state.slots.release()
+
+    async def judge_pairs(
+        self, state: _LoopState, requests: _Requests, query_ids: pa.Array, rows: JudgedRows
+    ) -> None:
+        """The streaming twin of :meth:`Rank1Engine.judge_pairs`: the same plan
+        (:mod:`rank1_batch.core.modes`), each pass's pairs streamed one request at a time, each
+        final judgement put into ``rows`` (spilled) the moment it exists. The pairs are
+        already counted as waiting (admission); a cascade's second pass adds its own."""
+        mode = self.spec.reasoning_mode
+        n = len(requests)
+        if mode.mode == rank1.THINK:
+
+            def reasoned_only(i: int, j: rank1.Judgement) -> None:
+                rows.put(i, cascade.combine(None, j))
+
+            judge = self.engine.judge_one
+            await self._stream(state, judge, requests, range(n), reasoned_only, last=True)
+            return
+        # The direct pass's judgements carry no reasoning: a shard's worth stays in memory
+        # until the plan has chosen which pairs to reason about.
+        direct: list[rank1.Judgement] = [_PENDING] * n
+        await self._stream(
+            state, self.engine.judge_direct_one, requests, range(n), direct.__setitem__, last=False
+        )
+        chosen = cascade.plan(
+            mode.mode, query_ids.to_pylist(), direct, top_k=mode.top_k, margin=mode.margin
+        )
+        picked = set(chosen)
+        for i in range(n):
+            if i not in picked:
+                rows.put(i, cascade.combine(direct[i], None))
+        self.waiting += len(chosen)
+
+        def both(i: int, j: rank1.Judgement) -> None:
+            rows.put(i, cascade.combine(direct[i], j))
+
+        await self._stream(state, self.engine.judge_one, requests, chosen, both, last=True)
+
+    async def score_shard(
+        self, shard: str, attempt: str = "", timeout: float | None = None
+    ) -> commit.Marker:
+        """Judge every pair of ``shard`` and commit it; the existing marker if already done.
+
+        ``timeout`` bounds the judging (``TimeoutError``), never the commit: once the commit
+        thread has begun it runs to its end, even when this call is cancelled meanwhile (a
+        thread cannot be stopped, and a marker landing after the attempt was recorded as
+        failed would make the record lie). The cancellation is raised after it."""
+        done = await asyncio.to_thread(committed_marker, shard, self.store)
+        if done is not None:
+            return done
+        state = self._loop_state()
+        deadline = None if timeout is None else state.loop.time() + timeout
+        async with asyncio.timeout_at(deadline):
+            async with state.admission:  # one shard admitted at a time, in arrival order
+                await self._admit(state)
+                start = time.perf_counter()
+                work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
+                self.waiting += work.to_judge.num_rows
+        requests = _Requests(work.to_judge, self.spec)
+        work = work.ids_only()  # what the commit reads; the texts live on in ``requests``
+        self.open_shards += 1
+        self.peak_open_shards = max(self.peak_open_shards, self.open_shards)
+        # Closed whatever happens: a cancelled shard never starts its commit, and a commit
+        # is awaited to its end before the rows close.
+        with JudgedRows(work.to_judge.num_rows) as rows:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.judge_pairs(state, requests, work.to_judge.column("query_id"), rows)
+                del requests
+            finally:
+                self.open_shards -= 1
+            seconds = time.perf_counter() - start
+            return await run_to_end(
+                asyncio.to_thread(
+                    commit_shard,
+                    shard,
+                    work,
+                    rows,
+                    self.engine,
+                    self.store,
+                    self.spec,
+                    seconds,
+                    attempt,
+                )
+            )
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation (the commit of a shard whose attempt timed out or was cancelled late)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled: nothing more to wait for
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+_PENDING = rank1.Judgement(math.nan, math.nan, "pending")
+
+
+class _Requests:
+    """The :class:`JudgeRequest` of each row of ``pairs``, built on demand a block of rows
+    at a time (a pass walks its indices in ascending order), so a shard's prompts are never
+    all in memory at once."""
+
+    BLOCK = 256
+
+    def __init__(self, pairs: pa.Table, spec: JobSpec) -> None:
+        self.pairs: pa.Table | None = pairs
+        self.spec = spec
+        self.n = pairs.num_rows
+        self._first = -1
+        self._block: list[JudgeRequest] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        """Drop the table (its query and passage texts): every request has been made."""
+        self.pairs, self._block, self._first = None, [], -1
+
+    def __getitem__(self, i: int) -> JudgeRequest:
+        if self.pairs is None:
+            raise RuntimeError("the shard's requests were all made already")
+        first = i - i % self.BLOCK
+        if first != self._first:
+            self._block = requests_for(self.pairs.slice(first, self.BLOCK), self.spec.reasoning)
+            self._first = first
+        return self._block[i - first]
+
+
+class _LoopState:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_requests: int) -> None:
+        self.loop = loop
+        self.slots = asyncio.Semaphore(max_requests)
+        self.admission = asyncio.Lock()
+        self.changed = asyncio.Event()
+        self.turns: collections.deque[asyncio.Event] = collections.deque()
+
+    def take_turn(self) -> asyncio.Event:
+        """A place at the back of the queue of passes waiting to send requests; the event is
+        set when it reaches the front."""
+        turn = asyncio.Event()
+        self.turns.append(turn)
+        if self.turns[0] is turn:
+            turn.set()
+        return turn
+
+    def pass_turn(self, turn: asyncio.Event) -> None:
+        self.turns.remove(turn)
+        if self.turns:
+            self.turns[0].set()
+
+
+async def score_shards(
+    streamer: ShardStreamer, shards: Iterable[str], shards_in_flight: int
+) -> list[commit.Marker]:
+    """Score ``shards`` with ``shards_in_flight`` of them going at once; markers in shard
+    order. The local twin of the Ray actor's concurrency (``max_concurrency``)."""
+    if shards_in_flight < 1:
+        raise ValueError(f"shards_in_flight must be at least 1, not {shards_in_flight}")
+    gate = asyncio.Semaphore(shards_in_flight)
+
+    async def one(shard: str) -> commit.Marker:
+        async with gate:
+            return await streamer.score_shard(shard)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(s)) for s in shards]
+    return [t.result() for t in tasks]

@@ -1,0 +1,127 @@
+"""``rank1-batch run``: claim the output, prepare, score pending shards on Ray, finalize.
+
+The driver holds no data: it lists inputs, reads the manifest and the commit markers, and
+sums shard stats. Scoring runs in the Ray executor (:mod:`rank1_batch.pipeline.pool`) over
+the shards not yet committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rank1_batch.engines import model_cache
+from rank1_batch.engines.factory import model_path
+from rank1_batch.io import commit, layout, lease, paths
+from rank1_batch.io.store import StorageError, Store
+from rank1_batch.io.verify import require_files
+from rank1_batch.job.convert import CONVERTED
+from rank1_batch.job.inputs import InputError, InputFile, listing, scan_inputs
+from rank1_batch.job.prepare import prepare
+from rank1_batch.job.record import claim_output, job_record
+from rank1_batch.job.resolve import resolve_spec
+from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline import console, reuse_ready
+from rank1_batch.pipeline.attempts import settle
+from rank1_batch.pipeline.finalize import finalize
+from rank1_batch.pipeline.pool import init_ray, score_pending
+
+log = logging.getLogger(__name__)
+
+
+def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
+    """Run/corpus and HF inputs: claim the output with the *original* files' listing, then
+    convert them once to Parquet pairs in the output folder and read those as ``pairs``."""
+    from rank1_batch.job import convert as formats
+
+    claim_output(store, job_record(spec, formats.source_listing(spec.input, spec.storage)))
+    converted = spec.model_copy(update={"input": formats.convert(spec, store)})
+    return converted, scan_inputs(converted.input, spec.storage)
+
+
+def run(
+    spec: JobSpec, *, join: bool = False, take_over: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) a job to completion; return the contents of ``_SUCCESS.json``.
+
+    ``join``/``take_over``: what to do when another live run holds the output
+    (:mod:`rank1_batch.io.lease`); by default that is refused with :class:`lease.OutputBusy`.
+    """
+    start = time.perf_counter()
+    # engine/device/dtype ``auto`` decided once, here, for the workers' resources: the
+    # fingerprint hashes these values and every actor builds exactly this engine.
+    spec = resolve_spec(spec)
+    store = Store(spec.output.path, spec.storage)
+    store.check_access()  # no such bucket / access denied: fail now, before input or model
+    store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
+    lease.check_adoptable(store, layout.JOB_FILE)
+    if spec.input.format in CONVERTED:
+        spec, files = convert_input(spec, store)
+    else:
+        try:
+            files = scan_inputs(spec.input, spec.storage)
+        except PermissionError as exc:
+            raise StorageError(f"input {spec.input.path}: access denied ({exc})") from exc
+        if not any(f.rows for f in files):
+            # Refused before anything is written: an empty input is almost always a mistake.
+            raise InputError(
+                f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
+            )
+        claim_output(store, job_record(spec, listing(files)))
+    if store.exists(layout.MANIFEST):  # a resume: its names are joined into paths below
+        _check_manifest(store, store.read_json(layout.MANIFEST))
+    if store.exists(layout.SUCCESS):
+        # Certified once, but files can be lost or replaced since: what finalize checks.
+        require_files(store, commit.read_markers(store))
+        log.info("%s is already complete; nothing to do", store.uri)
+        done: dict[str, Any] = store.read_json(layout.SUCCESS)
+        return done
+    with lease.Lease(store, join=join, take_over=take_over) as held:
+        return _run_held(spec, store, files, held, start, quiet)
+
+
+def _check_manifest(store: Store, manifest: dict[str, Any]) -> None:
+    paths.check_manifest(manifest, f"{store.uri.rstrip('/')}/{layout.MANIFEST}")
+
+
+def _run_held(
+    spec: JobSpec,
+    store: Store,
+    files: list[InputFile],
+    held: lease.Lease,
+    start: float,
+    quiet: bool,
+) -> dict[str, Any]:
+    if model_cache.kind(spec.model.name) == "toy":
+        model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
+    console.tame_ray(quiet)
+    init_ray(spec)
+    manifest = prepare(spec, store, files)
+    _check_manifest(store, manifest)  # as prepare read it
+    done_shards = commit.committed_shards(store)
+    pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
+    log.info(
+        "score: %d of %d shards pending (%d pairs)",
+        len(pending),
+        len(manifest["shards"]),
+        sum(s["rows"] for s in pending),
+    )
+    if pending:
+        if held.me.role == "joiner":
+            pending = pending[::-1]  # from the other end: the two runs meet in the middle
+        elif not held.others_running():  # a live joiner's temp files are still being written
+            for folder in ("scores", "traces", layout.COMMITS):
+                store.remove_temp_leftovers(folder)
+        console.ray_bars_during_score()
+        log.info(console.CONSTRUCTOR_NOTE)
+        if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
+            reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
+        settle(spec, store, score_pending(spec, store, pending))
+    return finalize(
+        store,
+        manifest,
+        time.perf_counter() - start,
+        total_wall=held.total_seconds(),
+        attempts=len(lease.attempts(store)),
+    )
