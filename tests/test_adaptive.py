@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 from test_stream import SleepyStreamEngine
 
-from rank1_batch.core import modes as cascade
-from rank1_batch.core import rank1
+from rank1_batch.core import modes, rank1
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import layout
 from rank1_batch.io.store import Store, parquet_bytes
@@ -48,9 +47,9 @@ def test_direct_prompt_is_pinned() -> None:
 def test_select_top_k_per_query_ties_by_position() -> None:
     qids = ["a", "a", "a", "b", "b", "b"]
     direct = [J(0.1), J(0.9), J(0.9), J(0.2), J(0.3), J(0.8)]
-    assert cascade.select(qids, direct, top_k=1, margin=0) == [1, 5]
-    assert cascade.select(qids, direct, top_k=2, margin=0) == [1, 2, 4, 5]
-    assert cascade.select(qids, direct, top_k=5, margin=0) == list(range(6))
+    assert modes.select(qids, direct, top_k=1, margin=0) == [1, 5]
+    assert modes.select(qids, direct, top_k=2, margin=0) == [1, 2, 4, 5]
+    assert modes.select(qids, direct, top_k=5, margin=0) == list(range(6))
 
 
 def test_select_margin_and_union_skip_errors_and_fallbacks() -> None:
@@ -58,52 +57,52 @@ def test_select_margin_and_union_skip_errors_and_fallbacks() -> None:
     err = rank1.error_judgement(rank1.PROMPT_TOO_LONG)
     fb = J(0.5, rank1.FALLBACK)
     direct = [J(0.55), J(0.99), err, fb]
-    assert cascade.select(qids, direct, top_k=0, margin=0.1) == [0]
-    assert cascade.select(qids, direct, top_k=0, margin=0.04) == []
-    assert cascade.select(qids, direct, top_k=1, margin=0.1) == [0, 1]
-    assert cascade.select(qids, direct, top_k=9, margin=0.5) == [0, 1]
+    assert modes.select(qids, direct, top_k=0, margin=0.1) == [0]
+    assert modes.select(qids, direct, top_k=0, margin=0.04) == []
+    assert modes.select(qids, direct, top_k=1, margin=0.1) == [0, 1]
+    assert modes.select(qids, direct, top_k=9, margin=0.5) == [0, 1]
     with pytest.raises(ValueError, match="margin"):
-        cascade.select(qids, direct, top_k=1, margin=0.6)
+        modes.select(qids, direct, top_k=1, margin=0.6)
 
 
 def test_plan_by_mode() -> None:
     qids = ["a", "a"]
     direct = [J(0.2), J(0.7)]
-    assert cascade.plan("think", qids, None) == [0, 1]
-    assert cascade.plan("direct", qids, direct) == []
-    assert cascade.plan("cascade", qids, direct, top_k=1) == [1]
+    assert modes.reasoned_pairs("think", qids, None) == [0, 1]
+    assert modes.reasoned_pairs("direct", qids, direct) == []
+    assert modes.reasoned_pairs("cascade", qids, direct, top_k=1) == [1]
     with pytest.raises(ValueError, match="unknown reasoning mode"):
-        cascade.plan("ponder", qids, direct)
+        modes.reasoned_pairs("ponder", qids, direct)
 
 
 def test_combine_reasoned_verdict_decides_else_direct() -> None:
     d = J(0.9)
     r = J(0.2, rank1.COMPLETE, tokens=40)
-    row = cascade.combine(d, r)
+    row = modes.combine(d, r)
     assert (row.score, row.status, row.decided_by) == (0.2, rank1.COMPLETE, "think")
     assert (row.score_direct, row.score_reasoned, row.reasoning_tokens) == (0.9, 0.2, 40)
     # reasoning that ends in a fallback does not override a direct verdict; its cost is kept
-    row = cascade.combine(d, J(0.5, rank1.FALLBACK, tokens=64))
+    row = modes.combine(d, J(0.5, rank1.FALLBACK, tokens=64))
     assert (row.score, row.status, row.decided_by) == (0.9, rank1.DIRECT, "direct")
     assert (row.score_reasoned, row.reasoning_tokens) == (None, 64)
     # unreasoned pair; think mode (no direct pass); error rows decided by nothing
-    row = cascade.combine(d, None)
+    row = modes.combine(d, None)
     assert (row.score, row.decided_by, row.score_reasoned) == (0.9, "direct", None)
-    row = cascade.combine(None, r)
+    row = modes.combine(None, r)
     assert (row.score_direct, row.score_reasoned, row.decided_by) == (None, 0.2, "think")
-    err = cascade.combine(rank1.error_judgement(rank1.PROMPT_TOO_LONG), None)
+    err = modes.combine(rank1.error_judgement(rank1.PROMPT_TOO_LONG), None)
     assert err.status == rank1.ERROR and err.decided_by is None and err.score_direct is None
     with pytest.raises(ValueError):
-        cascade.combine(None, None)
+        modes.combine(None, None)
 
 
 def test_combined_ranking_lets_reasoning_demote_a_direct_top_pair() -> None:
     """The documented rule: one scale, so a reasoned-irrelevant top-k pair leaves the top."""
     qids = ["a"] * 3
     direct = [J(0.95), J(0.9), J(0.6)]
-    chosen = cascade.plan("cascade", qids, direct, top_k=1)
+    chosen = modes.reasoned_pairs("cascade", qids, direct, top_k=1)
     assert chosen == [0]
-    rows = cascade.finish(3, direct, {0: J(0.1, rank1.COMPLETE, 30)})
+    rows = modes.finish(3, direct, {0: J(0.1, rank1.COMPLETE, 30)})
     assert [r.score for r in rows] == [0.1, 0.9, 0.6]
     assert [r.decided_by for r in rows] == ["think", "direct", "direct"]
 
@@ -161,7 +160,7 @@ def test_reuse_keys_the_mode_and_is_refused_with_cascade(tmp_path: Path) -> None
     spec_from_mapping(raw, overrides=["reasoning.mode=direct"])
     with pytest.raises(JobError, match=r"reuse: not available with reasoning\.mode cascade"):
         spec_from_mapping(raw, overrides=["reasoning.mode=cascade"])
-    cols = cascade.columns_from_status(
+    cols = modes.columns_from_status(
         ["direct", "complete", "fallback", "error"], [0.9, 0.2, 0.5, 1]
     )
     assert cols == {

@@ -155,7 +155,7 @@ def test_ungrouped_input_is_detected_and_refused_when_declared_grouped(tmp_path)
     ):
         prepare(spec, Store(spec.output.path), inputs.scan_inputs(spec.input))
     with pytest.raises(grouped.NotGrouped):
-        grouped.plan(inputs.scan_inputs(spec.input), spec)
+        grouped.unit_tasks(inputs.scan_inputs(spec.input), spec)
 
 
 @pytest.mark.ray

@@ -357,4 +357,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = getattr(args, "interrupted_hint", None)
         print("\nrank1-batch: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
-

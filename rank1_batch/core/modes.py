@@ -80,7 +80,7 @@ def select(
     return sorted(chosen)
 
 
-def plan(
+def reasoned_pairs(
     mode: str,
     query_ids: Sequence[str],
     direct: Sequence[rank1.Judgement] | None,

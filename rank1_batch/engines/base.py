@@ -22,8 +22,7 @@ from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rank1_batch.core import modes as cascade
-from rank1_batch.core import rank1
+from rank1_batch.core import modes, rank1
 from rank1_batch.core.rows import JudgeRequest
 
 log = logging.getLogger(__name__)
@@ -239,14 +238,16 @@ class Rank1Engine(abc.ABC):
         self,
         requests: Sequence[JudgeRequest],
         query_ids: Sequence[str],
-        mode: cascade.ReasoningMode,
+        mode: modes.ReasoningMode,
     ) -> list[rank1.Judgement]:
         """A shard's judgements under ``reasoning.mode`` (:mod:`rank1_batch.core.modes`):
         the direct pass where the mode has one, then reasoning for the pairs it plans."""
         direct = self.judge_direct(requests) if mode.mode != rank1.THINK else None
-        chosen = cascade.plan(mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin)
+        chosen = modes.reasoned_pairs(
+            mode.mode, query_ids, direct, top_k=mode.top_k, margin=mode.margin
+        )
         reasoned = self.judge([requests[i] for i in chosen]) if chosen else []
-        return cascade.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
+        return modes.finish(len(requests), direct, dict(zip(chosen, reasoned, strict=True)))
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
         """Judge every request in two batched passes; the result list is aligned with

@@ -128,7 +128,7 @@ def prepare(spec: JobSpec, store: Store, files: list[InputFile]) -> dict[str, An
     count = 0
     if mode != "shuffle" and spec.input.grouped is not False:
         try:
-            tasks, count = grouped.plan(files, spec)
+            tasks, count = grouped.unit_tasks(files, spec)
             mode = "grouped"
         except grouped.NotGrouped as exc:
             if spec.input.grouped is True or mode == "grouped":

@@ -130,7 +130,7 @@ class NotGrouped(Exception):
     """The input is not grouped by query; the message says where a query comes back."""
 
 
-def plan(
+def unit_tasks(
     files: list[InputFile], spec: JobSpec, *, threads: int = SCAN_THREADS
 ) -> tuple[list[UnitTask], int]:
     """Scan the query ids and plan one task per unit; return (tasks, shard-name count).
@@ -312,4 +312,4 @@ def run_unit(
     return marker
 
 
-__all__ = ["InputError", "NotGrouped", "UnitTask", "cut", "plan", "run_unit", "split_unit"]
+__all__ = ["InputError", "NotGrouped", "UnitTask", "cut", "run_unit", "split_unit", "unit_tasks"]

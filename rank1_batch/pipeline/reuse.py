@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch.core import modes as cascade
+from rank1_batch.core import modes
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
@@ -277,7 +277,7 @@ def merge_results(
     from rank1_batch.core.rows import ranks_within_query
 
     n = copied.num_rows
-    mode_columns = cascade.columns_from_status(
+    mode_columns = modes.columns_from_status(
         copied.column("status").to_pylist(), copied.column("score").to_pylist()
     )
     copied_scores = (

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch.core import modes as cascade
-from rank1_batch.core import rank1
+from rank1_batch.core import modes, rank1
 from rank1_batch.core.rows import ranks_within_query, requests_for
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
@@ -270,7 +269,7 @@ def judge_shard(
     direct pass and reasoning through the shared ``judge_pairs``."""
     mode = spec.reasoning_mode
     if mode.mode == rank1.THINK:
-        return cascade.finish(len(requests), None, dict(enumerate(engine.judge(requests))))
+        return modes.finish(len(requests), None, dict(enumerate(engine.judge(requests))))
     return engine.judge_pairs(requests, query_ids, mode)
 
 

@@ -46,8 +46,7 @@ from typing import TypeVar
 
 import pyarrow as pa
 
-from rank1_batch.core import modes as cascade
-from rank1_batch.core import rank1
+from rank1_batch.core import modes, rank1
 from rank1_batch.core.rows import requests_for
 from rank1_batch.engines.base import JudgeRequest, StreamEngine
 from rank1_batch.io import commit
@@ -184,7 +183,7 @@ class ShardStreamer:
         if mode.mode == rank1.THINK:
 
             def reasoned_only(i: int, j: rank1.Judgement) -> None:
-                rows.put(i, cascade.combine(None, j))
+                rows.put(i, modes.combine(None, j))
 
             judge = self.engine.judge_one
             await self._stream(state, judge, requests, range(n), reasoned_only, last=True)
@@ -195,17 +194,17 @@ class ShardStreamer:
         await self._stream(
             state, self.engine.judge_direct_one, requests, range(n), direct.__setitem__, last=False
         )
-        chosen = cascade.plan(
+        chosen = modes.reasoned_pairs(
             mode.mode, query_ids.to_pylist(), direct, top_k=mode.top_k, margin=mode.margin
         )
         picked = set(chosen)
         for i in range(n):
             if i not in picked:
-                rows.put(i, cascade.combine(direct[i], None))
+                rows.put(i, modes.combine(direct[i], None))
         self.waiting += len(chosen)
 
         def both(i: int, j: rank1.Judgement) -> None:
-            rows.put(i, cascade.combine(direct[i], j))
+            rows.put(i, modes.combine(direct[i], j))
 
         await self._stream(state, self.engine.judge_one, requests, chosen, both, last=True)
 
