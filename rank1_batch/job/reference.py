@@ -107,8 +107,10 @@ NOTES: dict[str, str] = {
     "compute.workers": "Scoring actors, one engine each.",
     "compute.cpus_per_worker": "Default: share the CPUs, leaving room for Ray Data "
     "(fractional on small machines).",
-    "compute.gpus_per_worker": "GPUs each actor reserves (default: `model.tensor_parallel_size`"
-    " with `engine: vllm`, else 0).",
+    "compute.gpus_per_worker": "GPUs each scoring actor reserves. 0 (unset): "
+    "`model.tensor_parallel_size` with `engine: vllm` (or auto with tensor parallelism), "
+    "else none, so `engine: auto` picks the CPU engine; always none with `device: cpu` or "
+    "`engine_args.distributed_executor_backend: ray` (a placement group holds the GPUs).",
     "compute.batch_size": "Engine batch of the transformers engine.",
     "compute.num_cpus": "CPUs of the local Ray `run` starts (default: all).",
     "compute.torch_threads": "torch threads per transformers worker.",
