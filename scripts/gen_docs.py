@@ -2,7 +2,7 @@
 write nothing, list what is stale and exit 1).
 
 * ``docs/job-file.md`` and ``rank1_batch/data/job.schema.json``, from the pydantic models
-  (:mod:`rank1_batch.job.reference`);
+  (``scripts/job_reference.py``);
 * every benchmark figure in ``docs/*.md``, from ``benchmarks/results/*.json``. A figure is
   written between two markers, ``<!--fig SOURCE PATH FORMAT-->value<!--/fig-->``: SOURCE is a
   results file's stem (``full`` for ``benchmarks/results/full.json``), optionally with a base
@@ -85,8 +85,8 @@ def refresh_figures(text: str, cache: dict[str, Any] | None = None) -> str:
 
 def expected() -> dict[Path, str]:
     """Every generated file and its content as the generator writes it now."""
-    sys.path.insert(0, str(ROOT))
-    from rank1_batch.job import reference
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import job_reference as reference
 
     out = {
         ROOT / reference.REFERENCE_PATH: reference.reference_markdown(),
