@@ -22,7 +22,7 @@ reasoning *demote*: a direct top-k pair that reasoning finds irrelevant leaves t
 instead of being pinned above every unreasoned pair; and an unsure pair (``margin``)
 reasoned to 0.6 does not jump above a pair the direct pass already gives 0.95. The cost:
 where direct and reasoned scores are calibrated differently the merge can misorder pairs
-across the two groups; the benchmark (README "Reasoning modes") measures the net effect.
+across the two groups; the benchmark (docs/reasoning-modes.md) measures the net effect.
 
 Both scores are kept: ``score_direct``, ``score_reasoned`` (None where not computed) and
 ``decided_by`` (``direct`` or ``think``) say which of them set ``score``.
