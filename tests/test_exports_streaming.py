@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
-from test_exports_eval import _write_shard
+from test_exports_eval import JOB, _write_shard
 
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store
@@ -44,7 +44,7 @@ def many(tmp_path) -> Path:
     for s in range(8):
         qids = [f"q{(7 - s) * 3 + k:02d}" for k in (2, 0, 1)]
         _write_shard(store, layout.shard_name(s, 8), _rows(rng, qids))
-    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, JOB)
     return path
 
 

@@ -11,9 +11,10 @@ import sys
 import time
 
 import pytest
+from commit_checks import synthetic_marker
 
 from rank1_batch.core.stats import ShardStats
-from rank1_batch.io import commit, layout, lease
+from rank1_batch.io import layout, lease
 from rank1_batch.io.store import StorageSpec, Store
 from rank1_batch.outputs.status import format_status, read_status
 
@@ -149,7 +150,10 @@ def test_total_wall_time_is_the_union_of_attempts():
 
 
 def _status_folder(store: Store, total: int) -> None:
-    store.write_json(layout.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(
+        layout.JOB_FILE,
+        {"spec": {"name": "j", "model": {"name": "toy"}}, "layout_version": layout.LAYOUT_VERSION},
+    )
     store.write_json(
         layout.MANIFEST,
         {"shards": [{"id": f"s{i}"} for i in range(10)], "pairs": total, "rejected": 0,
@@ -158,7 +162,7 @@ def _status_folder(store: Store, total: int) -> None:
 
 
 def _marker(store: Store, shard: str, rows: int, at: float) -> None:
-    m = commit.Marker(shard, rows, "x", "y", ShardStats(pairs=rows), committed_at=at)
+    m = synthetic_marker(shard, ShardStats(pairs=rows), at)
     store.create_json(layout.marker_path(shard), m.to_dict())
 
 

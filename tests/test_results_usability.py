@@ -12,14 +12,14 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_exports_eval import SHARD0, SHARD1, _write_shard
+from test_exports_eval import JOB, SHARD0, SHARD1, _write_shard
 
 from rank1_batch.cli import main
 from rank1_batch.io import layout
 from rank1_batch.io.store import Store
 from rank1_batch.outputs import evaluate, exports, labels, results
 
-# Bug 2: twin passages that tie exactly. Our order is score desc then doc_id ascending; trec_eval
+# Twin passages that tie exactly. Our order is score desc then doc_id ascending; trec_eval
 # breaks ties by doc_id descending. The relevant documents sit where the two rules disagree.
 TIES = [
     ("q1", "a", 0.7, "complete", 5),
@@ -40,14 +40,14 @@ def _folder(tmp_path, *shards: list[tuple], complete: bool = True) -> Store:
     store = Store(str(tmp_path / "out"))
     for i, rows in enumerate(shards):
         _write_shard(store, layout.shard_name(i, len(shards)), rows)
-    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, JOB)
     if complete:
         store.write_json(layout.SUCCESS, {"scored": sum(len(s) for s in shards)})
     return store
 
 
 def test_eval_equals_trec_eval_on_the_exported_runs_with_ties(tmp_path):
-    """Bug 2: eval and pytrec_eval (trec_eval's rules) on run.trec / run.json agree on ties."""
+    """Eval and pytrec_eval (trec_eval's rules) on run.trec / run.json agree on ties."""
     import ir_measures
 
     store = _folder(tmp_path, TIES)

@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from rank1_batch.io.commit import CommitError
+    from rank1_batch.io.layout import LayoutVersionError
     from rank1_batch.io.lease import OutputBusy
     from rank1_batch.io.paths import UnsafePath
     from rank1_batch.io.store import StorageError
@@ -347,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OutputBusy,
         ThroughputError,
         UnsafePath,
+        LayoutVersionError,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2

@@ -297,10 +297,8 @@ def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
 
 def converted_spec(spec: JobSpec, store: Store) -> InputSpec:
     """The ``pairs`` input spec that reads the converted files."""
-    root = store.uri.rstrip("/") + "/"
-    # Outputs converted by earlier versions hold one file, written whole.
-    path = CONVERTED_PATH if store.exists(CONVERTED_PATH) else CONVERTED_DIR
-    return InputSpec(path=root + path, format="pairs", columns=Columns(title="title"))
+    path = store.uri.rstrip("/") + "/" + CONVERTED_DIR
+    return InputSpec(path=path, format="pairs", columns=Columns(title="title"))
 
 
 def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpec:
@@ -311,7 +309,7 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
     it is full, so memory holds one part, never the whole input. A crash before the marker
     redoes the conversion (it rewrites the same parts).
     """
-    if store.exists(CONVERTED_PATH) or store.exists(CONVERTED_MARKER):
+    if store.exists(CONVERTED_MARKER):
         return converted_spec(spec, store)
     if spec.input.format == "hf":
         table = hf_pairs(spec.input, spec.storage)  # memory-mapped Arrow: sliced, not copied

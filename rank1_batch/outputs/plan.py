@@ -87,7 +87,10 @@ def fingerprint_state(store: Store, record: dict[str, Any]) -> tuple[bool, str, 
     """(ok, detail, facts) for this job against what ``store`` already holds."""
     if not store.exists(layout.JOB_FILE):
         return True, "new output: run starts from scratch", {"state": "new"}
-    old = store.read_json(layout.JOB_FILE)
+    try:
+        old = layout.read_job(store)
+    except layout.LayoutVersionError as exc:
+        return False, f"refused: {exc}", {"state": "refused", "layout": "other version"}
     if old.get("fingerprint") != record["fingerprint"]:
         changes = _diff(old.get("settings", {}), record["settings"]) or ["fingerprint"]
         detail = f"refused: {store.uri} holds a different job; changed: {'; '.join(changes)}"
@@ -175,13 +178,12 @@ def _model(spec: JobSpec, checks: Checks) -> tuple[str | None, Any, int]:
 
 def _reuse_sources(spec: JobSpec, checks: Checks) -> list[dict[str, Any]]:
     out = []
-    for uri in getattr(spec, "reuse", []) or []:
+    for uri in spec.reuse:
         try:
             src = Store(uri, spec.storage)
-            if not src.exists(layout.JOB_FILE):
-                raise FileNotFoundError(f"{uri}: no job.json; not a rank1-batch output")
+            layout.read_job(src)  # none: FileNotFoundError; another layout: refused
             shards = commit.committed_shards(src)
-        except (FileNotFoundError, StorageError) as exc:
+        except (FileNotFoundError, StorageError, layout.LayoutVersionError) as exc:
             checks.add("reuse", False, str(exc))
             continue
         checks.add("reuse", True, f"{uri}: {len(shards)} committed shards")

@@ -117,32 +117,31 @@ def read_shard(store: Store, shard: str) -> pa.Table:
         and scores.column("doc_id").equals(pairs.column("doc_id"))
     ):
         raise ResultsError(f"{store.uri}: {shard}: scores do not match its pairs file")
-    if "reused_from" in scores.column_names:  # jobs with reuse: (rank1_batch.pipeline.reuse)
-        scores = scores.drop_columns(["reused_from"])
-    for f in SCORES_SCHEMA:
-        if f.name not in scores.column_names:  # outputs written before reasoning.mode
-            scores = scores.append_column(f, pa.nulls(scores.num_rows, f.type))
-    scores = scores.select(SCORES_SCHEMA.names)
+    scores = scores.select(SCORES_SCHEMA.names)  # without reuse's reused_from
     for name in PAIR_COLUMNS:
         scores = scores.append_column(name, pairs.column(name))
     return scores.cast(RESULTS_SCHEMA)
 
 
-def _committed_or_fail(store: Store, require_complete: bool) -> tuple[list[str], bool]:
-    """The committed shard names and whether the job finished; an error naming the output
-    when there is nothing to read (or the job is unfinished and that was required)."""
+def _committed_or_fail(
+    store: Store, require_complete: bool
+) -> tuple[dict[str, Any], list[str], bool]:
+    """``job.json`` (its layout version checked), the committed shard names and whether the
+    job finished; an error naming the output when there is nothing to read (or the job is
+    unfinished and that was required)."""
+    job = layout.read_job(store)
     shards = committed(store)
     if not shards:
         raise ResultsError(f"{store.uri}: no committed shards (run the job first)")
     complete = store.exists(layout.SUCCESS)
     if require_complete and not complete:
         raise ResultsError(f"{store.uri}: the job is not finished (no {layout.SUCCESS})")
-    return shards, complete
+    return job, shards, complete
 
 
 def read_results(store: Store, *, require_complete: bool = False) -> Results:
     """All committed rows, ordered by (query_id, rank); errors (rank null) last per query."""
-    shards, complete = _committed_or_fail(store, require_complete)
+    job, shards, complete = _committed_or_fail(store, require_complete)
     table = pa.concat_tables([read_shard(store, s) for s in shards])
     # error rows (rank null) last within their query
     key = pa.table(
@@ -211,14 +210,9 @@ REMOTE_PREFETCH = 16
 
 
 def _scores_columns(data: bytes, columns: Sequence[str]) -> pa.Table:
-    """``columns`` of a scores file; the reasoning-mode columns of older outputs as nulls."""
-    present = set(pq.read_schema(io.BytesIO(data)).names)
-    table = pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in present])
-    for name in columns:
-        if name not in present:
-            field_ = SCORES_SCHEMA.field(name)
-            table = table.append_column(field_, pa.nulls(table.num_rows, field_.type))
-    return table.select(list(columns)).cast(pa.schema([SCORES_SCHEMA.field(c) for c in columns]))
+    """``columns`` of a scores file, typed as :data:`SCORES_SCHEMA` has them."""
+    table = pq.read_table(io.BytesIO(data), columns=list(columns))
+    return table.cast(pa.schema([SCORES_SCHEMA.field(c) for c in columns]))
 
 
 @dataclass(frozen=True)
@@ -299,8 +293,7 @@ def _hand_over(
 
 def open_committed(store: Store, *, require_complete: bool = False) -> Committed:
     """The committed shards of ``store`` (one listing of ``_commits/``)."""
-    shards, complete = _committed_or_fail(store, require_complete)
-    job = store.read_json(layout.JOB_FILE) if store.exists(layout.JOB_FILE) else {}
+    job, shards, complete = _committed_or_fail(store, require_complete)
     return Committed(store, tuple(shards), job, complete)
 
 

@@ -90,9 +90,8 @@ class Quarantine:
 
 
 def failed(store: Store, shard: str) -> list[dict[str, Any]]:
-    """Attempts that count toward the limit: those that failed by the shard's own fault
-    (records written before causes were recorded count, as they did)."""
-    return [r for r in records(store, shard) if "error" in r and r.get("charged", True)]
+    """Attempts that count toward the limit: those that failed by the shard's own fault."""
+    return [r for r in records(store, shard) if "error" in r and r["charged"]]
 
 
 def quarantine_of(store: Store, shard: str, limit: int) -> Quarantine | None:
