@@ -67,12 +67,12 @@ def test_an_unrelated_non_empty_output_folder_is_refused(tmp_path, capsys):
 
 
 def test_run_on_an_output_held_by_a_live_run_is_refused_naming_it(tmp_path, capsys):
-    """Bug 8: a second `run` says who holds the output and how to join or take over."""
+    """A second `run` says who holds the output and how to join or take over."""
     job = tiny_job(tmp_path)
     spec = load_job(job)
     store = Store(spec.output.path)
     claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
-    holder = lease.Attempt.new()
+    holder = lease.Run.new()
     holder.host, holder.pid, holder.refreshed = "gpu-node-7", 4242, time.time()
     store.write_json(lease.LEASE, holder.to_dict())
     assert main(["-q", "run", str(job)]) == 2

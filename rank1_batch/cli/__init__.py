@@ -176,7 +176,7 @@ def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
         "submission, the package as a runtime_env py_module; torch/vllm come from the cluster "
         "image. The submission id is derived from the job and its output, so submitting a "
         "running job again reports it instead of starting a twin; after a failure a new "
-        "attempt resumes from the output folder. Token auth is on by default "
+        "submission resumes from the output folder. Token auth is on by default "
         "(RAY_AUTH_MODE=token; token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
         "~/.ray/auth_token). Flow: submit -> jobs/logs -> status OUTPUT -> results in OUTPUT.",
     )

@@ -70,9 +70,9 @@ def read_status(store: Store) -> dict[str, Any]:
 
 
 def eta_seconds(
-    markers: list[commit.Marker], pairs_left: int, holder: lease.Attempt | None
+    markers: list[commit.Marker], pairs_left: int, holder: lease.Run | None
 ) -> float | None:
-    """Time left at the rate of the *current* attempt (never across a downtime).
+    """Time left at the rate of the *current* run (never across a downtime).
 
     Only commits made since the live run started count, first to last (the first marks when
     scoring was flowing: prepare and model loading stay out of the rate); fewer than two, or
