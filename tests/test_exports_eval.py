@@ -146,7 +146,7 @@ def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):
 
 
 def test_json_run_round_trip(out, tmp_path):
-    from rank1_batch.job.convert import parse_json_run
+    from run_reference import parse_json_run
 
     exports.export(Store(str(out)), "json-run", str(tmp_path / "r.json"))
     run = json.loads((tmp_path / "r.json").read_text())

@@ -333,13 +333,6 @@ def copied_stats(copied: pa.Table) -> ShardStats:
     return stats
 
 
-def reused_count(scores: pa.Table) -> int:
-    """Copied rows in a committed scores table (0 for jobs without reuse)."""
-    if "reused_from" not in scores.column_names:
-        return 0
-    return int(pc.sum(pc.is_valid(scores.column("reused_from")).cast(pa.int64())).as_py() or 0)
-
-
 def sample_matches(spec: JobSpec, sample: pa.Table) -> dict[str, Any]:
     """For ``plan``: how many of a sample of the job's pairs the ``reuse:`` sources hold.
 
