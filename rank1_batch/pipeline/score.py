@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,9 +38,19 @@ TRACE_GROUP_BYTES = 1 << 20
 TRACE_GROUP_ROWS = 16_384
 
 
-def scores_table(
-    pairs: pa.Table, rows: JudgedRows, engine: Rank1Engine, prompt_id: str
-) -> pa.Table:
+class Judge(Protocol):
+    """What a committed scores file records about who judged its rows: every
+    :class:`~rank1_batch.engines.base.Rank1Engine` is one; so is the model a job names, for
+    rows no engine judged (:class:`rank1_batch.pipeline.attempts.NamedModel`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def model_revision(self) -> str: ...
+
+
+def scores_table(pairs: pa.Table, rows: JudgedRows, engine: Judge, prompt_id: str) -> pa.Table:
     """The scores of ``pairs`` (aligned with ``rows``): scalars only, built in memory."""
     qids = pairs.column("query_id").to_pylist()
     dids = pairs.column("doc_id").to_pylist()
@@ -181,7 +192,7 @@ def commit_shard(
     shard: str,
     work: ShardWork,
     judgements: JudgedRows | Sequence[rank1.Judgement],
-    engine: Rank1Engine,
+    engine: Judge,
     store: Store,
     spec: JobSpec,
     seconds: float,
@@ -207,7 +218,7 @@ def _commit(
     shard: str,
     work: ShardWork,
     rows: JudgedRows,
-    engine: Rank1Engine,
+    engine: Judge,
     store: Store,
     spec: JobSpec,
     seconds: float,
