@@ -1,6 +1,6 @@
-"""Issue 16, end to end on local Ray (device: cpu): what `run` shows a newcomer on a terminal,
-and Ctrl-C. Bug 9 (summary, --json, -q, one progress display), bug 7 (wall times after a
-resume), bug 16 (a CSV input through prepare and score), bug 6 (Ctrl-C)."""
+"""End to end on local Ray (device: cpu): what `run` shows a newcomer on a terminal, and
+Ctrl-C: the summary, --json, -q and one progress display; wall times after a resume; a CSV
+input through prepare and score; Ctrl-C ending in one line."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
-    """Bug 6: Ctrl-C (SIGINT to the terminal's process group) ends with exit 130 and one line
+    """Ctrl-C (SIGINT to the terminal's process group) ends with exit 130 and one line
     saying the output is safe and the same command resumes; no traceback; lease released."""
     job = write_job(tmp_path, str(ROOT / "jobs/data/demo-pairs.parquet"), shard_size=50)
     out = tmp_path / "out"
