@@ -1,4 +1,4 @@
-"""Prepare against a plain pyarrow read + write of the same input, side by side (issue 12).
+"""Prepare against a plain pyarrow read + write of the same input, side by side.
 
     python benchmarks/prepare_side_by_side.py --pairs 10000000 --repeats 3 \
         --out benchmarks/results/prepare_side_by_side.json

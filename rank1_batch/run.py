@@ -123,5 +123,5 @@ def _run_held(
         manifest,
         time.perf_counter() - start,
         total_wall=held.total_seconds(),
-        attempts=len(lease.attempts(store)),
+        runs=len(lease.runs(store)),
     )

@@ -27,9 +27,18 @@ from rank1_batch.io.store import Store
 from rank1_batch.job.load import load_job
 from rank1_batch.job.prepare import _write_shard
 from rank1_batch.job.record import claim_output, job_record
+from rank1_batch.outputs import results
 from rank1_batch.pipeline.finalize import finalize
 from rank1_batch.pipeline.score import process_shard
 from rank1_batch.toy.data import make_ir_collection
+
+
+def read_traces(store: Store) -> pa.Table:
+    """Reasoning traces of every committed shard (the files their markers name, checksums
+    verified)."""
+    return pa.concat_tables(
+        [results.shard_table(store, s, "traces") for s in results.committed(store)]
+    )
 
 
 class FallbackFor:

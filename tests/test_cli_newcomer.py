@@ -1,5 +1,5 @@
-"""Issue 16: what a newcomer meets at the command line before any model loads (cheap: no Ray
-starts in these tests). Each test names its bug."""
+"""What a newcomer meets at the command line before any model loads (cheap: no Ray
+starts in these tests)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def tiny_job(tmp_path: Path, input_path: str | None = None) -> Path:
 
 
 def test_set_of_an_unknown_key_names_the_set_argument(tmp_path, capsys):
-    """Bug 15: `--set compute.wrkers=2` blames the --set argument, not the job file."""
+    """`--set compute.wrkers=2` blames the --set argument, not the job file."""
     job = tiny_job(tmp_path)
     assert main(["run", str(job), "--set", "compute.wrkers=2"]) == 2
     err = capsys.readouterr().err
@@ -47,7 +47,7 @@ def test_set_of_an_unknown_key_names_the_set_argument(tmp_path, capsys):
 
 
 def test_a_missing_input_names_input_path_and_the_job_file(tmp_path, capsys):
-    """Bug 15: a missing input path names `input.path` and the job file."""
+    """A missing input path names `input.path` and the job file."""
     job = tiny_job(tmp_path, input_path="nowhere/pairs.parquet")
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
@@ -56,7 +56,7 @@ def test_a_missing_input_names_input_path_and_the_job_file(tmp_path, capsys):
 
 
 def test_an_unrelated_non_empty_output_folder_is_refused(tmp_path, capsys):
-    """Bug 15: a folder holding other files (and no job.json) is not adopted silently."""
+    """A folder holding other files (and no job.json) is not adopted silently."""
     job = tiny_job(tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "thesis.tex").write_text("precious")
@@ -67,12 +67,12 @@ def test_an_unrelated_non_empty_output_folder_is_refused(tmp_path, capsys):
 
 
 def test_run_on_an_output_held_by_a_live_run_is_refused_naming_it(tmp_path, capsys):
-    """Bug 8: a second `run` says who holds the output and how to join or take over."""
+    """A second `run` says who holds the output and how to join or take over."""
     job = tiny_job(tmp_path)
     spec = load_job(job)
     store = Store(spec.output.path)
     claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
-    holder = lease.Attempt.new()
+    holder = lease.Run.new()
     holder.host, holder.pid, holder.refreshed = "gpu-node-7", 4242, time.time()
     store.write_json(lease.LEASE, holder.to_dict())
     assert main(["-q", "run", str(job)]) == 2
@@ -82,7 +82,7 @@ def test_run_on_an_output_held_by_a_live_run_is_refused_naming_it(tmp_path, caps
 
 
 def test_unrelated_folder_check_allows_empty_and_own_folders(tmp_path):
-    """Bug 15: an empty folder, a missing one, or one holding job.json are all fine."""
+    """An empty folder, a missing one, or one holding job.json are all fine."""
     lease.check_adoptable(Store(str(tmp_path / "missing")), layout.JOB_FILE)
     (tmp_path / "empty").mkdir()
     lease.check_adoptable(Store(str(tmp_path / "empty")), layout.JOB_FILE)

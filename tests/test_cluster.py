@@ -257,7 +257,7 @@ def test_second_submit_of_running_job_reports_it(head, tmp_path):
 
 
 def test_stopping_a_head_leaves_no_process_behind():
-    """Bug 15 (issue 16): a stopped head leaves no Ray process of its own, the Ray client
+    """A stopped head leaves no Ray process of its own, the Ray client
     server (``ray.util.client.server``) included."""
     import psutil
 

@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pytest
 from compare_outputs import degrade, derive
 from conftest import ROOT, run_cli
+from report_outputs import read_traces
 from test_report_browser import CHROMIUM, shot
 
 from rank1_batch.io.store import Store
-from rank1_batch.outputs.results import read_traces
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 pytestmark = pytest.mark.skipif(

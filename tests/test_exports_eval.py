@@ -18,15 +18,14 @@ import pytest
 
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.io.store import Store, parquet_bytes
 from rank1_batch.outputs import evaluate, exports, labels
 from rank1_batch.outputs.results import read_results
 from rank1_batch.pipeline.score import SCORES_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-# The columns added later (reasoning.mode's, engine): an old output has none of them.
-LATER_COLUMNS = ("score_direct", "score_reasoned", "decided_by", "engine")
-SCORES_BEFORE_MODES = pa.schema([f for f in SCORES_SCHEMA if f.name not in LATER_COLUMNS])
+# The job.json of a hand-built output: enough for the readers (and its layout version).
+JOB = {"fingerprint": "fp", "spec": {}, "layout_version": layout.LAYOUT_VERSION}
 
 # (query_id, doc_id, score, status, input_rank); q1's first stage is the reverse of Rank1's.
 SHARD0 = [
@@ -47,6 +46,8 @@ TIED_02 = float(np.nextafter(np.float32(0.2), np.float32(0)))
 
 
 def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = True) -> None:
+    """One shard as ``process_shard`` commits it (reasoning.mode think); :data:`JOB` as the
+    folder's job.json unless it has one."""
     qids = [r[0] for r in rows]
     dids = [r[1] for r in rows]
     scores = [r[2] for r in rows]
@@ -81,19 +82,26 @@ def _write_shard(store: Store, shard: str, rows: list[tuple], *, marker: bool = 
             "model": ["toy"] * n,
             "model_revision": ["rev1"] * n,
             "prompt_id": ["rank1-abc"] * n,
+            "score_direct": pa.nulls(n, pa.float64()),
+            "score_reasoned": pa.nulls(n, pa.float64()),
+            "decided_by": pa.nulls(n, pa.string()),
+            "engine": ["transformers"] * n,
         },
-        schema=SCORES_BEFORE_MODES,  # as written before reasoning.mode: readers fill the rest
+        schema=SCORES_SCHEMA,
     )
     traces = pa.table(
         {"query_id": qids, "doc_id": dids, "reasoning": ["r"] * n, "finish_reason": ["stop"] * n}
     )
+    store.create_json(layout.JOB_FILE, JOB)
     store.write_atomic(layout.pairs_path(shard), parquet_bytes(pairs))
     scores_data, traces_data = parquet_bytes(table), parquet_bytes(traces)
-    # Deterministic names and a marker naming no files: the layout before whole-attempt commits.
-    store.write_atomic(layout.scores_path(shard), scores_data)
-    store.write_atomic(layout.traces_path(shard), traces_data)
+    attempt = layout.new_attempt_id()
+    store.write_atomic(layout.scores_path(shard, attempt), scores_data)
+    store.write_atomic(layout.traces_path(shard, attempt), traces_data)
     if marker:
-        m = commit.Marker(shard, n, sha256(scores_data), sha256(traces_data), ShardStats(pairs=n))
+        m = commit.Marker.of_attempt(
+            shard, attempt, ShardStats(pairs=n), rows=n, scores=scores_data, traces=traces_data
+        )
         store.create_json(layout.marker_path(shard), m.to_dict())
 
 
@@ -104,7 +112,7 @@ def out(tmp_path) -> Path:
     _write_shard(store, "shard-00000", SHARD0)
     _write_shard(store, "shard-00001", SHARD1)
     _write_shard(store, "shard-00002", [("q9", "zz", 0.99, "complete", 1)], marker=False)
-    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, JOB)
     return path
 
 
@@ -116,7 +124,7 @@ def test_results_read_only_committed_shards(out):
     assert res.provenance()["model"] == "toy" and res.prompt_id == "rank1-abc"
     assert res.provenance()["reasoning_mode"] == "think"
     assert res.table.column("decided_by").null_count == res.table.num_rows
-    assert res.table.column("engine").null_count == res.table.num_rows  # written before it
+    assert set(res.table.column("engine").to_pylist()) == {"transformers"}
 
 
 def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):
@@ -138,7 +146,7 @@ def test_trec_export_full_precision_ties_by_doc_id_and_round_trip(out):
 
 
 def test_json_run_round_trip(out, tmp_path):
-    from rank1_batch.job.convert import parse_json_run
+    from run_reference import parse_json_run
 
     exports.export(Store(str(out)), "json-run", str(tmp_path / "r.json"))
     run = json.loads((tmp_path / "r.json").read_text())
@@ -259,8 +267,10 @@ def test_eval_cli_prints_both_runs_and_writes_metrics(out, tmp_path):
     assert ndcg.split()[:3] == ["nDCG@10", f"{expected_fs:.4f}", "1.0000"]
     metrics = json.loads((out / "exports" / "metrics.json").read_text())
     assert metrics["runs"]["reranked"]["aggregate"]["nDCG@10"] == pytest.approx(1.0)
+    empty = tmp_path / "empty"  # a job that committed nothing yet
+    Store(str(empty)).write_json(layout.JOB_FILE, JOB)
     bad = subprocess.run(
-        [sys.executable, "-m", "rank1_batch.cli", "-q", "eval", str(tmp_path), "--qrels", "x"],
+        [sys.executable, "-m", "rank1_batch.cli", "-q", "eval", str(empty), "--qrels", "x"],
         capture_output=True,
         text=True,
         cwd=ROOT,

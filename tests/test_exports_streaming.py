@@ -1,9 +1,10 @@
-"""Exports, eval and labels read one committed shard at a time (issue 12).
+"""Exports, eval and labels read one committed shard at a time.
 
 Each test compares the streamed result with the whole-table result (``read_results``, what
 every export computed before), on an output whose shards do not come in query-id order, and
-observes the read structure through ``results.COUNTER``: rows held at once and pairs-file
-columns read.
+observes the read structure through the ``reads`` fixture (shard tables read and rows held at
+once, from :meth:`results.Committed.read` to the end of their :func:`results.hand_over`; the
+columns of every pairs-file read).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_exports_eval import _write_shard
+from test_exports_eval import JOB, _write_shard
 
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store
@@ -22,6 +25,63 @@ from rank1_batch.outputs import evaluate, exports, labels, results
 from rank1_batch.outputs.results import read_results
 
 STATUSES = ["complete"] * 6 + ["forced", "fallback", "error"]
+
+
+@dataclass
+class Reads:
+    """What the readers of committed shards did: tables read, rows held (now and at peak),
+    the pairs-file columns read."""
+
+    tables: int = 0
+    held: int = 0
+    peak: int = 0
+    pair_columns: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, rows: int) -> None:
+        with self.lock:
+            self.tables += 1
+            self.held += rows
+            self.peak = max(self.peak, self.held)
+
+    def give(self, rows: int) -> None:
+        with self.lock:
+            self.held -= rows
+
+    def reset(self) -> None:
+        with self.lock:
+            self.tables = self.held = self.peak = 0
+            self.pair_columns = set()
+
+
+@pytest.fixture()
+def reads(monkeypatch) -> Reads:
+    """Count through the readers' own seams: a table is held from the moment
+    ``Committed.read`` returns it until its consumer asks for the next one."""
+    seen = Reads()
+    read, hand_over, read_parquet = results.Committed.read, results.hand_over, Store.read_parquet
+
+    def counted_read(self, shard, columns, pair_columns=()):
+        marker, table = read(self, shard, columns, pair_columns)
+        seen.take(table.num_rows)
+        return marker, table
+
+    def counted_hand_over(future):
+        try:
+            yield from hand_over(future)
+        finally:
+            seen.give(future.result()[1].num_rows)
+
+    def counted_read_parquet(self, rel, columns=None, **kw):
+        if rel.startswith("pairs/"):
+            with seen.lock:
+                seen.pair_columns.update(columns or ["*"])
+        return read_parquet(self, rel, columns=columns, **kw)
+
+    monkeypatch.setattr(results.Committed, "read", counted_read)
+    monkeypatch.setattr(results, "hand_over", counted_hand_over)
+    monkeypatch.setattr(Store, "read_parquet", counted_read_parquet)
+    return seen
 
 
 def _rows(rng: random.Random, qids: list[str]) -> list[tuple]:
@@ -44,7 +104,7 @@ def many(tmp_path) -> Path:
     for s in range(8):
         qids = [f"q{(7 - s) * 3 + k:02d}" for k in (2, 0, 1)]
         _write_shard(store, layout.shard_name(s, 8), _rows(rng, qids))
-    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, JOB)
     return path
 
 
@@ -55,10 +115,10 @@ def _blocks(lines: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def test_trec_and_json_runs_equal_the_whole_table_runs(many, tmp_path):
+def test_trec_and_json_runs_equal_the_whole_table_runs(many, tmp_path, reads):
     store = Store(str(many))
     whole = read_results(store).table
-    results.COUNTER.reset()
+    reads.reset()
     summary = exports.export(store, "trec", tag="t")
     got = (many / "exports" / "run.trec").read_text().splitlines()
     old = exports.trec_text(whole, "t").splitlines()
@@ -67,9 +127,9 @@ def test_trec_and_json_runs_equal_the_whole_table_runs(many, tmp_path):
     assert list(_blocks(got)) == [f"q{(7 - s) * 3 + k:02d}" for s in range(8) for k in (0, 1, 2)]
     # structure: never more than 1 + PREFETCH shards held; runs never open a pairs file
     largest = max(m.rows for m in commit.read_markers(store))
-    assert results.COUNTER.tables == 8
-    assert results.COUNTER.peak <= (1 + results.PREFETCH) * largest < whole.num_rows
-    assert results.COUNTER.pair_columns == set() and results.COUNTER.held == 0
+    assert reads.tables == 8
+    assert reads.peak <= (1 + results.PREFETCH) * largest < whole.num_rows
+    assert reads.pair_columns == set() and reads.held == 0
 
     exports.export(store, "json-run", str(tmp_path / "run.json"))
     text = (tmp_path / "run.json").read_text()
@@ -87,7 +147,7 @@ def test_json_run_of_no_ranked_rows_is_an_empty_object(tmp_path):
     assert json.loads((tmp_path / "out/exports/run.json").read_text()) == {}
 
 
-def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path):
+def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path, reads):
     store = Store(str(many))
     whole = read_results(store).table
     rng = random.Random(3)
@@ -107,10 +167,10 @@ def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path):
     for qrels, done in ((scored, False), (all_qrels, True)):
         if done:
             store.write_json(layout.SUCCESS, {"scored": whole.num_rows})
-        results.COUNTER.reset()
+        reads.reset()
         report = evaluate.evaluate_output(store, str(qrels_path), metrics, per_query=True)
-        assert results.COUNTER.pair_columns == {"query_id", "doc_id", "input_rank"}
-        assert results.COUNTER.peak < whole.num_rows
+        assert reads.pair_columns == {"query_id", "doc_id", "input_rank"}
+        assert reads.peak < whole.num_rows
         old = evaluate.evaluate_runs(qrels, runs, metrics, per_query=True)
         for name in runs:
             new_run, old_run = report["runs"][name], old["runs"][name]
@@ -123,14 +183,14 @@ def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path):
     assert "qnone" in report["runs"]["reranked"]["per_query"]  # scored 0, as evaluators do
 
 
-def test_label_exports_equal_the_whole_table_selection(many):
+def test_label_exports_equal_the_whole_table_selection(many, reads):
     store = Store(str(many))
     whole = read_results(store).table
     rules = labels.LabelRules(pos_threshold=0.6, neg_threshold=0.4, max_neg=3)
     old_labels, old_counts = labels.select(whole, rules)
-    results.COUNTER.reset()
+    reads.reset()
     summary = exports.export(store, "tevatron", rules=rules)
-    assert results.COUNTER.peak < whole.num_rows
+    assert reads.peak < whole.num_rows
     got = [json.loads(line) for line in Path(summary["out"]).read_text().splitlines()]
     old = [json.loads(json.dumps(r)) for r in labels.tevatron_rows(old_labels)]
     assert sorted(got, key=lambda r: r["query_id"]) == old and old

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import run_reference
 
 from rank1_batch.io.store import Store
 from rank1_batch.job import convert as formats
@@ -27,15 +28,15 @@ ENV = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
 
 def test_trec_runs_six_and_three_columns_in_run_order():
     six = "q2 Q0 b 1 3.0 bm25\nq2 Q0 a 2 5.0 bm25\nq1 Q0 c 1 1.0 bm25\nq2 Q0 d 3 3.0 bm25\n"
-    rows = formats.parse_trec_run(six)
+    rows = run_reference.parse_trec_run(six)
     assert rows == [("q2", "a", 5.0), ("q2", "b", 3.0), ("q2", "d", 3.0), ("q1", "c", 1.0)]
     three = "q2\tb\t3.0\nq2\ta\t5.0\nq1\tc\t1.0\n"
-    assert formats.parse_trec_run(three) == [r for r in rows if r[1] != "d"]
-    assert formats.cut_top_k(rows, 1) == [("q2", "a"), ("q1", "c")]
+    assert run_reference.parse_trec_run(three) == [r for r in rows if r[1] != "d"]
+    assert run_reference.cut_top_k(rows, 1) == [("q2", "a"), ("q1", "c")]
     with pytest.raises(formats.FormatError, match="line 1"):
-        formats.parse_trec_run("q1 Q0 c 1\n")
+        run_reference.parse_trec_run("q1 Q0 c 1\n")
     with pytest.raises(formats.FormatError, match="not a number"):
-        formats.parse_json_run({"q1": {"a": "high"}})
+        run_reference.parse_json_run({"q1": {"a": "high"}})
 
 
 def test_msmarco_tsvs_and_missing_text_become_rejected_reasons(tmp_path):
@@ -48,7 +49,7 @@ def test_msmarco_tsvs_and_missing_text_become_rejected_reasons(tmp_path):
         queries=str(tmp_path / "queries.dev.tsv"),
         corpus=str(tmp_path / "collection.tsv"),
     )
-    table = formats.run_pairs(spec)
+    table = run_reference.run_pairs(spec)
     assert table.column("doc_id").to_pylist() == ["p1", "p2", "p3", "p1"]
     assert table.column(inputs.PRESET_REASON).to_pylist() == [
         None,
@@ -79,11 +80,11 @@ def test_json_run_with_beir_jsonl_text_and_top_k(tmp_path):
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "which"}\n')
     (tmp_path / "run.json").write_text(json.dumps({"q1": {"b": 1.0, "a": 2.0, "c": 0.5}}))
     spec = InputSpec(path=str(tmp_path / "run.json"), format="json-run", corpus=str(tmp_path))
-    table = formats.run_pairs(spec)
+    table = run_reference.run_pairs(spec)
     assert table.column("doc_id").to_pylist() == ["a", "b", "c"]
     assert table.column("title").to_pylist() == ["T", None, None]
     assert table.column(inputs.PRESET_REASON).to_pylist() == [None, None, "missing_doc"]
-    top2 = formats.run_pairs(spec.model_copy(update={"top_k": 2}))
+    top2 = run_reference.run_pairs(spec.model_copy(update={"top_k": 2}))
     assert top2.column("doc_id").to_pylist() == ["a", "b"]
 
 
@@ -230,8 +231,8 @@ def _run_files(tmp_path, lines):
 
 def _reference(spec):
     """The whole-run rules: parse everything, order per query, cut top_k."""
-    rows = formats.cut_top_k(
-        formats.parse_trec_run(Path(spec.path).read_text(), spec.path), spec.top_k
+    rows = run_reference.cut_top_k(
+        run_reference.parse_trec_run(Path(spec.path).read_text(), spec.path), spec.top_k
     )
     return rows
 
@@ -269,7 +270,7 @@ def test_grouped_trec_run_streams_into_parts_equal_to_the_whole_run_rules(tmp_pa
 def test_ungrouped_trec_run_falls_back_to_the_whole_run(tmp_path):
     lines = [f"{q} Q0 p{q + r} {r} {10 - r} bm25\n" for r in range(4) for q in range(5)]
     spec = _run_files(tmp_path, lines)
-    table = formats.run_pairs(spec)
+    table = run_reference.run_pairs(spec)
     got = list(
         zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
     )
@@ -286,7 +287,7 @@ def test_ungrouped_trec_run_partitions_by_query_into_bounded_buckets(tmp_path, m
     spec = _run_files(tmp_path, lines).model_copy(update={"top_k": None})
     monkeypatch.setattr(run_files, "BUCKET_ROWS", 10)
     monkeypatch.setattr(run_files, "CHUNK_LINES", 7)
-    table = formats.run_pairs(spec)
+    table = run_reference.run_pairs(spec)
     got = list(
         zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
     )
@@ -308,8 +309,8 @@ def test_json_run_streams_member_by_member_like_the_whole_object(tmp_path, monke
     )
     monkeypatch.setattr(run_files, "READ_CHARS", 5)  # members split across read windows
     blocks = list(run_files.json_blocks(spec.path, None))
-    assert [r for b in blocks for r in b] == formats.parse_json_run(obj)
-    table = formats.run_pairs(spec)
+    assert [r for b in blocks for r in b] == run_reference.parse_json_run(obj)
+    table = run_reference.run_pairs(spec)
     assert table.num_rows == 21
     (tmp_path / "dup.json").write_text('{"1": {"a": 1}, "1": {"b": 2}}')
     with pytest.raises(formats.FormatError, match="query '1' is given twice"):

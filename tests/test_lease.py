@@ -1,7 +1,7 @@
-"""Bug 8 (issue 16): two runs on one output. A heartbeat lease names the run that holds the
-folder; a second run is refused (naming it), joins, or takes over a dead one's lease. Also
-bug 5 (status ETA from the current attempt only) and bug 7 (total vs last-attempt wall time).
-Local disk and the loopback S3 server."""
+"""Two runs on one output. A heartbeat lease names the run that holds the folder; a second
+run is refused (naming it), joins, or takes over a dead one's lease. Also the status ETA from
+the current run only, and the total vs last-run wall time. Local disk and the loopback S3
+server."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import sys
 import time
 
 import pytest
+from commit_checks import synthetic_marker
 
 from rank1_batch.core.stats import ShardStats
-from rank1_batch.io import commit, layout, lease
+from rank1_batch.io import layout, lease
 from rank1_batch.io.store import StorageSpec, Store
 from rank1_batch.outputs.status import format_status, read_status
 
@@ -32,8 +33,8 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def plant(store: Store, **over: object) -> lease.Attempt:
-    rec = lease.Attempt.new()
+def plant(store: Store, **over: object) -> lease.Run:
+    rec = lease.Run.new()
     for k, v in over.items():
         setattr(rec, k, v)
     store.write_json(lease.LEASE, rec.to_dict())
@@ -55,8 +56,8 @@ def test_a_second_run_is_refused_naming_the_holder_until_it_releases(store):
     second = lease.Lease(store)
     second.acquire()
     second.release()
-    assert {a.attempt for a in lease.attempts(store)} == {first.me.attempt, second.me.attempt}
-    assert all(a.finished for a in lease.attempts(store))
+    assert {r.run_id for r in lease.runs(store)} == {first.me.run_id, second.me.run_id}
+    assert all(r.finished for r in lease.runs(store))
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_once(store):
@@ -64,8 +65,8 @@ def test_a_dead_holder_on_this_host_is_taken_over_once(store):
     taker = lease.Lease(store)
     taker.acquire()
     try:
-        assert taker.holder and lease.read_lease(store).attempt == taker.me.attempt
-        assert store.exists(f"{lease.TAKEOVERS}/{dead.attempt}.json")
+        assert taker.holder and lease.read_lease(store).run_id == taker.me.run_id
+        assert store.exists(f"{lease.TAKEOVERS}/{dead.run_id}.json")
         # a second run that also found the dead holder now finds the live taker: refused
         with pytest.raises(lease.OutputBusy, match=str(taker.me.pid)):
             lease.Lease(store).acquire()
@@ -75,12 +76,12 @@ def test_a_dead_holder_on_this_host_is_taken_over_once(store):
 
 def test_a_taker_killed_before_writing_the_lease_is_replaced_too(store):
     dead = plant(store, pid=dead_pid())
-    half = lease.Attempt.new()
+    half = lease.Run.new()
     half.pid = dead_pid()
-    store.create_json(f"{lease.TAKEOVERS}/{dead.attempt}.json", half.to_dict())
+    store.create_json(f"{lease.TAKEOVERS}/{dead.run_id}.json", half.to_dict())
     run = lease.Lease(store)
     run.acquire()
-    assert run.holder and store.exists(f"{lease.TAKEOVERS}/{half.attempt}.json")
+    assert run.holder and store.exists(f"{lease.TAKEOVERS}/{half.run_id}.json")
     run.release()
 
 
@@ -90,7 +91,7 @@ def test_a_holder_on_another_host_goes_stale_without_heartbeat(store):
         lease.Lease(store).acquire()
     forced = lease.Lease(store, take_over=True)
     forced.acquire()
-    assert forced.holder and store.exists(f"{lease.TAKEOVERS}/{fresh.attempt}.json")
+    assert forced.holder and store.exists(f"{lease.TAKEOVERS}/{fresh.run_id}.json")
     forced.release()
     plant(store, host="elsewhere", pid=1, refreshed=time.time() - lease.STALE_S - 5)
     quiet = lease.Lease(store)
@@ -104,7 +105,7 @@ def test_join_scores_alongside_without_taking_the_lease(store):
     joiner = lease.Lease(store, join=True)
     joiner.acquire()
     assert joiner.me.role == "joiner" and not joiner.holder
-    assert lease.read_lease(store).attempt == holder.attempt  # untouched
+    assert lease.read_lease(store).run_id == holder.run_id  # untouched
     other = lease.Lease(store, take_over=True)
     other.acquire()
     assert other.others_running()  # the live joiner: its temp files must not be swept
@@ -132,24 +133,27 @@ def test_heartbeat_refreshes_and_notices_a_takeover(tmp_path, monkeypatch):
         assert _eventually(lambda: lease.read_lease(store).refreshed > run.me.started)
         other = plant(store, host="elsewhere", pid=1)
         assert _eventually(lambda: run._lost)
-        assert lease.read_lease(store).attempt == other.attempt
+        assert lease.read_lease(store).run_id == other.run_id
     finally:
         run.release()
-    assert lease.read_lease(store).attempt == other.attempt  # not deleted: not ours
+    assert lease.read_lease(store).run_id == other.run_id  # not deleted: not ours
 
 
-def test_total_wall_time_is_the_union_of_attempts():
-    """Bug 7: resumes add up, downtime and overlapping joiners do not."""
+def test_total_wall_time_is_the_union_of_runs():
+    """Resumes add up, downtime and overlapping joiners do not."""
 
-    def a(start: float, end: float) -> lease.Attempt:
-        return lease.Attempt("x", "h", 1, start, end)
+    def a(start: float, end: float) -> lease.Run:
+        return lease.Run("x", "h", 1, start, end)
 
     assert lease.total_seconds([a(0, 10), a(5, 20), a(100, 110)]) == 30
     assert lease.total_seconds([a(100, 110)]) == 10
 
 
 def _status_folder(store: Store, total: int) -> None:
-    store.write_json(layout.JOB_FILE, {"spec": {"name": "j", "model": {"name": "toy"}}})
+    store.write_json(
+        layout.JOB_FILE,
+        {"spec": {"name": "j", "model": {"name": "toy"}}, "layout_version": layout.LAYOUT_VERSION},
+    )
     store.write_json(
         layout.MANIFEST,
         {"shards": [{"id": f"s{i}"} for i in range(10)], "pairs": total, "rejected": 0,
@@ -158,13 +162,13 @@ def _status_folder(store: Store, total: int) -> None:
 
 
 def _marker(store: Store, shard: str, rows: int, at: float) -> None:
-    m = commit.Marker(shard, rows, "x", "y", ShardStats(pairs=rows), committed_at=at)
+    m = synthetic_marker(shard, ShardStats(pairs=rows), at)
     store.create_json(layout.marker_path(shard), m.to_dict())
 
 
-def test_status_eta_uses_the_current_attempt_rate(tmp_path):
-    """Bug 5: after a resume, the rate is measured over the current attempt, not across the
-    downtime (the first attempt scored 1000 pairs in 10 s, then the job sat idle an hour)."""
+def test_status_eta_uses_the_current_run_rate(tmp_path):
+    """After a resume, the rate is measured over the current run, not across the downtime
+    (the first run scored 1000 pairs in 10 s, then the job sat idle an hour)."""
     store = Store(str(tmp_path / "out"))
     _status_folder(store, total=3000)
     now = time.time()

@@ -1,4 +1,4 @@
-"""The model fetched once per node (issue 11): object-store folders copied to a node-local
+"""The model fetched once per node: object-store folders copied to a node-local
 cache under a lock, the pool waiting for the copy, and the job's scores unchanged."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 16, bugs 10-12: what the package declares and what the README's set-up installs."""
+"""What the package declares and what the README's set-up installs."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _imports() -> set[str]:
 
 
 def test_every_imported_package_is_declared():
-    """Bug 11: each third-party package the code imports is a declared dependency (pydantic
+    """Each third-party package the code imports is a declared dependency (pydantic
     used to arrive only through ray[default])."""
     declared = _declared()
     dists = md.packages_distributions()
@@ -61,7 +61,7 @@ def _setup_commands() -> list[str]:
 
 
 def test_the_demo_set_up_installs_what_eval_needs():
-    """Bug 10: `eval` works right after the README's demo set-up."""
+    """`eval` works right after the README's demo set-up."""
     demo = _setup_commands()[0]
     extras = re.search(r"-e '\.\[([^\]]*)\]'", demo)
     assert extras, demo
@@ -70,7 +70,7 @@ def test_the_demo_set_up_installs_what_eval_needs():
 
 
 def test_readme_set_up_commands_and_torch_note():
-    """Bug 12: the torch note says PyPI's Linux wheel bundles CUDA and names PyTorch's CPU
+    """The torch note says PyPI's Linux wheel bundles CUDA and names PyTorch's CPU
     index; the test command is the one CI runs."""
     demo, tests = _setup_commands()[:2]
     ci = (ROOT / ".ci/run").read_text()

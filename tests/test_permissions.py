@@ -1,4 +1,4 @@
-"""Bug 1 (issue 16): published files get the mode an ordinary write would (umask honoured),
+"""Published files get the mode an ordinary write would (umask honoured),
 not mkstemp's 0600, so other users, containers and nodes can read results."""
 
 from __future__ import annotations

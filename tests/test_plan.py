@@ -12,8 +12,7 @@ import pytest
 
 from rank1_batch import cli
 from rank1_batch.job.load import spec_from_mapping
-from rank1_batch.outputs import forecast as plan_work
-from rank1_batch.outputs import throughput
+from rank1_batch.outputs import forecast, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "demo.yaml"
@@ -67,8 +66,8 @@ def test_scan_counts_pairs_queries_duplicates_and_rejects_exactly(tmp_path, monk
     from rank1_batch.job.inputs import scan_inputs
 
     files = scan_inputs(spec.input)
-    monkeypatch.setattr(plan_work, "SPILL_ROWS", 6)  # force the on-disk path
-    scan = plan_work.scan(spec, files, sample_size=10)
+    monkeypatch.setattr(forecast, "SPILL_ROWS", 6)  # force the on-disk path
+    scan = forecast.scan(spec, files, sample_size=10)
     # Truth, computed the obvious way.
     qids = table.column("query_id").to_pylist() + table.column("query_id").to_pylist()[:5]
     dids = table.column("doc_id").to_pylist() + table.column("doc_id").to_pylist()[:5]
@@ -86,10 +85,10 @@ def test_scan_counts_pairs_queries_duplicates_and_rejects_exactly(tmp_path, monk
 
 
 def test_summary_percentiles():
-    s = plan_work.summary(list(range(1, 101)))
+    s = forecast.summary(list(range(1, 101)))
     assert s["mean"] == 50.5 and s["min"] == 1 and s["max"] == 100
     assert 94 <= s["p95"] <= 96
-    assert plan_work.summary([]) == {}
+    assert forecast.summary([]) == {}
 
 
 # -- the throughput model -------------------------------------------------------------------

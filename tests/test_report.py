@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 import pyarrow.compute as pc
 import pytest
 from conftest import ROOT, run_cli
-from report_outputs import messy_output
+from report_outputs import messy_output, read_traces
 
 from rank1_batch.core.figures import Reliability, kendall_tau_b, spearman
 from rank1_batch.io import layout
@@ -27,7 +27,7 @@ from rank1_batch.outputs.evaluate import evaluate_runs, first_stage_run, load_qr
 from rank1_batch.outputs.labels import LabelRules, select
 from rank1_batch.outputs.report.build import collect
 from rank1_batch.outputs.report.explorer import Limits
-from rank1_batch.outputs.results import read_results, read_traces
+from rank1_batch.outputs.results import read_results
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 

@@ -18,10 +18,9 @@ from typing import Any
 import pyarrow.compute as pc
 import pytest
 from conftest import ROOT, run_cli
-from report_outputs import messy_output
+from report_outputs import messy_output, read_traces
 
 from rank1_batch.io.store import Store
-from rank1_batch.outputs.results import read_traces
 
 QRELS = ROOT / "jobs" / "data" / "demo.qrels"
 SHOTS = Path(os.environ.get("RANK1_REPORT_SCREENSHOTS", ROOT / "build" / "report-screenshots"))

@@ -3,9 +3,6 @@ a resume that would resolve otherwise is refused naming the setting."""
 
 from __future__ import annotations
 
-import json
-import logging
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,11 +10,10 @@ import yaml
 
 from rank1_batch.cli import main
 from rank1_batch.engines import factory
-from rank1_batch.io import layout
 from rank1_batch.io.store import Store
 from rank1_batch.job import resolve
 from rank1_batch.job.load import spec_from_mapping
-from rank1_batch.job.record import FingerprintMismatch, claim_output, job_record
+from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.job.resolve import Platform, resolve_model, resolve_spec, worker_gpus
 from rank1_batch.job.spec import ModelSpec
 
@@ -132,24 +128,3 @@ def test_resume_on_gpu_workers_of_a_cpu_output_is_refused_naming_device(
     assert err.count("\n") == 1, err
     assert "job.model.device: 'cpu' -> 'cuda'" in err
     assert "job.model.dtype: 'float32' -> " in err
-
-
-def test_output_written_before_resolution_still_resumes(tmp_path, monkeypatch, caplog):
-    """A job.json of ``auto`` settings (and no device) cannot say what they became: its other
-    settings decide, with a warning; another change is still refused, naming only it."""
-    spec = spec_from_mapping(MINIMAL)
-    store = Store(str(tmp_path / "out"))
-    record = job_record(spec, [])
-    old = json.loads(json.dumps(record))
-    model = old["settings"]["job"]["model"]
-    model.update(engine="auto", dtype="auto")
-    del model["device"]
-    old["fingerprint"] = "written-before-resolution"
-    store.create_json(layout.JOB_FILE, old)
-    with caplog.at_level(logging.WARNING):
-        assert claim_output(store, record) is False
-    assert "written before engine, device and dtype were resolved" in caplog.text
-    changed = job_record(spec_from_mapping({**MINIMAL, "reasoning": {"max_tokens": 9}}), [])
-    with pytest.raises(FingerprintMismatch) as err:
-        claim_output(store, changed)
-    assert "changed: job.reasoning.max_tokens: 8192 -> 9." in str(err.value)

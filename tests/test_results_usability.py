@@ -1,4 +1,5 @@
-"""Issue 16: what eval and export got wrong for a newcomer (each test names its bug).
+"""Eval and export as a newcomer meets them: ties as trec_eval breaks them, unfinished jobs,
+the export formats' columns and values, and one-line errors.
 
 Folders are written by hand (``_write_shard`` from test_exports_eval) so every case is exact.
 """
@@ -12,14 +13,14 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_exports_eval import SHARD0, SHARD1, _write_shard
+from test_exports_eval import JOB, SHARD0, SHARD1, _write_shard
 
 from rank1_batch.cli import main
 from rank1_batch.io import layout
 from rank1_batch.io.store import Store
 from rank1_batch.outputs import evaluate, exports, labels, results
 
-# Bug 2: twin passages that tie exactly. Our order is score desc then doc_id ascending; trec_eval
+# Twin passages that tie exactly. Our order is score desc then doc_id ascending; trec_eval
 # breaks ties by doc_id descending. The relevant documents sit where the two rules disagree.
 TIES = [
     ("q1", "a", 0.7, "complete", 5),
@@ -40,14 +41,14 @@ def _folder(tmp_path, *shards: list[tuple], complete: bool = True) -> Store:
     store = Store(str(tmp_path / "out"))
     for i, rows in enumerate(shards):
         _write_shard(store, layout.shard_name(i, len(shards)), rows)
-    store.write_json(layout.JOB_FILE, {"fingerprint": "fp", "spec": {}})
+    store.write_json(layout.JOB_FILE, JOB)
     if complete:
         store.write_json(layout.SUCCESS, {"scored": sum(len(s) for s in shards)})
     return store
 
 
 def test_eval_equals_trec_eval_on_the_exported_runs_with_ties(tmp_path):
-    """Bug 2: eval and pytrec_eval (trec_eval's rules) on run.trec / run.json agree on ties."""
+    """Eval and pytrec_eval (trec_eval's rules) on run.trec / run.json agree on ties."""
     import ir_measures
 
     store = _folder(tmp_path, TIES)
@@ -71,7 +72,7 @@ def test_eval_equals_trec_eval_on_the_exported_runs_with_ties(tmp_path):
 
 
 def test_run_scores_stay_within_a_few_ulps_and_keep_the_rank_column(tmp_path):
-    """Bug 2: the exported scores differ from the committed ones only where they tie."""
+    """The exported scores differ from the committed ones only where they tie."""
     store = _folder(tmp_path, TIES)
     exports.export(store, "trec")
     lines = [x.split() for x in (tmp_path / "out/exports/run.trec").read_text().splitlines()]
@@ -85,7 +86,7 @@ def test_run_scores_stay_within_a_few_ulps_and_keep_the_rank_column(tmp_path):
 
 
 def test_scores_equal_in_float32_are_kept_apart():
-    """Bug 2: saturated scores distinct in float64 but equal in float32 (trec_eval's C float)
+    """Saturated scores distinct in float64 but equal in float32 (trec_eval's C float)
     still come out in our order."""
     import ir_measures
     import pyarrow as pa
@@ -101,7 +102,7 @@ def test_scores_equal_in_float32_are_kept_apart():
 
 
 def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_path, capsys):
-    """Bug 3: a running job's eval covers the scored queries only, and says it is incomplete."""
+    """A running job's eval covers the scored queries only, and says it is incomplete."""
     store = _folder(tmp_path, SHARD0, SHARD1, complete=False)
     store.write_json(
         layout.MANIFEST, {"shards": [{"id": layout.shard_name(i, 5)} for i in range(5)]}
@@ -122,7 +123,7 @@ def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_pa
 
 
 def test_push_to_hub_with_another_format_fails_before_writing(tmp_path, capsys):
-    """Bug 4: --push-to-hub with a non-hf format is refused before any file is written."""
+    """--push-to-hub with a non-hf format is refused before any file is written."""
     store = _folder(tmp_path, SHARD0)
     assert main(["export", store.uri, "--format", "trec", "--push-to-hub", "me/x"]) == 2
     assert "--push-to-hub needs --format hf" in capsys.readouterr().err
@@ -130,7 +131,7 @@ def test_push_to_hub_with_another_format_fails_before_writing(tmp_path, capsys):
 
 
 def test_hf_export_carries_the_text_and_first_stage_rank(tmp_path):
-    """Bug 13: the hf export's scores config has query, passage, title and input_rank."""
+    """The hf export's scores config has query, passage, title and input_rank."""
     import datasets
 
     store = _folder(tmp_path, SHARD0, SHARD1)
@@ -146,7 +147,7 @@ def test_hf_export_carries_the_text_and_first_stage_rank(tmp_path):
 
 
 def test_flagembedding_defaults_to_logits(tmp_path):
-    """Bug 14: the FlagEmbedding export's scores are logits unless --value score."""
+    """The FlagEmbedding export's scores are logits unless --value score."""
     store = _folder(tmp_path, SHARD0, SHARD1)
     assert main(["-q", "export", store.uri, "--format", "flagembedding"]) == 0
     path = tmp_path / "out/exports/flagembedding.jsonl"
@@ -164,7 +165,7 @@ def test_flagembedding_defaults_to_logits(tmp_path):
 
 
 def test_bad_qrels_and_rank_windows_are_named(tmp_path, capsys):
-    """Bug 15: a binary qrels file and ``--neg-ranks abc`` fail in one line naming them."""
+    """A binary qrels file and ``--neg-ranks abc`` fail in one line naming them."""
     store = _folder(tmp_path, SHARD0)
     binary = tmp_path / "qrels.parquet"
     pq.write_table(results.shard_table(store, "shard-00000", "scores"), binary)
@@ -176,7 +177,7 @@ def test_bad_qrels_and_rank_windows_are_named(tmp_path, capsys):
 
 
 def test_export_help_describes_format_and_st_kind(capsys):
-    """Bug 15: ``export --format`` and ``--st-kind`` have help text."""
+    """``export --format`` and ``--st-kind`` have help text."""
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -184,7 +185,7 @@ def test_export_help_describes_format_and_st_kind(capsys):
 
 
 def test_export_and_eval_summaries_spell_paths_as_given(tmp_path, monkeypatch, capsys):
-    """Bug 15: the export summary does not mix relative and absolute paths."""
+    """The export summary does not mix relative and absolute paths."""
     _folder(tmp_path, SHARD0, SHARD1)
     monkeypatch.chdir(tmp_path)
     assert main(["-q", "export", "out", "--format", "tevatron", "--out", "lab/t.jsonl"]) == 0

@@ -85,7 +85,7 @@ def test_a_joiner_reads_the_build_and_never_touches_reuse_files(store, monkeypat
 
 
 def test_a_joiner_that_starts_before_the_marker_waits_then_reads(store):
-    holder = lease.Attempt.new()  # this process: alive
+    holder = lease.Run.new()  # this process: alive
     store.write_json(lease.LEASE, holder.to_dict())
 
     def build_later():
@@ -111,7 +111,7 @@ def test_a_joiner_without_a_live_holder_or_past_its_wait_says_so_in_one_line(sto
     msg = str(err.value)
     assert "\n" not in msg and "reuse/_built.json is missing" in msg
     assert "run without --join to build it" in msg
-    holder = lease.Attempt.new()
+    holder = lease.Run.new()
     start = time.monotonic()
     with pytest.raises(lease.OutputBusy, match=r"waited 0\.2 s for .* reuse/_built\.json"):
         reuse_ready.wait_built(store, lambda: holder, wait_s=0.2, poll_s=0.05)
@@ -124,10 +124,10 @@ def test_holder_rebuilds_for_new_sources_only_when_no_joiner_reads(store, monkey
     monkeypatch.setattr(reuse_ready, "build_reuse", fake_build(calls))
     reuse_ready.ensure_built(spec_from_mapping(JOB), store, SHARDS, run_as(store, "holder"))
     changed = spec_from_mapping({**JOB, "reuse": ["/another/out"]})
-    joiner = lease.Attempt.new("joiner")
-    store.write_json(f"{lease.ATTEMPTS}/{joiner.attempt}.json", joiner.to_dict())
+    joiner = lease.Run.new("joiner")
+    store.write_json(lease.run_path(joiner.run_id), joiner.to_dict())
     kept = reuse_ready.ensure_built(changed, store, SHARDS, run_as(store, "holder"))
     assert kept["sources"] == ["/earlier/out"] and calls == ["/earlier/out"]
-    store.delete(f"{lease.ATTEMPTS}/{joiner.attempt}.json")  # the joiner is gone
+    store.delete(lease.run_path(joiner.run_id))  # the joiner is gone
     rebuilt = reuse_ready.ensure_built(changed, store, SHARDS, run_as(store, "holder"))
     assert rebuilt["sources"] == ["/another/out"] and calls == ["/earlier/out", "/another/out"]

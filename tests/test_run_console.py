@@ -1,6 +1,6 @@
-"""Issue 16, end to end on local Ray (device: cpu): what `run` shows a newcomer on a terminal,
-and Ctrl-C. Bug 9 (summary, --json, -q, one progress display), bug 7 (wall times after a
-resume), bug 16 (a CSV input through prepare and score), bug 6 (Ctrl-C)."""
+"""End to end on local Ray (device: cpu): what `run` shows a newcomer on a terminal, and
+Ctrl-C: the summary, --json, -q and one progress display; wall times after a resume; a CSV
+input through prepare and score; Ctrl-C ending in one line."""
 
 from __future__ import annotations
 
@@ -80,20 +80,20 @@ def run_on_a_terminal(args: list[str], timeout: float = 600) -> tuple[int, str]:
 
 
 def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
-    """Bugs 9, 7, 16: -q hides Ray's INFO lines, Ray Data's score bar stays off while ours
+    """-q hides Ray's INFO lines, Ray Data's score bar stays off while ours
     runs, the end is a summary with the next commands; _SUCCESS.json has the total and last
-    attempt's wall time after a resume; the input is a CSV file."""
+    run's wall time after a resume; the input is a CSV file."""
     rows = [f"q{q},query {q},d{q}-{d},passage {d} of query {q}" for q in range(3) for d in range(4)]
     (tmp_path / "pairs.csv").write_text("query_id,query,doc_id,passage\n" + "\n".join(rows))
     job = write_job(tmp_path, str(tmp_path / "pairs.csv"), shard_size=4)
-    # an earlier attempt of this job that ran 100 s and was stopped
+    # an earlier run of this job that ran 100 s and was stopped
     spec = load_job(job)
     store = Store(spec.output.path)
     claim_output(store, job_record(spec, listing(scan_inputs(spec.input))))
-    earlier = lease.Attempt.new()
+    earlier = lease.Run.new()
     earlier.started, earlier.refreshed = time.time() - 1000, time.time() - 900
     earlier.finished = True
-    store.write_json(f"{lease.ATTEMPTS}/{earlier.attempt}.json", earlier.to_dict())
+    store.write_json(lease.run_path(earlier.run_id), earlier.to_dict())
 
     rc, screen = run_on_a_terminal(["-q", "run", str(job)])
     assert rc == 0, screen[-3000:]
@@ -112,8 +112,8 @@ def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
     assert "finished_at" not in screen  # no raw JSON
 
     done = store.read_json(layout.SUCCESS)
-    assert done["attempts"] == 2
-    assert done["total_wall_seconds"] >= 100 + done["last_attempt_wall_seconds"] - 1
+    assert done["runs"] == 2
+    assert done["total_wall_seconds"] >= 100 + done["last_run_wall_seconds"] - 1
     assert "wall_seconds" not in done
     again = subprocess.run(
         [*CLI, "-q", "run", str(job), "--json"], cwd=ROOT, env=ENV, capture_output=True,
@@ -124,7 +124,7 @@ def test_run_on_a_terminal_shows_one_progress_bar_and_a_summary(tmp_path):
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path):
-    """Bug 6: Ctrl-C (SIGINT to the terminal's process group) ends with exit 130 and one line
+    """Ctrl-C (SIGINT to the terminal's process group) ends with exit 130 and one line
     saying the output is safe and the same command resumes; no traceback; lease released."""
     job = write_job(tmp_path, str(ROOT / "jobs/data/demo-pairs.parquet"), shard_size=50)
     out = tmp_path / "out"

@@ -91,7 +91,7 @@ def test_claim_output_refuses_changed_settings_and_names_them(tmp_path):
 
 
 def test_backend_without_exclusive_create_is_refused(tmp_path):
-    """Issue 11: fsspec's default create (memory://, gs://, az://) checks then writes."""
+    """Fsspec's default create (memory://, gs://, az://) checks then writes."""
     from rank1_batch.io.store import StorageError
 
     with pytest.raises(StorageError, match=r"memory://somewhere.*'memory' is not supported"):

@@ -238,7 +238,7 @@ def _run(spec) -> None:
 
 
 def test_412_without_the_condition_echoed_means_exists(s3):
-    """Issue 11: s3fs maps a 412 to FileExistsError only when the response echoes
+    """S3fs maps a 412 to FileExistsError only when the response echoes
     ``Condition: If-None-Match``; other servers' 412 must still read as "exists" (it used to be
     an EINVAL OSError, retried, then failing every resume)."""
     plan = FaultPlan(strip_condition=True)

@@ -1,4 +1,4 @@
-"""Bug 16 (issue 16): CSV, TSV and JSON Lines pair files are read like Parquet pairs, with
+"""CSV, TSV and JSON Lines pair files are read like Parquet pairs, with
 the same column checks and reason codes (they used to be refused as "not a readable Parquet
 file")."""
 

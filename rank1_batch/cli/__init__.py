@@ -176,7 +176,7 @@ def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
         "submission, the package as a runtime_env py_module; torch/vllm come from the cluster "
         "image. The submission id is derived from the job and its output, so submitting a "
         "running job again reports it instead of starting a twin; after a failure a new "
-        "attempt resumes from the output folder. Token auth is on by default "
+        "submission resumes from the output folder. Token auth is on by default "
         "(RAY_AUTH_MODE=token; token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
         "~/.ray/auth_token). Flow: submit -> jobs/logs -> status OUTPUT -> results in OUTPUT.",
     )
@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from rank1_batch.io.commit import CommitError
+    from rank1_batch.io.layout import LayoutVersionError
     from rank1_batch.io.lease import OutputBusy
     from rank1_batch.io.paths import UnsafePath
     from rank1_batch.io.store import StorageError
@@ -347,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OutputBusy,
         ThroughputError,
         UnsafePath,
+        LayoutVersionError,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,7 @@ Whole-attempt commits: each attempt of a shard writes its scores and traces unde
 to the attempt (``scores/<shard>.<attempt>.parquet``, create-only), then creates the marker
 exclusively. The marker names the two files it commits with their checksums, so one marker
 always binds one attempt's scores to the same attempt's traces. Every reader resolves a shard's
-files through :func:`read_committed` (the marker's names, checksum verified); markers written
-before this change name no files and resolve to the old deterministic names. Files of attempts
+files through :func:`read_committed` (the marker's names, checksum verified). Files of attempts
 that lost the marker race are removed by :func:`remove_losing_files` at the end of the job.
 """
 
@@ -16,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 from rank1_batch.core.stats import STAT_NAMES, ShardStats
@@ -28,9 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Marker:
-    """What ``_commits/<shard>.json`` holds: the committed files, checksums and stats.
+    """What ``_commits/<shard>.json`` holds: the attempt, its two files with their checksums
+    and sizes, and the shard's stats.
 
-    ``scores_file`` / ``traces_file`` are the one place a shard's data file names come from.
+    ``scores_file`` / ``traces_file`` are the one place a shard's data file names come from;
+    :meth:`problem` refuses names other than the attempt's own.
     """
 
     shard: str
@@ -38,18 +39,33 @@ class Marker:
     scores_sha256: str
     traces_sha256: str
     stats: ShardStats
+    _: KW_ONLY
+    attempt: str
+    scores_file: str
+    traces_file: str
+    scores_bytes: int
+    traces_bytes: int
     committed_at: float = field(default_factory=time.time)
     worker: str = ""
-    attempt: str = ""
-    scores_file: str = ""
-    traces_file: str = ""
-    scores_bytes: int | None = None  # sizes of the two files (None: written before sizes)
-    traces_bytes: int | None = None
 
-    def __post_init__(self) -> None:
-        # Markers written before whole-attempt commits name no files: the old names.
-        self.scores_file = self.scores_file or scores_path(self.shard)
-        self.traces_file = self.traces_file or traces_path(self.shard)
+    @classmethod
+    def of_attempt(
+        cls,
+        shard: str,
+        attempt: str,
+        stats: ShardStats,
+        *,
+        rows: int,
+        scores: bytes,
+        traces: bytes,
+        worker: str = "",
+    ) -> Marker:
+        """The marker of ``attempt``'s ``scores`` and ``traces`` file contents."""
+        return cls(
+            shard, rows, sha256(scores), sha256(traces), stats, attempt=attempt,
+            scores_file=scores_path(shard, attempt), traces_file=traces_path(shard, attempt),
+            scores_bytes=len(scores), traces_bytes=len(traces), worker=worker,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,16 +80,16 @@ class Marker:
             scores_sha256=data["scores_sha256"],
             traces_sha256=data["traces_sha256"],
             stats=ShardStats.from_dict(data["stats"]),
-            committed_at=data.get("committed_at", 0.0),
-            worker=data.get("worker", ""),
-            attempt=data.get("attempt", ""),
-            scores_file=data.get("scores_file", ""),
-            traces_file=data.get("traces_file", ""),
-            scores_bytes=data.get("scores_bytes"),
-            traces_bytes=data.get("traces_bytes"),
+            attempt=data["attempt"],
+            scores_file=data["scores_file"],
+            traces_file=data["traces_file"],
+            scores_bytes=data["scores_bytes"],
+            traces_bytes=data["traces_bytes"],
+            committed_at=data["committed_at"],
+            worker=data["worker"],
         )
 
-    def file(self, kind: str) -> tuple[str, str, int | None]:
+    def file(self, kind: str) -> tuple[str, str, int]:
         """(name, sha256, size) of the ``scores`` or ``traces`` file this marker commits."""
         if kind == "scores":
             return self.scores_file, self.scores_sha256, self.scores_bytes
@@ -85,12 +101,16 @@ class Marker:
         """Why this marker cannot be trusted (None when it can): wrong types, or data file
         names other than the ones :func:`scores_path` / :func:`traces_path` give its shard
         and attempt (a marker naming ``../x`` must never send a reader there)."""
-        texts = (self.shard, self.scores_sha256, self.traces_sha256, self.attempt)
+        texts = (self.shard, self.scores_sha256, self.traces_sha256, self.attempt, self.worker)
         if not all(isinstance(v, str) for v in texts):
             return "a field that must be text is not"
+        if not self.attempt:
+            return "it names no attempt"
         sizes = (self.rows, self.scores_bytes, self.traces_bytes)
-        if any(v is not None and (not isinstance(v, int) or v < 0) for v in sizes):
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sizes):
             return "a row count or size that is not a whole number"
+        if isinstance(self.committed_at, bool) or not isinstance(self.committed_at, int | float):
+            return "a commit time that is not a number"
         for kind, name in (("scores", self.scores_file), ("traces", self.traces_file)):
             want = (scores_path if kind == "scores" else traces_path)(self.shard, self.attempt)
             if name != want:
@@ -199,11 +219,9 @@ READ_THREADS = 32
 DIGEST = "_commits_digest.json"
 DIGEST_MIN_NEW = 500  # a reader that read this many markers not in the digest rewrites it
 _STATS = list(STAT_NAMES)
-_FILE_FIELDS = ["attempt", "scores_file", "traces_file"]  # whole-attempt commits
-_SIZE_FIELDS = ["scores_bytes", "traces_bytes"]  # null: a marker written before sizes
+_FILE_FIELDS = ["attempt", "scores_file", "traces_file", "scores_bytes", "traces_bytes"]
 _DIGEST_FIELDS = [
     "rows", "scores_sha256", "traces_sha256", "committed_at", "worker", *_STATS, *_FILE_FIELDS,
-    *_SIZE_FIELDS,
 ]  # fmt: skip
 
 
@@ -230,35 +248,32 @@ def read_json_many(store: Store, paths: list[str], threads: int = READ_THREADS) 
 
 def _digest_row(m: Marker) -> list[Any]:
     head = [m.rows, m.scores_sha256, m.traces_sha256, m.committed_at, m.worker]
-    tail = [getattr(m, k) for k in (*_FILE_FIELDS, *_SIZE_FIELDS)]
+    tail = [getattr(m, k) for k in _FILE_FIELDS]
     return head + [getattr(m.stats, k) for k in _STATS] + tail
 
 
-def _from_digest(shard: str, row: list[Any], names: list[str]) -> Marker:
-    if names != _DIGEST_FIELDS:  # written by another version: go by name
-        d = dict(zip(names, row, strict=True))
-        # a digest without file names: the deterministic names (Marker's defaults); without
-        # sizes: none (existence is checked, not size)
-        row = [d.get(k, "" if k in _FILE_FIELDS else None if k in _SIZE_FIELDS else 0)
-               for k in _DIGEST_FIELDS]  # fmt: skip
+def _from_digest(shard: str, row: list[Any]) -> Marker:
     rows, scores, traces, at, worker, *rest = row
     stats, files = rest[: len(_STATS)], rest[len(_STATS) :]
     attempt, scores_file, traces_file, scores_bytes, traces_bytes = files
     return Marker(
-        shard, rows, scores, traces, ShardStats(*stats), at, worker,
-        attempt, scores_file, traces_file, scores_bytes, traces_bytes,
+        shard, rows, scores, traces, ShardStats(*stats), attempt=attempt,
+        scores_file=scores_file, traces_file=traces_file, scores_bytes=scores_bytes,
+        traces_bytes=traces_bytes, committed_at=at, worker=worker,
     )  # fmt: skip
 
 
 def read_digest(store: Store) -> dict[str, Marker]:
     """The markers folded into ``_commits_digest.json`` (empty when there is none, or when it
-    cannot be read: it is a cache, and the markers themselves are read instead)."""
+    cannot be read or holds other fields: it is a cache, and the markers themselves are read
+    instead)."""
     if not store.exists(DIGEST):
         return {}
     try:
         doc = store.read_json(DIGEST)
-        names = doc["fields"]
-        digest = {s: _from_digest(s, row, names) for s, row in doc["markers"].items()}
+        if doc["fields"] != _DIGEST_FIELDS:
+            raise ValueError(f"fields {doc['fields']!r}, not {_DIGEST_FIELDS!r}")
+        digest = {s: _from_digest(s, row) for s, row in doc["markers"].items()}
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("%s: ignoring an unreadable %s (%s)", store.uri, DIGEST, exc)
         return {}

@@ -1,12 +1,14 @@
-"""Who is running a job: a heartbeat lease on the output folder, and one record per attempt.
+"""Who is running a job: a heartbeat lease on the output folder, and one record per run.
 
+A *run* is one ``rank1-batch run`` process on the output (the first, each resume, each
+joiner); an *attempt* is one try at one shard (:mod:`rank1_batch.pipeline.attempts`).
 Files (all small JSON, under ``_run/`` of the output folder, local or object storage):
 
-``_run/lease.json``            the run that holds the job: attempt id, host, pid, started,
+``_run/lease.json``            the run that holds the job: run id, host, pid, started,
                                refreshed (rewritten every ``HEARTBEAT_S`` by a daemon thread)
-``_run/attempts/<id>.json``    every attempt (holder or joiner): host, pid, started, refreshed,
+``_run/runs/<run-id>.json``    every run (holder or joiner): host, pid, started, refreshed,
                                finished; their union is the job's total wall time
-``_run/takeovers/<id>.json``   create-only: who took over attempt <id>'s stale lease, so two
+``_run/takeovers/<run-id>.json`` create-only: who took over that run's stale lease, so two
                                runs that find the same dead holder never both take over
 
 A second ``run`` on a held output is refused, naming the holder (exit 2), unless it joins
@@ -33,7 +35,7 @@ from rank1_batch.io.store import Store
 log = logging.getLogger(__name__)
 
 LEASE = "_run/lease.json"
-ATTEMPTS = "_run/attempts"
+RUNS = "_run/runs"
 TAKEOVERS = "_run/takeovers"
 HEARTBEAT_S = float(os.environ.get("RANK1_LEASE_HEARTBEAT_S", "10"))
 STALE_S = float(os.environ.get("RANK1_LEASE_STALE_S", "60"))
@@ -44,8 +46,10 @@ class OutputBusy(RuntimeError):
 
 
 @dataclass
-class Attempt:
-    attempt: str
+class Run:
+    """One ``run`` process on the output: the lease's holder or a joiner."""
+
+    run_id: str
     host: str
     pid: int
     started: float
@@ -54,15 +58,15 @@ class Attempt:
     finished: bool = False
 
     @classmethod
-    def new(cls, role: str = "holder") -> Attempt:
+    def new(cls, role: str = "holder") -> Run:
         now = time.time()
         host, pid = socket.gethostname(), os.getpid()
         # sortable by start time, unique across hosts and restarts
-        aid = f"{int(now * 1000):013d}-{host}-{pid}-{uuid.uuid4().hex[:6]}"
-        return cls(aid, host, pid, now, now, role)
+        run_id = f"{int(now * 1000):013d}-{host}-{pid}-{uuid.uuid4().hex[:6]}"
+        return cls(run_id, host, pid, now, now, role)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+    def from_dict(cls, data: dict[str, Any]) -> Run:
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -83,7 +87,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_reason(rec: Attempt, now: float | None = None) -> str | None:
+def stale_reason(rec: Run, now: float | None = None) -> str | None:
     """Why ``rec``'s holder is gone (None: it looks alive)."""
     now = time.time() if now is None else now
     if rec.finished:
@@ -95,29 +99,34 @@ def stale_reason(rec: Attempt, now: float | None = None) -> str | None:
     return None
 
 
-def read_lease(store: Store) -> Attempt | None:
+def read_lease(store: Store) -> Run | None:
     try:
-        return Attempt.from_dict(store.read_json(LEASE))
+        return Run.from_dict(store.read_json(LEASE))
     except FileNotFoundError:
         return None
 
 
-def live_holder(store: Store) -> Attempt | None:
+def live_holder(store: Store) -> Run | None:
     """The run holding the folder now, or None (nobody, or a stale lease)."""
     rec = read_lease(store)
     return rec if rec is not None and stale_reason(rec) is None else None
 
 
-def attempts(store: Store) -> list[Attempt]:
+def run_path(run_id: str) -> str:
+    return f"{RUNS}/{run_id}.json"
+
+
+def runs(store: Store) -> list[Run]:
+    """Every run recorded on the output (finished or not)."""
     return [
-        Attempt.from_dict(store.read_json(f"{ATTEMPTS}/{n}"))
-        for n in store.list(ATTEMPTS)
+        Run.from_dict(store.read_json(f"{RUNS}/{n}"))
+        for n in store.list(RUNS)
         if n.endswith(".json") and not n.startswith(".")
     ]
 
 
-def total_seconds(records: list[Attempt]) -> float:
-    """Wall time during which any attempt ran: the union of [started, refreshed]."""
+def total_seconds(records: list[Run]) -> float:
+    """Wall time during which any run ran: the union of [started, refreshed]."""
     total, end = 0.0, -float("inf")
     for a in sorted(records, key=lambda a: a.started):
         start = max(a.started, end)
@@ -127,10 +136,10 @@ def total_seconds(records: list[Attempt]) -> float:
     return total
 
 
-def busy_message(store: Store, rec: Attempt) -> str:
+def busy_message(store: Store, rec: Run) -> str:
     age = time.time() - rec.refreshed
     return (
-        f"{store.uri} is being run by {rec.who()} (attempt started "
+        f"{store.uri} is being run by {rec.who()} (run started "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.started))}, heartbeat "
         f"{age:.0f} s ago). Follow it with `rank1-batch status {store.uri}`; add --join to "
         f"score alongside it from this machine; if that process is dead, rerun after "
@@ -143,7 +152,7 @@ class Lease:
 
     def __init__(self, store: Store, *, join: bool = False, take_over: bool = False) -> None:
         self.store, self.join, self.take_over = store, join, take_over
-        self.me = Attempt.new()
+        self.me = Run.new()
         self.holder = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,7 +162,7 @@ class Lease:
     def acquire(self) -> None:
         if not self._try_hold():
             self.me.role = "joiner"
-        self._write_attempt()
+        self._write_run()
         self._thread = threading.Thread(target=self._beat, name="rank1-lease", daemon=True)
         self._thread.start()
 
@@ -186,33 +195,33 @@ class Lease:
             return True
         raise OutputBusy(f"{self.store.uri}: could not take the run lease (contended); retry")
 
-    def _victim(self, current: Attempt) -> Attempt | None:
-        """Claim the right to replace ``current`` (create-only token per replaced attempt).
+    def _victim(self, current: Run) -> Run | None:
+        """Claim the right to replace ``current`` (create-only token per replaced run).
 
         A taker killed after its token but before writing the lease is itself replaced: the
         chain of tokens is followed to the last taker, which must be stale too."""
         victim = current
         for _ in range(100):
-            token = f"{TAKEOVERS}/{victim.attempt}.json"
+            token = f"{TAKEOVERS}/{victim.run_id}.json"
             if self.store.create_json(token, self.me.to_dict()):
                 return victim
-            taker = Attempt.from_dict(self.store.read_json(token))
+            taker = Run.from_dict(self.store.read_json(token))
             if stale_reason(taker) is None and not self.take_over:
                 raise OutputBusy(busy_message(self.store, taker))
             victim = taker
         return None
 
     # -- heartbeat ------------------------------------------------------------------------------
-    def _write_attempt(self) -> None:
-        self.store.write_json(f"{ATTEMPTS}/{self.me.attempt}.json", self.me.to_dict())
+    def _write_run(self) -> None:
+        self.store.write_json(run_path(self.me.run_id), self.me.to_dict())
 
     def refresh(self) -> None:
         self.me.refreshed = time.time()
-        self._write_attempt()
+        self._write_run()
         if not self.holder or self._lost:
             return
         current = read_lease(self.store)
-        if current is not None and current.attempt != self.me.attempt:
+        if current is not None and current.run_id != self.me.run_id:
             self._lost = True
             log.error(
                 "%s: the run lease was taken over by %s; this run keeps scoring (commits "
@@ -231,15 +240,13 @@ class Lease:
                 log.warning("%s: lease heartbeat failed: %s", self.store.uri, exc)
 
     def others_running(self) -> bool:
-        """Whether another attempt (a joiner) looks alive now."""
-        return any(
-            a.attempt != self.me.attempt and stale_reason(a) is None for a in attempts(self.store)
-        )
+        """Whether another run (a joiner) looks alive now."""
+        return any(r.run_id != self.me.run_id and stale_reason(r) is None for r in runs(self.store))
 
     def total_seconds(self) -> float:
-        """Wall time of every attempt so far, this one up to now (``_SUCCESS.json``)."""
+        """Wall time of every run so far, this one up to now (``_SUCCESS.json``)."""
         self.me.refreshed = time.time()
-        others = [a for a in attempts(self.store) if a.attempt != self.me.attempt]
+        others = [r for r in runs(self.store) if r.run_id != self.me.run_id]
         return total_seconds([*others, self.me])
 
     # -- releasing ------------------------------------------------------------------------------
@@ -249,9 +256,9 @@ class Lease:
             self._thread.join(timeout=5)
         self.me.refreshed, self.me.finished = time.time(), True
         try:
-            self._write_attempt()
+            self._write_run()
             current = read_lease(self.store)
-            if self.holder and current is not None and current.attempt == self.me.attempt:
+            if self.holder and current is not None and current.run_id == self.me.run_id:
                 self.store.delete(LEASE)
         except Exception as exc:  # releasing is best effort: a stale lease is taken over
             log.warning("%s: could not release the run lease: %s", self.store.uri, exc)

@@ -4,9 +4,8 @@ Two depths of check, one vocabulary of :class:`Problem` (shard, file, what is wr
 
 * :func:`check_files` - what ``finalize`` (and a ``run`` of a finished job) does before it
   certifies an output: every file a marker names exists with the size the marker records.
-  One detail listing of ``scores/`` and one of ``traces/``, whatever the number of shards;
-  markers written before sizes were recorded are checked for existence only. A file
-  rewritten with the same size (flipped bytes) passes: only :func:`verify` catches that.
+  One detail listing of ``scores/`` and one of ``traces/``, whatever the number of shards.
+  A file rewritten with the same size (flipped bytes) passes: only :func:`verify` catches that.
 * :func:`verify` - the full check: every marker parses and names exactly the files its shard
   and attempt give (:meth:`rank1_batch.io.commit.Marker.problem`), every file exists with its
   size, and its SHA-256 (read in chunks: memory bounded by a chunk a thread) matches.
@@ -64,7 +63,7 @@ def _size_problems(markers: Iterable[commit.Marker], sizes: dict[str, int]) -> l
             rel, _, want = m.file(kind)
             if rel not in sizes:
                 out.append(Problem(m.shard, rel, "missing"))
-            elif want is not None and sizes[rel] != want:
+            elif sizes[rel] != want:
                 out.append(Problem(m.shard, rel, f"{sizes[rel]} bytes, the marker says {want}"))
     return out
 
@@ -152,9 +151,9 @@ def _check_shard(store: Store, marker: commit.Marker) -> list[Problem]:
 
 
 def verify(store: Store, threads: int | None = None) -> Report:
-    """Check every committed shard of ``store`` (see the module docstring)."""
-    if not store.exists(layout.JOB_FILE):
-        raise FileNotFoundError(f"{store.uri}: no {layout.JOB_FILE}; not a rank1-batch output")
+    """Check every committed shard of ``store`` (see the module docstring); an output of
+    another layout version is refused (:class:`~rank1_batch.io.layout.LayoutVersionError`)."""
+    layout.read_job(store)
     shards = sorted(commit.committed_shards(store))
     report = Report(store.uri, shards=len(shards))
     raw = commit.read_bytes_many(store, [layout.marker_path(s) for s in shards])

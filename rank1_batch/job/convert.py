@@ -37,11 +37,10 @@ import pyarrow.parquet as pq
 
 from rank1_batch.io.store import StorageSpec, Store, filesystem
 from rank1_batch.job.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON
-from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks, trec_line
+from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks
 from rank1_batch.job.spec import Columns, InputSpec, JobSpec
 
 CONVERTED = ("trec", "json-run", "hf")
-CONVERTED_PATH = "input/pairs-00000.parquet"  # one whole file: outputs of earlier versions
 CONVERTED_DIR = "input"
 CONVERTED_MARKER = "input/_converted.json"
 ROW_GROUP = 20_000
@@ -57,44 +56,6 @@ CONVERTED_SCHEMA = pa.schema(
         (PRESET_REASON, pa.string()),
     ]
 )
-
-
-# -- runs -------------------------------------------------------------------------------------
-
-
-def parse_trec_run(text: str, source: str = "<run>") -> list[Row]:
-    """A whole TREC run (``qid Q0 docid rank score tag`` or ``qid docid score`` lines) in run
-    order per query: score descending, ties kept in file order (a stable sort). The reference
-    the streamed readers of :mod:`rank1_batch.job.run_files` follow (small runs, tests)."""
-    rows = [r for n, line in enumerate(text.splitlines(), 1) if (r := trec_line(line, n, source))]
-    return _run_order(rows)
-
-
-def parse_json_run(obj: Any, source: str = "<run>") -> list[tuple[str, str, float]]:
-    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
-        raise FormatError(f"{source}: expected a JSON object {{qid: {{docid: score}}}}")
-    try:
-        rows = [(str(q), str(d), float(s)) for q, docs in obj.items() for d, s in docs.items()]
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"{source}: a score is not a number ({exc})") from None
-    return _run_order(rows)
-
-
-def _run_order(rows: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
-    first: dict[str, int] = {}
-    for q, _, _ in rows:
-        first.setdefault(q, len(first))
-    order = sorted(range(len(rows)), key=lambda i: (first[rows[i][0]], -rows[i][2]))
-    return [rows[i] for i in order]
-
-
-def cut_top_k(rows: list[tuple[str, str, float]], top_k: int | None) -> list[tuple[str, str]]:
-    out, seen = [], {}  # type: list[tuple[str, str]], dict[str, int]
-    for q, d, _ in rows:
-        seen[q] = seen.get(q, 0) + 1
-        if top_k is None or seen[q] <= top_k:
-            out.append((q, d))
-    return out
 
 
 # -- text sources -----------------------------------------------------------------------------
@@ -236,12 +197,6 @@ def iter_run_pairs(
         yield pa.table(cols, schema=CONVERTED_SCHEMA)
 
 
-def run_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
-    """The whole converted run as one table (small runs, tests)."""
-    parts = list(iter_run_pairs(spec, storage))
-    return pa.concat_tables(parts) if parts else CONVERTED_SCHEMA.empty_table()
-
-
 def _load_hf(spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
     import datasets
 
@@ -297,10 +252,8 @@ def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
 
 def converted_spec(spec: JobSpec, store: Store) -> InputSpec:
     """The ``pairs`` input spec that reads the converted files."""
-    root = store.uri.rstrip("/") + "/"
-    # Outputs converted by earlier versions hold one file, written whole.
-    path = CONVERTED_PATH if store.exists(CONVERTED_PATH) else CONVERTED_DIR
-    return InputSpec(path=root + path, format="pairs", columns=Columns(title="title"))
+    path = store.uri.rstrip("/") + "/" + CONVERTED_DIR
+    return InputSpec(path=path, format="pairs", columns=Columns(title="title"))
 
 
 def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpec:
@@ -311,7 +264,7 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
     it is full, so memory holds one part, never the whole input. A crash before the marker
     redoes the conversion (it rewrites the same parts).
     """
-    if store.exists(CONVERTED_PATH) or store.exists(CONVERTED_MARKER):
+    if store.exists(CONVERTED_MARKER):
         return converted_spec(spec, store)
     if spec.input.format == "hf":
         table = hf_pairs(spec.input, spec.storage)  # memory-mapped Arrow: sliced, not copied

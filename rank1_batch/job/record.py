@@ -1,23 +1,21 @@
 """``job.json``: the resolved job, its fingerprint, and the claim of an output folder by one job.
 
 The fingerprint hashes what determines results (:meth:`JobSpec.result_settings` and the input
-listing); a resume with other such settings is refused, naming each changed setting.
+listing); a resume with other such settings is refused, naming each changed setting, and so
+is a resume of an output written in another layout (:data:`rank1_batch.io.layout.LAYOUT_VERSION`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from typing import Any
 
 from rank1_batch import __version__
-from rank1_batch.io.layout import JOB_FILE
+from rank1_batch.io.layout import JOB_FILE, LAYOUT_VERSION, read_job
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
-
-log = logging.getLogger(__name__)
 
 
 class FingerprintMismatch(RuntimeError):
@@ -41,6 +39,7 @@ def job_record(spec: JobSpec, input_listing: list[dict[str, Any]]) -> dict[str, 
         "settings": settings,
         "spec": spec.model_dump(mode="json"),
         "rank1_batch_version": __version__,
+        "layout_version": LAYOUT_VERSION,
         "created_at": time.time(),
     }
 
@@ -61,24 +60,16 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def claim_output(store: Store, record: dict[str, Any]) -> bool:
     """Write ``job.json`` (create-only) or check that the existing one matches.
 
-    Returns True when this call created it. Raises :class:`FingerprintMismatch` naming every
-    changed setting when the folder holds another job's results.
+    Returns True when this call created it. Raises
+    :class:`~rank1_batch.io.layout.LayoutVersionError` when the folder was written in another
+    layout, :class:`FingerprintMismatch` naming every changed setting when it holds another
+    job's results.
     """
     if store.create_json(JOB_FILE, record):
         return True
-    old = store.read_json(JOB_FILE)
+    old = read_job(store)
     if old.get("fingerprint") != record["fingerprint"]:
-        from rank1_batch.job.resolve import as_resolved, model_fields
-
-        settings = as_resolved(old.get("settings", {}), record["settings"])
-        if settings == record["settings"]:
-            log.warning(
-                "%s: job.json was written before engine, device and dtype were resolved "
-                "(%s); resuming as %s", store.uri, model_fields(old.get("settings", {})),
-                model_fields(record["settings"]),
-            )  # fmt: skip
-            return False
-        changes = _diff(settings, record["settings"]) or ["fingerprint"]
+        changes = _diff(old.get("settings", {}), record["settings"]) or ["fingerprint"]
         raise FingerprintMismatch(
             f"{store.uri} holds results of a different job; changed: {'; '.join(changes)}. "
             "Use a new output location (or delete this one) to run with these settings."

@@ -80,12 +80,6 @@ def _ranked(table: pa.Table) -> tuple[list[str], list[str], list[int], np.ndarra
     return qids, docs, ranks, t.column("score").to_numpy()
 
 
-def ranked_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
-    """(query_id, doc_id, rank, score) by query, score desc, doc_id; NaN (error) rows skipped."""
-    qids, docs, ranks, scores = _ranked(table)
-    return zip(qids, docs, ranks, scores.tolist(), strict=True)
-
-
 def run_tag(results: Results | Committed) -> str:
     """Default TREC tag: ``rank1``, or ``rank1-direct`` / ``rank1-cascade-k10-m0.1`` when
     ``reasoning.mode`` is not ``think``, so a run file says which mode produced it."""

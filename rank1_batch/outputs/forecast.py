@@ -1,4 +1,4 @@
-"""The work half of ``rank1-batch plan``: a streamed full scan, a token sample, a calibration.
+"""The forecast half of ``rank1-batch plan``: a streamed full scan, a token sample, a calibration.
 
 * :func:`scan` reads the input once, one row group at a time, with the same normaliser as
   ``prepare`` (:func:`rank1_batch.job.inputs.read_unit`), and counts input rows, rejects by reason,

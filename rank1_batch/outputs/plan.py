@@ -8,14 +8,17 @@ Checks, in order (each a row of the report; a failed one is why ``run`` would fa
    the very check ``run`` makes); run/corpus and HF inputs are converted into a temporary
    folder, as ``run`` would convert them into the output;
 3. ``fingerprint``: against an existing ``job.json``: a new job, a resume (how many shards and
-   pairs remain), a finished job, or a refusal naming every changed setting;
+   pairs remain), a finished job, or a refusal naming every changed setting (or the other
+   layout version the folder was written in);
 4. ``model``: the model's config and tokenizer load (a toy model is built if missing) and
    ``max_model_len`` fits the model; ``engine``: the engine ``run`` would use is installed;
-5. ``reuse``: each earlier output named in ``reuse:`` is readable and holds committed shards.
+5. ``reuse``: each earlier output named in ``reuse:`` is readable, of this layout version,
+   and holds committed shards.
 
-Then the work (:mod:`rank1_batch.outputs.forecast`): a streamed full scan, prompt lengths on a token
-sample, a calibration run of ``sample`` pairs on the job's engine (or a given reasoning mean
-and p95), and GPU-hours and cost per GPU type (:mod:`rank1_batch.outputs.throughput`).
+Then the forecast (:mod:`rank1_batch.outputs.forecast`): a streamed full scan (the report's
+``work``), prompt lengths on a token sample, a calibration run of ``sample`` pairs on the
+job's engine (or a given reasoning mean and p95), and GPU-hours and cost per GPU type
+(:mod:`rank1_batch.outputs.throughput`).
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ def fingerprint_state(store: Store, record: dict[str, Any]) -> tuple[bool, str, 
     """(ok, detail, facts) for this job against what ``store`` already holds."""
     if not store.exists(layout.JOB_FILE):
         return True, "new output: run starts from scratch", {"state": "new"}
-    old = store.read_json(layout.JOB_FILE)
+    try:
+        old = layout.read_job(store)
+    except layout.LayoutVersionError as exc:
+        return False, f"refused: {exc}", {"state": "refused", "layout": "other version"}
     if old.get("fingerprint") != record["fingerprint"]:
         changes = _diff(old.get("settings", {}), record["settings"]) or ["fingerprint"]
         detail = f"refused: {store.uri} holds a different job; changed: {'; '.join(changes)}"
@@ -175,13 +181,12 @@ def _model(spec: JobSpec, checks: Checks) -> tuple[str | None, Any, int]:
 
 def _reuse_sources(spec: JobSpec, checks: Checks) -> list[dict[str, Any]]:
     out = []
-    for uri in getattr(spec, "reuse", []) or []:
+    for uri in spec.reuse:
         try:
             src = Store(uri, spec.storage)
-            if not src.exists(layout.JOB_FILE):
-                raise FileNotFoundError(f"{uri}: no job.json; not a rank1-batch output")
+            layout.read_job(src)  # none: FileNotFoundError; another layout: refused
             shards = commit.committed_shards(src)
-        except (FileNotFoundError, StorageError) as exc:
+        except (FileNotFoundError, StorageError, layout.LayoutVersionError) as exc:
             checks.add("reuse", False, str(exc))
             continue
         checks.add("reuse", True, f"{uri}: {len(shards)} committed shards")
@@ -191,7 +196,7 @@ def _reuse_sources(spec: JobSpec, checks: Checks) -> list[dict[str, Any]]:
 
 def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
     """Run every check and estimate the job; the report as a JSON-able dict."""
-    from rank1_batch.outputs import forecast as plan_work
+    from rank1_batch.outputs import forecast
 
     checks = Checks()
     table = throughput.load_table(options.throughput_file)
@@ -215,19 +220,19 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         if not files:
             return _finish(report, checks)
         sample_size = max(options.token_sample, options.sample)
-        work = plan_work.scan(scored_spec, files, sample_size=sample_size)
-    report["work"] = work.to_dict()
-    if model_dir is None or work.sample is None or not work.pairs:
+        scanned = forecast.scan(scored_spec, files, sample_size=sample_size)
+    report["work"] = scanned.to_dict()
+    if model_dir is None or scanned.sample is None or not scanned.pairs:
         return _finish(report, checks)
-    tokens = plan_work.token_stats(scored_spec, work.sample, tokenizer)
+    tokens = forecast.token_stats(scored_spec, scanned.sample, tokenizer)
     report["prompts"] = tokens
     share = 0.0
     if report["reuse"]:
         from rank1_batch.pipeline.reuse import sample_matches
 
-        found = sample_matches(scored_spec, work.sample)
+        found = sample_matches(scored_spec, scanned.sample)
         share = found["share"]
-        report["reuse_estimate"] = {**found, "pairs": round(share * work.pairs)}
+        report["reuse_estimate"] = {**found, "pairs": round(share * scanned.pairs)}
     reasoning: dict[str, Any]
     if options.reasoning_mean is not None:
         reasoning = {
@@ -237,7 +242,7 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         }
         forced = 0.0
     elif options.sample > 0:
-        cal = plan_work.calibrate(scored_spec, work.sample.slice(0, options.sample), model_dir)
+        cal = forecast.calibrate(scored_spec, scanned.sample.slice(0, options.sample), model_dir)
         report["calibration"] = cal
         reasoning = {"source": f"calibration on {cal['pairs']} pairs ({cal['engine']})"}
         reasoning.update(
@@ -250,7 +255,7 @@ def make_plan(spec: JobSpec, options: PlanOptions) -> dict[str, Any]:
         reasoning.update(mean=float(spec.reasoning.max_tokens), p95=spec.reasoning.max_tokens)
         forced = 0.0
     report["reasoning"] = reasoning
-    pairs = round(work.pairs * (1 - share))  # pairs to judge: reused ones cost nothing
+    pairs = round(scanned.pairs * (1 - share))  # pairs to judge: reused ones cost nothing
     prompt_mean = tokens["prompt_tokens"].get("mean", 0.0)
     load = throughput.Work(
         pairs=pairs,

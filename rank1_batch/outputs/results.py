@@ -19,11 +19,10 @@ back in a later shard rather than report it twice.
 from __future__ import annotations
 
 import io
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store
-from rank1_batch.pipeline.score import SCORES_SCHEMA, TRACES_SCHEMA
+from rank1_batch.pipeline.score import SCORES_SCHEMA
 
 # Statuses whose score is the model's own judgement (``direct``: without reasoning, from
 # reasoning.mode direct/cascade); ``fallback`` (0.5 by rule) and ``error`` (NaN) rows never
@@ -117,32 +116,31 @@ def read_shard(store: Store, shard: str) -> pa.Table:
         and scores.column("doc_id").equals(pairs.column("doc_id"))
     ):
         raise ResultsError(f"{store.uri}: {shard}: scores do not match its pairs file")
-    if "reused_from" in scores.column_names:  # jobs with reuse: (rank1_batch.pipeline.reuse)
-        scores = scores.drop_columns(["reused_from"])
-    for f in SCORES_SCHEMA:
-        if f.name not in scores.column_names:  # outputs written before reasoning.mode
-            scores = scores.append_column(f, pa.nulls(scores.num_rows, f.type))
-    scores = scores.select(SCORES_SCHEMA.names)
+    scores = scores.select(SCORES_SCHEMA.names)  # without reuse's reused_from
     for name in PAIR_COLUMNS:
         scores = scores.append_column(name, pairs.column(name))
     return scores.cast(RESULTS_SCHEMA)
 
 
-def _committed_or_fail(store: Store, require_complete: bool) -> tuple[list[str], bool]:
-    """The committed shard names and whether the job finished; an error naming the output
-    when there is nothing to read (or the job is unfinished and that was required)."""
+def _committed_or_fail(
+    store: Store, require_complete: bool
+) -> tuple[dict[str, Any], list[str], bool]:
+    """``job.json`` (its layout version checked), the committed shard names and whether the
+    job finished; an error naming the output when there is nothing to read (or the job is
+    unfinished and that was required)."""
+    job = layout.read_job(store)
     shards = committed(store)
     if not shards:
         raise ResultsError(f"{store.uri}: no committed shards (run the job first)")
     complete = store.exists(layout.SUCCESS)
     if require_complete and not complete:
         raise ResultsError(f"{store.uri}: the job is not finished (no {layout.SUCCESS})")
-    return shards, complete
+    return job, shards, complete
 
 
 def read_results(store: Store, *, require_complete: bool = False) -> Results:
     """All committed rows, ordered by (query_id, rank); errors (rank null) last per query."""
-    shards, complete = _committed_or_fail(store, require_complete)
+    job, shards, complete = _committed_or_fail(store, require_complete)
     table = pa.concat_tables([read_shard(store, s) for s in shards])
     # error rows (rank null) last within their query
     key = pa.table(
@@ -155,14 +153,7 @@ def read_results(store: Store, *, require_complete: bool = False) -> Results:
     table = table.take(
         pc.sort_indices(key, [("q", "ascending"), ("r", "ascending"), ("d", "ascending")])
     )
-    job = store.read_json(layout.JOB_FILE) if store.exists(layout.JOB_FILE) else {}
     return Results(table, tuple(shards), job, complete)
-
-
-def read_traces(store: Store) -> pa.Table:
-    """Reasoning traces of every committed shard."""
-    tables = [shard_table(store, s, "traces") for s in committed(store)]
-    return pa.concat_tables(tables).cast(TRACES_SCHEMA) if tables else TRACES_SCHEMA.empty_table()
 
 
 def by_query(table: pa.Table) -> dict[str, list[dict[str, Any]]]:
@@ -176,34 +167,6 @@ def by_query(table: pa.Table) -> dict[str, list[dict[str, Any]]]:
 # -- one shard at a time ------------------------------------------------------------------------
 
 
-@dataclass
-class ReadCounter:
-    """Rows of shard tables held at once by :meth:`Committed.tables` readers (its peak), and
-    the pairs-file columns read: what tests observe to check that a reader streams."""
-
-    held: int = 0
-    peak: int = 0
-    tables: int = 0
-    pair_columns: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def take(self, rows: int) -> None:
-        with self.lock:
-            self.held += rows
-            self.peak = max(self.peak, self.held)
-            self.tables += 1
-
-    def give(self, rows: int) -> None:
-        with self.lock:
-            self.held -= rows
-
-    def reset(self) -> None:
-        with self.lock:
-            self.held = self.peak = self.tables = 0
-            self.pair_columns = set()
-
-
-COUNTER = ReadCounter()
 # Shards read ahead of the one being processed: local reads need little overlap; an object
 # store's latency (3-4 requests a shard) is hidden by more (a shard's columns are ~100 KB).
 PREFETCH = 2
@@ -211,14 +174,9 @@ REMOTE_PREFETCH = 16
 
 
 def _scores_columns(data: bytes, columns: Sequence[str]) -> pa.Table:
-    """``columns`` of a scores file; the reasoning-mode columns of older outputs as nulls."""
-    present = set(pq.read_schema(io.BytesIO(data)).names)
-    table = pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in present])
-    for name in columns:
-        if name not in present:
-            field_ = SCORES_SCHEMA.field(name)
-            table = table.append_column(field_, pa.nulls(table.num_rows, field_.type))
-    return table.select(list(columns)).cast(pa.schema([SCORES_SCHEMA.field(c) for c in columns]))
+    """``columns`` of a scores file, typed as :data:`SCORES_SCHEMA` has them."""
+    table = pq.read_table(io.BytesIO(data), columns=list(columns))
+    return table.cast(pa.schema([SCORES_SCHEMA.field(c) for c in columns]))
 
 
 @dataclass(frozen=True)
@@ -249,7 +207,6 @@ class Committed:
             return marker, table
         wanted = ["query_id", "doc_id", *(c for c in pair_columns if c not in table.column_names)]
         pairs = self.store.read_parquet(layout.pairs_path(shard), columns=wanted)
-        COUNTER.pair_columns.update(wanted)
         if pairs.num_rows != table.num_rows or not all(
             table.column(c).equals(pairs.column(c)) for c in wanted[:2] if c in table.column_names
         ):
@@ -262,45 +219,36 @@ class Committed:
         self, columns: Sequence[str], pair_columns: Sequence[str] = (), prefetch: int | None = None
     ) -> Iterator[tuple[commit.Marker, pa.Table]]:
         """Each committed shard as :meth:`read` gives it, in shard order; at most
-        ``1 + prefetch`` shards are held at once (:data:`COUNTER` records the peak; default
-        :data:`PREFETCH` locally, :data:`REMOTE_PREFETCH` on an object store)."""
+        ``1 + prefetch`` shards are held at once (default :data:`PREFETCH` locally,
+        :data:`REMOTE_PREFETCH` on an object store): each is read (:meth:`read`) while the
+        consumer works on an earlier one, and handed over (:func:`hand_over`) in turn."""
         if prefetch is None:
             prefetch = PREFETCH if self.store.local else REMOTE_PREFETCH
-
-        def load(shard: str) -> tuple[commit.Marker, pa.Table]:
-            marker, table = self.read(shard, columns, pair_columns)
-            COUNTER.take(table.num_rows)
-            return marker, table
-
         with ThreadPoolExecutor(max(1, prefetch)) as pool:
             ahead: deque[Future[tuple[commit.Marker, pa.Table]]] = deque()
             try:
                 for shard in self.shards:
-                    ahead.append(pool.submit(load, shard))
+                    ahead.append(pool.submit(self.read, shard, columns, pair_columns))
                     if len(ahead) > prefetch:
-                        yield from _hand_over(ahead.popleft())
+                        yield from hand_over(ahead.popleft())
                 while ahead:
-                    yield from _hand_over(ahead.popleft())
+                    yield from hand_over(ahead.popleft())
             finally:
-                for future in ahead:  # a consumer that stopped early
-                    if future.cancel() is False and future.exception() is None:
-                        COUNTER.give(future.result()[1].num_rows)
+                for future in ahead:  # a consumer that stopped early: read no further
+                    future.cancel()
 
 
-def _hand_over(
+def hand_over(
     future: Future[tuple[commit.Marker, pa.Table]],
 ) -> Iterator[tuple[commit.Marker, pa.Table]]:
-    marker, table = future.result()
-    try:
-        yield marker, table
-    finally:
-        COUNTER.give(table.num_rows)
+    """A read shard to the consumer of :meth:`Committed.tables`, which holds it until it asks
+    for the next one."""
+    yield future.result()
 
 
 def open_committed(store: Store, *, require_complete: bool = False) -> Committed:
     """The committed shards of ``store`` (one listing of ``_commits/``)."""
-    shards, complete = _committed_or_fail(store, require_complete)
-    job = store.read_json(layout.JOB_FILE) if store.exists(layout.JOB_FILE) else {}
+    job, shards, complete = _committed_or_fail(store, require_complete)
     return Committed(store, tuple(shards), job, complete)
 
 

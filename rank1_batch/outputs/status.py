@@ -16,9 +16,7 @@ from rank1_batch.io.store import Store
 
 
 def read_status(store: Store) -> dict[str, Any]:
-    if not store.exists(layout.JOB_FILE):
-        raise FileNotFoundError(f"{store.uri}: no job.json; not a rank1-batch output folder")
-    job = store.read_json(layout.JOB_FILE)
+    job = layout.read_job(store)
     out: dict[str, Any] = {
         "output": store.uri,
         "job": job["spec"].get("name"),
@@ -37,7 +35,7 @@ def read_status(store: Store) -> dict[str, Any]:
             shards_committed=int(done["shards"]),
             pairs_total=int(manifest["pairs"]),
             pairs_scored=int(done["scored"]),
-            pairs_reused=int(done.get("reused", 0)),
+            pairs_reused=int(done["reused"]),
             rejected=manifest["rejected"],
             duplicates=manifest["duplicates"],
             statuses=done["statuses"],
@@ -72,9 +70,9 @@ def read_status(store: Store) -> dict[str, Any]:
 
 
 def eta_seconds(
-    markers: list[commit.Marker], pairs_left: int, holder: lease.Attempt | None
+    markers: list[commit.Marker], pairs_left: int, holder: lease.Run | None
 ) -> float | None:
-    """Time left at the rate of the *current* attempt (never across a downtime).
+    """Time left at the rate of the *current* run (never across a downtime).
 
     Only commits made since the live run started count, first to last (the first marks when
     scoring was flowing: prepare and model loading stay out of the rate); fewer than two, or

@@ -60,9 +60,6 @@ class Target:
         self.parent = Store(posixpath.dirname(self.uri) or ".", output.storage)
         self.name = posixpath.basename(self.uri)
 
-    def write_file(self, data: bytes) -> None:
-        self.parent.write_atomic(self.name, data)
-
     def write_sidecar(self, obj: Any) -> str:
         self.parent.write_atomic(self.name + ".labels.json", json_bytes(obj))
         return self.uri + ".labels.json"  # spelt like ``out``: relative stays relative

@@ -90,9 +90,8 @@ class Quarantine:
 
 
 def failed(store: Store, shard: str) -> list[dict[str, Any]]:
-    """Attempts that count toward the limit: those that failed by the shard's own fault
-    (records written before causes were recorded count, as they did)."""
-    return [r for r in records(store, shard) if "error" in r and r.get("charged", True)]
+    """Attempts that count toward the limit: those that failed by the shard's own fault."""
+    return [r for r in records(store, shard) if "error" in r and r["charged"]]
 
 
 def quarantine_of(store: Store, shard: str, limit: int) -> Quarantine | None:
@@ -127,7 +126,7 @@ def settle(spec: JobSpec, store: Store, quarantined: list[Quarantine]) -> None:
         pairs = read_pairs(q.shard, store)
         rows = [rank1.error_judgement(SHARD_FAILED) for _ in range(pairs.num_rows)]
         work = ShardWork(pairs, pairs, SCORES_SCHEMA.empty_table())
-        marker = commit_shard(q.shard, work, rows, _Provenance(spec), store, spec, 0.0)  # type: ignore[arg-type]
+        marker = commit_shard(q.shard, work, rows, NamedModel(spec), store, spec, 0.0)
         log.warning(
             "%s: quarantined; committed its %d pairs as error rows (%s): %s",
             q.shard, marker.rows, SHARD_FAILED, q.line(),
@@ -135,8 +134,9 @@ def settle(spec: JobSpec, store: Store, quarantined: list[Quarantine]) -> None:
 
 
 @dataclass(frozen=True)
-class _Provenance:
-    """What the scores table records about the model, for rows no engine produced."""
+class NamedModel:
+    """The model ``spec`` names, as the judge of rows no engine produced (a
+    :class:`rank1_batch.pipeline.score.Judge`)."""
 
     spec: JobSpec
 

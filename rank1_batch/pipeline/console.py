@@ -71,20 +71,18 @@ def _qrels_hint(spec_input: dict[str, Any]) -> str:
 
 def format_summary(done: dict[str, Any], output: str, spec_input: dict[str, Any]) -> str:
     """A few lines a newcomer can act on: what was scored, how long, where, what next."""
-    statuses = done.get("statuses", {})
-    last = done.get("last_attempt_wall_seconds")
-    total = done.get("total_wall_seconds")
-    attempts = done.get("attempts", 1)
-    timing = f"{format_eta(last)} this run" if last is not None else "?"
-    if total is not None and attempts > 1:
-        timing += f", {format_eta(total)} over {attempts} attempts"
+    statuses = done["statuses"]
+    runs = done["runs"]
+    timing = f"{format_eta(done['last_run_wall_seconds'])} this run"
+    if runs > 1:
+        timing += f", {format_eta(done['total_wall_seconds'])} over {runs} runs"
     rate = done.get("pairs_per_second")
     lines = [
         f"done: {done['scored']:,} pairs scored in {done['shards']} shards "
         f"({done['rejected']:,} rejected, {done['duplicates']:,} duplicates)",
         "statuses: "
         + ", ".join(f"{k} {statuses[k]:,}" for k in STATUS_ORDER if k in statuses)
-        + f"; truncated {done.get('truncated', 0):,}",
+        + f"; truncated {done['truncated']:,}",
         f"time: {timing}" + (f"; {rate:g} pairs/s while scoring" if rate else ""),
         f"results: {output}  (scores/, traces/, _SUCCESS.json)",
         "next:",

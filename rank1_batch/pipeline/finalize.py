@@ -21,12 +21,13 @@ def finalize(
     wall: float,
     *,
     total_wall: float | None = None,
-    attempts: int = 1,
+    runs: int = 1,
 ) -> dict[str, Any]:
     """Check every shard is committed, sum their stats, write ``_SUCCESS.json`` last.
 
-    ``wall`` is this attempt's wall time; ``total_wall`` that of every attempt of the job
-    (resumes included, downtime excluded; from :mod:`rank1_batch.io.lease`'s attempt records).
+    ``wall`` is this run's wall time; ``total_wall`` that of every run of the job (resumes
+    and joiners included, downtime excluded; from :mod:`rank1_batch.io.lease`'s run records),
+    ``runs`` how many there were.
     """
     markers = {m.shard: m for m in commit.read_markers(store)}
     expected = [s["id"] for s in manifest["shards"]]
@@ -53,9 +54,9 @@ def finalize(
         "reasoning_tokens": total.reasoning_tokens,
         "shards": len(expected),
         "score_seconds": round(total.seconds, 3),
-        "last_attempt_wall_seconds": round(wall, 3),
+        "last_run_wall_seconds": round(wall, 3),
         "total_wall_seconds": round(max(total_wall if total_wall is not None else wall, wall), 3),
-        "attempts": max(attempts, 1),
+        "runs": max(runs, 1),
         "pairs_per_second": round(total.pairs / total.seconds, 3) if total.seconds else None,
         "commits": {s: markers[s].scores_sha256 for s in expected},
         "finished_at": time.time(),

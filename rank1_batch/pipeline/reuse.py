@@ -93,8 +93,7 @@ def key_settings(spec: JobSpec) -> dict[str, Any]:
         "prompt_id": spec.prompt_id,
         "reasoning": {
             **{f: getattr(spec.reasoning, f) for f in KEY_REASONING_FIELDS},
-            # think (the default) leaves the key as it was before reasoning.mode
-            **({"mode": spec.reasoning.mode} if spec.reasoning.mode != "think" else {}),
+            "mode": spec.reasoning.mode,
         },
     }
 
@@ -119,7 +118,8 @@ def _bucket(keys: list[str]) -> pa.Array:
 
 @functools.lru_cache(maxsize=64)
 def _source_spec(uri: str, storage: StorageSpec | None) -> JobSpec:
-    record = Store(uri, storage).read_json(layout.JOB_FILE)
+    """The job of reuse source ``uri`` (its layout version checked)."""
+    record = layout.read_job(Store(uri, storage))
     return JobSpec.model_validate(record["spec"])
 
 
@@ -163,9 +163,6 @@ def source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
             log.warning("reuse: %s %s: %s; skipped", uri, shard, exc)
             continue
         scores = pq.read_table(io.BytesIO(data))
-        if "engine" not in scores.column_names:  # written before the column: the source's own
-            engine = _source_spec(uri, storage).model.engine
-            scores = scores.append_column("engine", pa.array([engine] * scores.num_rows))
         traces = pq.read_table(io.BytesIO(trace_data)).select(
             ["query_id", "doc_id", "reasoning", "finish_reason"]
         )
@@ -226,7 +223,7 @@ def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:
         src = Store(uri, spec.storage)
         if not src.exists(layout.JOB_FILE):
             raise FileNotFoundError(f"reuse: {uri}: no job.json; not a rank1-batch output folder")
-        theirs = key_settings(_source_spec(uri, spec.storage))
+        theirs = key_settings(_source_spec(uri, spec.storage))  # LayoutVersionError: refused
         if theirs != ours:
             diff = sorted(
                 f"{s}.{k}" for s in ours if isinstance(ours[s], dict)
@@ -334,13 +331,6 @@ def copied_stats(copied: pa.Table) -> ShardStats:
     stats.prompt_tokens = int(pc.sum(copied.column("prompt_tokens")).as_py() or 0)
     stats.reasoning_tokens = int(pc.sum(copied.column("reasoning_tokens")).as_py() or 0)
     return stats
-
-
-def reused_count(scores: pa.Table) -> int:
-    """Copied rows in a committed scores table (0 for jobs without reuse)."""
-    if "reused_from" not in scores.column_names:
-        return 0
-    return int(pc.sum(pc.is_valid(scores.column("reused_from")).cast(pa.int64())).as_py() or 0)
 
 
 def sample_matches(spec: JobSpec, sample: pa.Table) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def ensure_built(
 
 def wait_built(
     store: Store,
-    holder: Callable[[], lease.Attempt | None],
+    holder: Callable[[], lease.Run | None],
     *,
     wait_s: float = WAIT_S,
     poll_s: float = POLL_S,

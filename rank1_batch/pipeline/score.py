@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ from rank1_batch.core.rows import ranks_within_query, requests_for
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.io.store import Store, parquet_bytes
 from rank1_batch.job.spec import JobSpec
 from rank1_batch.pipeline import reuse
 from rank1_batch.pipeline.judged import JudgedRows
@@ -37,9 +38,19 @@ TRACE_GROUP_BYTES = 1 << 20
 TRACE_GROUP_ROWS = 16_384
 
 
-def scores_table(
-    pairs: pa.Table, rows: JudgedRows, engine: Rank1Engine, prompt_id: str
-) -> pa.Table:
+class Judge(Protocol):
+    """What a committed scores file records about who judged its rows: every
+    :class:`~rank1_batch.engines.base.Rank1Engine` is one; so is the model a job names, for
+    rows no engine judged (:class:`rank1_batch.pipeline.attempts.NamedModel`)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def model_revision(self) -> str: ...
+
+
+def scores_table(pairs: pa.Table, rows: JudgedRows, engine: Judge, prompt_id: str) -> pa.Table:
     """The scores of ``pairs`` (aligned with ``rows``): scalars only, built in memory."""
     qids = pairs.column("query_id").to_pylist()
     dids = pairs.column("doc_id").to_pylist()
@@ -63,7 +74,7 @@ def scores_table(
             "score_direct": rows.score_direct,
             "score_reasoned": rows.score_reasoned,
             "decided_by": rows.decided_by,
-            # Engine.name; a duck-typed test double without one leaves the column null.
+            # Engine.name; a judge without one (a named model, a test double) leaves it null.
             "engine": [getattr(engine, "name", None)] * n,
         },
         schema=SCORES_SCHEMA,
@@ -181,7 +192,7 @@ def commit_shard(
     shard: str,
     work: ShardWork,
     judgements: JudgedRows | Sequence[rank1.Judgement],
-    engine: Rank1Engine,
+    engine: Judge,
     store: Store,
     spec: JobSpec,
     seconds: float,
@@ -207,7 +218,7 @@ def _commit(
     shard: str,
     work: ShardWork,
     rows: JudgedRows,
-    engine: Rank1Engine,
+    engine: Judge,
     store: Store,
     spec: JobSpec,
     seconds: float,
@@ -236,20 +247,11 @@ def _commit(
         _verify(data, pairs.num_rows, rel)
         if not store.create_exclusive(rel, data):
             raise RuntimeError(f"{store.uri}: {rel} exists: attempt {attempt} is not unique")
-    (scores_rel, scores_data), (traces_rel, traces_data) = files.items()
-    marker = commit.Marker(
-        shard=shard,
-        rows=pairs.num_rows,
-        scores_sha256=sha256(scores_data),
-        traces_sha256=sha256(traces_data),
-        stats=stats,
+    (_, scores_data), (_, traces_data) = files.items()
+    marker = commit.Marker.of_attempt(
+        shard, attempt, stats, rows=pairs.num_rows, scores=scores_data, traces=traces_data,
         worker=worker_name(),
-        attempt=attempt,
-        scores_file=scores_rel,
-        traces_file=traces_rel,
-        scores_bytes=len(scores_data),
-        traces_bytes=len(traces_data),
-    )
+    )  # fmt: skip
     if not store.create_json(layout.marker_path(shard), marker.to_dict()):
         log.info("%s: already committed by another attempt; discarding attempt %s", shard, attempt)
         for rel in files:

@@ -28,14 +28,16 @@ from rank1_batch.core.figures import (
     linear_edges,
     spearman,
 )
-from rank1_batch.core.schemas import LATER_COLUMNS, SCORES_SCHEMA
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store
 from rank1_batch.outputs.labels import LabelCounts, LabelRules, select
 from rank1_batch.outputs.results import LABEL_STATUSES, ResultsError
 
-# The report reads the final score only; older outputs lack LATER_COLUMNS.
-SCORE_COLUMNS = tuple(n for n in SCORES_SCHEMA.names if n not in LATER_COLUMNS)
+# The report reads the final score only (not reasoning.mode's parts, nor the engine).
+SCORE_COLUMNS = (
+    "query_id", "doc_id", "score", "logit", "status", "error", "prompt_tokens",
+    "reasoning_tokens", "truncated", "rank", "model", "model_revision", "prompt_id",
+)  # fmt: skip
 PROVENANCE = ("model", "model_revision", "prompt_id")
 SCAN_PAIR_COLUMNS = ("query_id", "doc_id", "input_rank")
 STATUSES = rank1.STATUSES
@@ -131,9 +133,7 @@ class JobInfo:
 
 
 def read_job_info(store: Store) -> JobInfo:
-    if not store.exists(layout.JOB_FILE):
-        raise FileNotFoundError(f"{store.uri}: no {layout.JOB_FILE}; not a rank1-batch output")
-    job = store.read_json(layout.JOB_FILE)
+    job = layout.read_job(store)
     manifest = store.read_json(layout.MANIFEST) if store.exists(layout.MANIFEST) else {}
     success = store.read_json(layout.SUCCESS) if store.exists(layout.SUCCESS) else None
     markers = commit.read_markers(store)
