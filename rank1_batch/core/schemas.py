@@ -22,18 +22,14 @@ SCORES_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("model_revision", pa.string()),
         ("prompt_id", pa.string()),
-        # reasoning.mode (rank1_batch.core.modes); absent from outputs written before it.
+        # reasoning.mode (rank1_batch.core.modes): the direct and reasoned scores, which decided
         ("score_direct", pa.float64()),
         ("score_reasoned", pa.float64()),
         ("decided_by", pa.string()),
-        # The engine that judged the row (transformers | vllm); absent from older outputs.
+        # The engine that judged the row (transformers | vllm)
         ("engine", pa.string()),
     ]
 )
-# Columns added with reasoning.mode: outputs written before it lack them (readers fill nulls).
-MODE_COLUMNS = ("score_direct", "score_reasoned", "decided_by")
-# Every column an older output may lack (readers that read columns by name skip them).
-LATER_COLUMNS = (*MODE_COLUMNS, "engine")
 TRACES_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
