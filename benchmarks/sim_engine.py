@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import heapq
 import itertools
@@ -43,7 +42,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from rank1_batch.engines.base import EngineOptions, Generation, StreamEngine
+from rank1_batch.engines.base import EngineOptions, Generation
+from rank1_batch.engines.stream_engine import StreamEngine
 
 _PIECE = re.compile(r"\s*\S+|\s+")
 # Sentences for the simulated reasoning text (cut after a sentence end by the forced prompt).
@@ -229,20 +229,6 @@ class SimulatedContinuousBatchingEngine(StreamEngine):
         self.stats.forced += 1
         await self._run(1)
         return self._answer(prompt)
-
-    def close(self) -> None:
-        """Stop the scheduler where it runs on the synchronous adapter's loop, then that loop."""
-        sync_loop = getattr(self, "_sync_loop", None)
-        if sync_loop is not None and self._loop is sync_loop:
-            self.run_sync(self._stop_scheduler())
-        super().close()
-
-    async def _stop_scheduler(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     # -- the scheduler ------------------------------------------------------------------------
     def reset_stats(self) -> SimStats:

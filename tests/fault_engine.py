@@ -38,13 +38,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rank1_batch.core import rank1
-from rank1_batch.engines.base import (
-    EngineOptions,
-    Generation,
-    JudgeRequest,
-    Rank1Engine,
-    StreamEngine,
-)
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+from rank1_batch.engines.stream_engine import StreamEngine
 
 FAULTS_ENV = "RANK1_BATCH_FAULTS"
 CRASH_EXIT = 17

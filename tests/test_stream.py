@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rank1_batch.core import rank1
-from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, StreamEngine
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import layout
 from rank1_batch.io.store import Store, parquet_bytes
 from rank1_batch.job.load import spec_from_mapping

@@ -7,13 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rank1_batch.engines.base import (
-    EngineOptions,
-    Generation,
-    JudgeRequest,
-    Rank1Engine,
-    StreamEngine,
-)
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+from rank1_batch.engines.stream_engine import StreamEngine
 
 __all__ = [
     "ENGINES",

@@ -2,7 +2,7 @@
 
 A shard stays the unit of commit and recovery, never the unit the engine waits on. The
 :class:`ShardStreamer` judges every pair of a shard as its own request
-(:meth:`~rank1_batch.engines.base.StreamEngine.judge_one`: pass 1, then that pair's forced
+(:meth:`~rank1_batch.engines.stream_engine.StreamEngine.judge_one`: pass 1, then that pair's forced
 pass at once), several shards at a time, all sharing one cap on requests in flight. The cap
 sits a little above what the engine runs at once (``max_in_flight``, vLLM's ``max_num_seqs``),
 as ``ray.data.llm`` does, so the engine always has queued work while one shard's last pairs
@@ -48,7 +48,8 @@ import pyarrow as pa
 
 from rank1_batch.core import modes, rank1
 from rank1_batch.core.rows import requests_for
-from rank1_batch.engines.base import JudgeRequest, StreamEngine
+from rank1_batch.engines.base import JudgeRequest
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import commit
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
