@@ -58,7 +58,7 @@ _WORDS = (
 class SimParams:
     """Everything that shapes the simulation (printed in the benchmark JSON).
 
-    The defaults are the issue's scenario at full scale: 256 slots (vLLM's ``max_num_seqs``),
+    The defaults are a full-scale Rank1 scenario: 256 slots (vLLM's ``max_num_seqs``),
     Rank1's 8,192-token reasoning cap, lognormal lengths with a mean of about 700 tokens
     (median 350, sigma 1.2: about 0.4% reach the cap). The step time only weights the steps
     (a fuller batch takes a longer step); its absolute value cancels out of the fractions.

@@ -1,4 +1,4 @@
-"""Blame and truthful attempt records (issue items 3 and 4).
+"""Blame and truthful attempt records.
 
 * A timeout bounds the judging, never a commit in progress: the attempt record and the
   commit marker always agree (a slow commit outlives ``shard_timeout`` and still succeeds; a

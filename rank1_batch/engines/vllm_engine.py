@@ -67,7 +67,6 @@ from rank1_batch.engines.vllm_protocol import (
     failed_generation,
     finish_of,
     forced_sampling,
-    generation_from_output,
     is_fatal_engine_error,
     is_request_error,
     last_position_logprobs,
@@ -87,7 +86,6 @@ __all__ = [
     "failed_generation",
     "finish_of",
     "forced_sampling",
-    "generation_from_output",
     "is_fatal_engine_error",
     "is_request_error",
     "last_position_logprobs",
@@ -159,11 +157,6 @@ def engine_kwargs(
         kwargs["load_format"] = "runai_streamer"
     kwargs.update(extra)
     return kwargs
-
-
-def llm_kwargs(model_path: str, **options: Any) -> dict[str, Any]:
-    """Former name of :func:`engine_kwargs` (the synchronous ``vllm.LLM`` took the same)."""
-    return engine_kwargs(model_path, **options)
 
 
 def configure_environment(

@@ -7,7 +7,7 @@ The actor (:class:`rank1_batch.pipeline.actor.ShardWorker`) takes ``compute.shar
 shards at once with a stream engine (actor ``max_concurrency`` and
 ``max_tasks_in_flight_per_actor``), one with a batch engine.
 
-Failures (issue 11): the actor records each failed attempt and returns it as a failed row, so
+Failures: the actor records each failed attempt and returns it as a failed row, so
 one shard never fails the others. Ray's own retries are bounded: an actor that dies is
 restarted (a bounded number of times per round) but its task is not retried
 (``max_task_retries=0``), and the dataset keeps going past failed tasks
