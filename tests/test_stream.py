@@ -145,16 +145,17 @@ def test_streamed_shards_commit_the_same_rows_as_process_shard(tmp_path) -> None
     assert [m.to_dict() for m in again] == [m.to_dict() for m in markers]
 
 
-def test_shards_open_only_when_the_engine_runs_short_of_queued_work(tmp_path) -> None:
+def test_shards_in_flight_share_one_bound_on_requests(tmp_path) -> None:
     spec, store, shards = _job(tmp_path, 120, 20)
     engine = SleepyStreamEngine(max_in_flight=8)
     streamer = ShardStreamer(engine, store, spec)
     markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=6))
     assert [m.rows for m in markers] == [20] * 6
-    # 20 queued requests per shard against a cap of 9: a second shard opens as the first
-    # one's queue runs short, never all six at once.
-    assert 2 <= streamer.peak_open_shards < 6
-    assert streamer.waiting == 0 and streamer.in_flight == 0 and streamer.open_shards == 0
+    # Six shards open at once (the actor's concurrency), 120 requests to make against one cap
+    # of 9: the engine never runs more than the cap, and reaches it.
+    assert streamer.peak_open_shards == 6
+    assert engine.peak == streamer.peak_in_flight == streamer.max_requests == 9
+    assert streamer.in_flight == 0 and streamer.open_shards == 0
 
 
 def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
@@ -165,7 +166,7 @@ def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
         asyncio.run(score_shards(streamer, shards, shards_in_flight=1))
     assert not store.exists(layout.marker_path(shards[0]))
     assert engine.peak <= 3
-    assert streamer.waiting == 0 and streamer.in_flight == 0  # the books balance
+    assert streamer.in_flight == 0 and streamer.open_shards == 0  # the books balance
 
 
 def test_caps_must_be_positive(tmp_path) -> None:
