@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rank1_batch.core.progress import Progress
-from rank1_batch.engines import model_cache
+from rank1_batch.engines import model_cache, streams
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import OutputUnwritable, Store
 from rank1_batch.job.resolve import vllm_ray_backend, worker_gpus
@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 
 def shards_per_actor(spec: JobSpec) -> int:
-    """Shards one actor takes at once: ``compute.shards_in_flight`` where the engine may be the
-    stream engine (vLLM; ``auto`` is resolved in the actor), 1 for transformers."""
-    return 1 if spec.model.engine == "transformers" else spec.compute.shards_in_flight
+    """Shards one actor takes at once: ``compute.shards_in_flight`` where the engine may be a
+    stream engine (vLLM; ``auto`` is resolved in the actor), 1 for a batch engine."""
+    return spec.compute.shards_in_flight if streams(spec.model.engine) else 1
 
 
 def init_ray(spec: JobSpec) -> None:
