@@ -43,7 +43,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from rank1_batch.engines.base import EngineOptions, Generation
-from rank1_batch.engines.stream_engine import StreamEngine
+
+try:
+    from rank1_batch.engines.stream_engine import StreamEngine
+except ImportError:  # an older tree's package (drain_cases.py --baseline): it lived in base
+    from rank1_batch.engines.base import StreamEngine  # type: ignore[attr-defined,no-redef]
 
 _PIECE = re.compile(r"\s*\S+|\s+")
 # Sentences for the simulated reasoning text (cut after a sentence end by the forced prompt).
