@@ -169,6 +169,35 @@ def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
     assert streamer.in_flight == 0 and streamer.open_shards == 0  # the books balance
 
 
+def test_a_stream_engine_serves_one_event_loop() -> None:
+    """The first loop that drives an engine owns it; its synchronous methods drive it on a
+    loop of its own, never beside a caller's loop."""
+    request = JudgeRequest("query 1", "passage number 1")
+
+    async def judge_one(engine: StreamEngine) -> rank1.Judgement:
+        return await engine.judge_one(request)
+
+    driven = SleepyStreamEngine()
+    first = asyncio.run(judge_one(driven))
+    with pytest.raises(RuntimeError, match="second event loop"):
+        asyncio.run(judge_one(driven))
+    with pytest.raises(RuntimeError, match="caller's event loop"):
+        driven.judge([request])
+    own = SleepyStreamEngine()
+    assert own.judge([request]) == own.judge([request]) == [first]  # one loop, every call
+    with pytest.raises(RuntimeError, match="second event loop"):
+        asyncio.run(judge_one(own))
+
+    async def sync_inside_a_loop() -> None:
+        own.judge([request])
+
+    with pytest.raises(RuntimeError, match="running event loop"):
+        asyncio.run(sync_inside_a_loop())
+    own.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        own.judge([request])
+
+
 def test_caps_must_be_positive(tmp_path) -> None:
     spec, store, shards = _job(tmp_path, 5, 5)
     with pytest.raises(ValueError, match="max_requests"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from rank1_batch.core import rank1
@@ -96,15 +96,10 @@ class StreamEngine(Rank1Engine):
             )
         return loop
 
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` to its end on the engine's own loop, in this thread (the synchronous
-        adapters)."""
-        try:
-            loop = self._sync_loop()
-        except BaseException:
-            coro.close()
-            raise
-        return loop.run_until_complete(coro)
+    def run_sync(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run the coroutine ``make()`` to its end on the engine's own loop, in this thread (the
+        synchronous adapters); made only once the loop may run it."""
+        return self._sync_loop().run_until_complete(make())
 
     def _sync_loop(self) -> asyncio.AbstractEventLoop:
         try:
@@ -154,20 +149,22 @@ class StreamEngine(Rank1Engine):
             self.bind_loop()
             return await self.generate_one(prompt, budget) if budget > 0 else NO_GENERATION
 
-        return self.run_sync(_gather([one(p, b) for p, b in zip(prompts, budgets, strict=True)]))
+        return self.run_sync(
+            lambda: _gather([one(p, b) for p, b in zip(prompts, budgets, strict=True)])
+        )
 
     def answer(self, prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
         async def one(prompt: Sequence[int]) -> Mapping[int, float] | None:
             self.bind_loop()
             return await self.answer_one(prompt)
 
-        return self.run_sync(_gather([one(p) for p in prompts]))
+        return self.run_sync(lambda: _gather([one(p) for p in prompts]))
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        return self.run_sync(_gather([self.judge_one(r) for r in requests]))
+        return self.run_sync(lambda: _gather([self.judge_one(r) for r in requests]))
 
     def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        return self.run_sync(_gather([self.judge_direct_one(r) for r in requests]))
+        return self.run_sync(lambda: _gather([self.judge_direct_one(r) for r in requests]))
 
     def close(self) -> None:
         self.close_own_loop()
