@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,9 @@ from pydantic_core import PydanticCustomError
 from rank1_batch.core import rank1
 from rank1_batch.core.modes import ReasoningMode
 from rank1_batch.io.store import StorageSpec
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 
 class JobError(ValueError):
@@ -110,7 +113,7 @@ BUILTIN_ENGINES = ("transformers", "vllm")
 ENGINE_ENTRY_POINTS = "rank1_batch.engines"
 
 
-def installed_engines() -> dict[str, Any]:
+def installed_engines() -> dict[str, EntryPoint]:
     """Plugin engines by name: the ``importlib.metadata`` entry points of group
     :data:`ENGINE_ENTRY_POINTS` (a built-in's name, or ``auto``, is never a plugin's)."""
     from importlib.metadata import entry_points
