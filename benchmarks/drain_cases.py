@@ -22,13 +22,16 @@ independent of how busy this machine is. Peak RSS is read in a fresh subprocess 
 (the kernel's ``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across
 ``exec``), the stream scoring every shard, three times per size (the median is reported).
 ``--baseline DIR`` measures the code of another source tree (``DIR/rank1_batch``, e.g. from
-``git archive COMMIT rank1_batch benchmarks``) on the same shards, alternating with this one.
+``git archive COMMIT rank1_batch benchmarks``) on the same shards in the same run: its stream
+policy (in a child process importing DIR's package, with this tree's simulated engine) beside
+this tree's, and its peak RSS alternating with this tree's.
 
     python benchmarks/drain_cases.py            # this case alone, full sizes (JSON on stdout)
     python benchmarks/drain_cases.py --quick
     python benchmarks/drain_cases.py --out benchmarks/results/drain.json
     python benchmarks/drain_cases.py --rss-only                    # peak RSS only (~1 min)
     python benchmarks/drain_cases.py --rss-only --baseline DIR     # ... and DIR's code beside it
+    python benchmarks/drain_cases.py --baseline DIR                # everything, DIR's code beside
 """
 
 from __future__ import annotations
@@ -232,6 +235,33 @@ def measure(
     return result
 
 
+def measure_in_tree(
+    code: Path,
+    prepared: Path,
+    scratch: Path,
+    settings: DrainSettings,
+    shards_in_flight: int,
+) -> dict[str, Any]:
+    """:func:`measure` of the stream policy with the package of the source tree ``code`` (a
+    child process: ``PYTHONPATH=code``, this script and its simulated engine)."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--stream-child",
+        str(prepared),
+        "--scratch",
+        str(scratch),
+        "--settings",
+        json.dumps(settings.as_dict()),
+        "--shards-in-flight",
+        str(shards_in_flight),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 # -- memory: a fresh process per shard size ---------------------------------------------------
 def peak_rss_bytes() -> int:
     """This process's peak RSS: ``VmHWM`` of ``/proc/self/status`` (Linux), which belongs to
@@ -312,9 +342,13 @@ def rss_in_subprocess(
 
 # -- the case -------------------------------------------------------------------------------
 def drain(
-    work: Path, settings: DrainSettings = FULL, rss_repeats: int = RSS_REPEATS
+    work: Path,
+    settings: DrainSettings = FULL,
+    rss_repeats: int = RSS_REPEATS,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """Busy-slot fractions of the three policies at each shard size, and peak RSS."""
+    """Busy-slot fractions of the three policies at each shard size, and peak RSS; with
+    ``baseline`` (a source tree) its stream policy and peak RSS beside this tree's."""
     prepared = prepare_all(work, settings)
     names = {size: shard_names(path) for size, path in prepared.items()}
     # Every size holds the same pairs in the same order, so the one-queue reference is one run.
@@ -346,6 +380,20 @@ def drain(
             file=sys.stderr,
             flush=True,
         )
+        if baseline is not None:
+            theirs = {
+                k: measure_in_tree(baseline, prepared[size], scratch, settings, k) for k in runs
+            }
+            by_k = {str(k): theirs[min(k, len(names[size]))] for k in settings.shards_in_flight}
+            their_ratios = {k: round(v["busy_fraction"] / base, 3) for k, v in by_k.items()}
+            sizes[str(size)]["baseline_stream"] = by_k
+            sizes[str(size)]["baseline_stream_over_never_draining"] = their_ratios
+            print(
+                f"[drain] {size}-pair shards, baseline: stream/ref by shards_in_flight "
+                f"{their_ratios}",
+                file=sys.stderr,
+                flush=True,
+            )
     result: dict[str, Any] = {
         "engine": ENGINE,
         "settings": settings.as_dict(),
@@ -355,8 +403,10 @@ def drain(
         "never_draining": ref,
         "sizes": sizes,
     }
+    if baseline is not None:
+        result["baseline_code"] = str(baseline)
     if settings.rss:
-        result["peak_rss"] = peak_rss(work, settings, prepared, repeats=rss_repeats)
+        result["peak_rss"] = peak_rss(work, settings, prepared, baseline, repeats=rss_repeats)
     return result
 
 
@@ -453,16 +503,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baseline",
         type=Path,
-        help="with --rss-only: also measure the code of this source tree (e.g. an older\n"
-        "commit: git archive COMMIT rank1_batch benchmarks | tar -x -C DIR)",
+        help="also measure the code of this source tree (e.g. an older commit:\n"
+        "git archive COMMIT rank1_batch benchmarks | tar -x -C DIR)",
     )
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    p.add_argument("--stream-child", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--shards-in-flight", type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.baseline is not None and not args.rss_only:
-        p.error("--baseline needs --rss-only")
+    if args.stream_child:
+        settings = settings_from_dict(json.loads(args.settings))
+        prepared = Path(args.stream_child)
+        out = measure(
+            "stream", prepared, Path(args.scratch), settings, shard_names(prepared),
+            args.shards_in_flight,
+        )  # fmt: skip
+        print(json.dumps(out))
+        return 0
     if args.rss_child:
         settings = settings_from_dict(json.loads(args.settings))
         out = rss_child(Path(args.rss_child), Path(args.scratch), settings, args.shards_in_flight)
@@ -487,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
         else:
-            doc["case"] = drain(work, settings, args.rss_repeats)
+            doc["case"] = drain(work, settings, args.rss_repeats, args.baseline)
         doc["total_wall_s"] = round(time.perf_counter() - start, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import heapq
 import itertools
@@ -43,7 +42,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from rank1_batch.engines.base import EngineOptions, Generation, StreamEngine
+from rank1_batch.engines.base import EngineOptions, Generation
+
+try:
+    from rank1_batch.engines.stream_engine import StreamEngine
+except ImportError:  # an older tree's package (drain_cases.py --baseline): it lived in base
+    from rank1_batch.engines.base import StreamEngine  # type: ignore[attr-defined,no-redef]
 
 _PIECE = re.compile(r"\s*\S+|\s+")
 # Sentences for the simulated reasoning text (cut after a sentence end by the forced prompt).
@@ -58,7 +62,7 @@ _WORDS = (
 class SimParams:
     """Everything that shapes the simulation (printed in the benchmark JSON).
 
-    The defaults are the issue's scenario at full scale: 256 slots (vLLM's ``max_num_seqs``),
+    The defaults are a full-scale Rank1 scenario: 256 slots (vLLM's ``max_num_seqs``),
     Rank1's 8,192-token reasoning cap, lognormal lengths with a mean of about 700 tokens
     (median 350, sigma 1.2: about 0.4% reach the cap). The step time only weights the steps
     (a fuller batch takes a longer step); its absolute value cancels out of the fractions.
@@ -229,20 +233,6 @@ class SimulatedContinuousBatchingEngine(StreamEngine):
         self.stats.forced += 1
         await self._run(1)
         return self._answer(prompt)
-
-    def close(self) -> None:
-        """Stop the scheduler where it runs on the synchronous adapter's loop, then that loop."""
-        sync_loop = getattr(self, "_sync_loop", None)
-        if sync_loop is not None and self._loop is sync_loop:
-            self.run_sync(self._stop_scheduler())
-        super().close()
-
-    async def _stop_scheduler(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     # -- the scheduler ------------------------------------------------------------------------
     def reset_stats(self) -> SimStats:

@@ -89,6 +89,36 @@ QUIET = {"RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
 ENV = {**os.environ, **QUIET}
 
 
+@pytest.fixture
+def fault_engines(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The fault-injecting test doubles (``tests/fault_engine.py``) as plugin engines, named
+    ``fault_engine.BATCH_ENGINE`` and ``STREAM_ENGINE``: a minimal installed distribution
+    (``METADATA`` and ``entry_points.txt``, group ``rank1_batch.engines``) in a temporary
+    folder, put on ``sys.path`` here and on ``PYTHONPATH`` for subprocesses (the CLI, its local
+    Ray and the workers, which inherit it). Returns the environment a subprocess needs."""
+    import importlib
+
+    from fault_engine import ENTRY_POINTS
+
+    from rank1_batch.job.spec import ENGINE_ENTRY_POINTS
+
+    site = tmp_path_factory.mktemp("plugin-site")
+    info = site / "rank1_batch_test_doubles-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: rank1-batch-test-doubles\nVersion: 0\n"
+    )
+    points = [f"{name} = {target}" for name, target in ENTRY_POINTS.items()]
+    (info / "entry_points.txt").write_text("\n".join([f"[{ENGINE_ENTRY_POINTS}]", *points, ""]))
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()  # importlib.metadata finds the new distribution
+    path = os.pathsep.join([str(site), str(ROOT), str(ROOT / "tests")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    return {"PYTHONPATH": path}
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess:

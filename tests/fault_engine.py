@@ -8,7 +8,7 @@ purpose misbehaves on pairs whose passage contains a keyword:
 * ``FLAKY``: raises a transient error the first time any process reaches the pair;
 * the first engine built in the whole test fails to start (``fail_start_once``).
 
-``FaultInjectingStreamEngine`` (``fault_engine:build_stream``) is its stream twin: one request
+``FaultInjectingStreamEngine`` is its stream twin: one request
 per pair, so with ``compute.shards_in_flight`` several shards share an actor and a crash ends
 them all. Besides ``POISON-CRASH`` it kills its process at chosen moments (``kills``: that
 many times in the whole test, each after ``kill_every`` pairs judged anywhere since the last,
@@ -20,9 +20,12 @@ Every ``judge`` call (one shard attempt) draws a fresh random token that goes in
 (``reasoning_tokens`` and the score's last digits) and its traces (``reasoning``), so a shard
 whose scores and traces came from two attempts is detectable.
 
-Selected only through the test-only hook :data:`rank1_batch.engines.factory.TEST_ENGINE_ENV`
-(``RANK1_BATCH_TEST_ENGINE=fault_engine:build``): a job file cannot name it. Its settings come
-from ``RANK1_BATCH_FAULTS`` (JSON: ``state_dir``, ``fail_start_once``, ``pair_seconds``).
+Both are plugin engines only where a test registers them: the ``fault_engines`` fixture
+(``tests/conftest.py``) installs a distribution into a temporary folder whose entry points
+(group ``rank1_batch.engines``) name them :data:`BATCH_ENGINE` and :data:`STREAM_ENGINE`, and
+puts that folder on ``sys.path`` and on ``PYTHONPATH`` (the CLI, its Ray workers). Nothing in
+the package names them. Their settings come from ``RANK1_BATCH_FAULTS`` (JSON: ``state_dir``,
+``fail_start_once``, ``pair_seconds``, ``kills``, ``kill_every``).
 """
 
 from __future__ import annotations
@@ -38,16 +41,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rank1_batch.core import rank1
-from rank1_batch.engines.base import (
-    EngineOptions,
-    Generation,
-    JudgeRequest,
-    Rank1Engine,
-    StreamEngine,
-)
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
+from rank1_batch.engines.stream_engine import StreamEngine
 
 FAULTS_ENV = "RANK1_BATCH_FAULTS"
 CRASH_EXIT = 17
+# The engines' names (model.engine) where the fault_engines fixture registers them.
+BATCH_ENGINE = "fault-injecting-test-double"
+STREAM_ENGINE = "fault-injecting-stream-test-double"
+ENTRY_POINTS = {
+    BATCH_ENGINE: "fault_engine:FaultInjectingTestEngine",
+    STREAM_ENGINE: "fault_engine:FaultInjectingStreamEngine",
+}
 
 
 def _config() -> dict:
@@ -73,9 +78,9 @@ def log_event(state_dir: str, event: str) -> None:
 class FaultInjectingTestEngine(Rank1Engine):
     """Test double (see module docstring)."""
 
-    name = "fault-injecting-test-double"
+    name = BATCH_ENGINE
 
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, model_path: str, options: EngineOptions, **model: object) -> None:
         cfg = _config()
         self.state_dir = cfg.get("state_dir", "")
         self.pair_seconds = float(cfg.get("pair_seconds", 0.0))
@@ -129,11 +134,6 @@ class FaultInjectingTestEngine(Rank1Engine):
         return out
 
 
-def build(options: EngineOptions) -> Rank1Engine:
-    """The factory the test hook calls."""
-    return FaultInjectingTestEngine(options)
-
-
 def expected_score(passage: str) -> float:
     return (zlib.crc32(passage.encode()) % 1000) / 1000 * 0.9
 
@@ -154,10 +154,10 @@ def bump(state_dir: str, counter: str, *, reset: bool = False) -> int:
 class FaultInjectingStreamEngine(StreamEngine):
     """Test double (see module docstring): a stream engine, pairs judged one at a time."""
 
-    name = "fault-injecting-stream-test-double"
+    name = STREAM_ENGINE
     max_in_flight = 4  # requests at once; with shards of 4 pairs, two shards judging at a time
 
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, model_path: str, options: EngineOptions, **model: object) -> None:
         cfg = _config()
         self.state_dir = cfg.get("state_dir", "")
         self.pair_seconds = float(cfg.get("pair_seconds", 0.0))
@@ -211,8 +211,3 @@ class FaultInjectingStreamEngine(StreamEngine):
             reasoning="judged",
             finish_reason="stop",
         )
-
-
-def build_stream(options: EngineOptions) -> Rank1Engine:
-    """The factory the test hook calls for the stream engine."""
-    return FaultInjectingStreamEngine(options)

@@ -1,4 +1,4 @@
-"""Blame and truthful attempt records (issue items 3 and 4).
+"""Blame and truthful attempt records.
 
 * A timeout bounds the judging, never a commit in progress: the attempt record and the
   commit marker always agree (a slow commit outlives ``shard_timeout`` and still succeeds; a
@@ -24,8 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, run_cli
-from fault_engine import FAULTS_ENV, expected_score
+from conftest import run_cli
+from fault_engine import FAULTS_ENV, STREAM_ENGINE, expected_score
 
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store, parquet_bytes
@@ -36,10 +36,6 @@ from rank1_batch.pipeline.actor import CommitGate, ShardWorker
 from rank1_batch.pipeline.attempts import EXIT_QUARANTINED
 
 SHARD = "shard-00000"
-STREAM_ENGINE = {
-    "RANK1_BATCH_TEST_ENGINE": "fault_engine:build_stream",
-    "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
-}
 
 
 class SlowCommitStore(Store):
@@ -67,14 +63,14 @@ def pairs(n: int, tag: str = "") -> pa.Table:
 
 
 def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_class: type[Store], tag: str):
-    monkeypatch.setenv("RANK1_BATCH_TEST_ENGINE", STREAM_ENGINE["RANK1_BATCH_TEST_ENGINE"])
+    """A scoring actor on the stream test double (the ``fault_engines`` fixture registers it)."""
     monkeypatch.setenv(FAULTS_ENV, json.dumps({"state_dir": str(tmp_path)}))
     out = str(tmp_path / "out")
     spec = spec_from_mapping(
         {
             "input": {"path": "unused.parquet"},
             "output": {"path": out},
-            "model": {"name": "toy", "engine": "auto", "device": "cpu"},
+            "model": {"name": "toy", "engine": STREAM_ENGINE, "device": "cpu"},
             "compute": {"shard_timeout": 0.5},
         }
     )
@@ -83,6 +79,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_class: type[St
     return ShardWorker(spec, store, threads=1, run="run-1"), store
 
 
+@pytest.mark.usefixtures("fault_engines")
 def test_a_commit_slower_than_the_timeout_completes_and_is_recorded_as_success(
     tmp_path, monkeypatch
 ):
@@ -99,6 +96,7 @@ def test_a_commit_slower_than_the_timeout_completes_and_is_recorded_as_success(
     assert row == {"shard": [SHARD], "pairs": [4], "error": [""], "fatal": [""]}
 
 
+@pytest.mark.usefixtures("fault_engines")
 def test_a_cancel_during_the_commit_waits_for_it(tmp_path, monkeypatch):
     """Cancelled from outside (here ``wait_for``) while its commit thread runs, the shard's
     call returns only once the commit has ended: nothing of the attempt lands later."""
@@ -117,6 +115,7 @@ def test_a_cancel_during_the_commit_waits_for_it(tmp_path, monkeypatch):
     assert not attempts.fail(store, SHARD, "a1", "cancelled")  # committed: never a failure
 
 
+@pytest.mark.usefixtures("fault_engines")
 def test_a_hang_times_out_commits_nothing_and_is_charged(tmp_path, monkeypatch):
     shard_worker, store = worker(tmp_path, monkeypatch, Store, "POISON-HANG")
     row = asyncio.run(shard_worker({"shard": [SHARD]}))
@@ -126,6 +125,7 @@ def test_a_hang_times_out_commits_nothing_and_is_charged(tmp_path, monkeypatch):
     assert record["cause"] == attempts.OWN_ERROR and record["charged"] is True
 
 
+@pytest.mark.usefixtures("fault_engines")
 def test_an_actor_told_to_stop_records_its_attempts_as_interrupted(tmp_path, monkeypatch):
     """The exit hook (Ray's SIGTERM handler exits through ``sys.exit``): not charged."""
     shard_worker, store = worker(tmp_path, monkeypatch, Store, "")
@@ -178,7 +178,7 @@ def blame_job(tmp: Path, marks: dict[int, str] | None = None) -> tuple[Path, Pat
         "name": "blame",
         "input": {"path": str(tmp / "pairs.parquet")},
         "output": {"path": str(tmp / "out"), "shard_size": DOCS},
-        "model": {"name": "toy", "engine": "auto", "device": "cpu", "max_model_len": 512},
+        "model": {"name": "toy", "engine": STREAM_ENGINE, "device": "cpu", "max_model_len": 512},
         "reasoning": {"max_tokens": 8, "min_reserve": 8},
         "compute": {
             "workers": 2,
@@ -193,13 +193,13 @@ def blame_job(tmp: Path, marks: dict[int, str] | None = None) -> tuple[Path, Pat
     return tmp / "job.yaml", tmp / "out"
 
 
-def env_for(state: Path, **faults: object) -> dict[str, str]:
+def env_for(state: Path, plugins: dict[str, str], **faults: object) -> dict[str, str]:
     import os
 
     state.mkdir(exist_ok=True)
     return {
         **os.environ,
-        **STREAM_ENGINE,
+        **plugins,
         FAULTS_ENV: json.dumps({"state_dir": str(state), **faults}),
     }
 
@@ -240,13 +240,21 @@ def events(state: Path, kind: str) -> int:
 
 
 @pytest.mark.ray
-def test_one_poison_shard_among_twenty_only_it_is_quarantined(tmp_path: Path) -> None:
+def test_one_poison_shard_among_twenty_only_it_is_quarantined(
+    tmp_path: Path, fault_engines: dict[str, str]
+) -> None:
     """Before, each crash charged every shard in flight on the actor: the poison shard's
     co-tenants, rescheduled with it round after round, were quarantined with it."""
     job, out = blame_job(tmp_path, {7: "POISON-CRASH"})
     state = tmp_path / "state"
     start = time.time()
-    done = run_cli("run", str(job), env=env_for(state, pair_seconds=0.05), check=False, timeout=400)
+    done = run_cli(
+        "run",
+        str(job),
+        env=env_for(state, fault_engines, pair_seconds=0.05),
+        check=False,
+        timeout=400,
+    )
     assert done.returncode == EXIT_QUARANTINED, done.stderr[-3000:]
     line = [x for x in done.stderr.splitlines() if x.startswith("rank1-batch: error:")]
     assert len(line) == 1 and "1 shard(s) quarantined" in line[0], done.stderr[-3000:]
@@ -264,14 +272,16 @@ def test_one_poison_shard_among_twenty_only_it_is_quarantined(tmp_path: Path) ->
 
 
 @pytest.mark.ray
-def test_ten_kills_from_outside_quarantine_nothing(tmp_path: Path) -> None:
+def test_ten_kills_from_outside_quarantine_nothing(
+    tmp_path: Path, fault_engines: dict[str, str]
+) -> None:
     """Kills at chosen moments (each after 3 pairs judged since the last, never twice in a
     shard), default three attempts. Before, each kill charged every shard in flight on the
     actor, and healthy shards were quarantined."""
     job, out = blame_job(tmp_path)
     state = tmp_path / "state"
     start = time.time()
-    env = env_for(state, pair_seconds=0.05, kills=10, kill_every=3)
+    env = env_for(state, fault_engines, pair_seconds=0.05, kills=10, kill_every=3)
     done = run_cli("run", str(job), env=env, check=False, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert events(state, "kill") == 10

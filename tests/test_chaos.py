@@ -1,7 +1,7 @@
 """Chaos: whole-attempt commits, bounded attempts, and a job under injected faults and kills.
 
-The fault-injecting engine is a test double (``tests/fault_engine.py``), selected through the
-test-only hook ``RANK1_BATCH_TEST_ENGINE``.
+The fault-injecting engine is a test double (``tests/fault_engine.py``), a plugin engine only
+where the ``fault_engines`` fixture registers it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, QUIET, ROOT, run_cli
-from fault_engine import FAULTS_ENV, FaultInjectingTestEngine
+from fault_engine import BATCH_ENGINE, FAULTS_ENV, FaultInjectingTestEngine
 
 from rank1_batch.core.rows import requests_for
 from rank1_batch.engines.base import EngineOptions
@@ -97,7 +97,7 @@ def test_a_shard_never_commits_one_attempts_scores_with_anothers_traces(tmp_path
     spec = small_spec(out)
     pairs = pairs_table(10)
     Store(out).write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs))
-    engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
+    engine = FaultInjectingTestEngine("unused", EngineOptions(max_model_len=512, max_tokens=8))
     first = engine.judge(requests_for(pairs, spec.reasoning))
     with pytest.raises(KeyboardInterrupt):
         commit_shard(SHARD, whole(pairs), first, engine, DiesAfterScores(out), spec, 1.0)
@@ -125,7 +125,7 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
     pairs = pairs_table(5)
     store = Store(out)
     store.write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs))
-    engine = FaultInjectingTestEngine(EngineOptions(max_model_len=512, max_tokens=8))
+    engine = FaultInjectingTestEngine("unused", EngineOptions(max_model_len=512, max_tokens=8))
     marker = commit_shard(
         SHARD,
         whole(pairs),
@@ -144,11 +144,6 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
 
 
 # -- the job under faults (slow: real Ray, real CLI) -----------------------------------------
-
-FAULT_ENV = {
-    "RANK1_BATCH_TEST_ENGINE": "fault_engine:build",
-    "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
-}
 
 
 def chaos_job(tmp: Path, queries: int, docs: int, **compute: object) -> tuple[Path, Path]:
@@ -178,7 +173,7 @@ def chaos_job(tmp: Path, queries: int, docs: int, **compute: object) -> tuple[Pa
         "name": "chaos",
         "input": {"path": str(tmp / "pairs.parquet")},
         "output": {"path": str(tmp / "out"), "shard_size": docs * 2},
-        "model": {"name": "toy", "engine": "transformers", "device": "cpu", "max_model_len": 512},
+        "model": {"name": "toy", "engine": BATCH_ENGINE, "device": "cpu", "max_model_len": 512},
         "reasoning": {"max_tokens": 8, "min_reserve": 8},
         "compute": {
             "workers": 2,
@@ -194,9 +189,9 @@ def chaos_job(tmp: Path, queries: int, docs: int, **compute: object) -> tuple[Pa
     return tmp / "job.yaml", tmp / "out"
 
 
-def fault_env(state: Path, **faults: object) -> dict[str, str]:
+def fault_env(state: Path, plugins: dict[str, str], **faults: object) -> dict[str, str]:
     state.mkdir(exist_ok=True)
-    return {**os.environ, **FAULT_ENV, FAULTS_ENV: json.dumps({"state_dir": str(state), **faults})}
+    return {**os.environ, **plugins, FAULTS_ENV: json.dumps({"state_dir": str(state), **faults})}
 
 
 def events(state: Path) -> dict[str, int]:
@@ -246,12 +241,12 @@ def check_output(out: Path, input_rows: int) -> dict[str, object]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_poison_shard_is_quarantined_not_retried_forever(tmp_path):
+def test_a_poison_shard_is_quarantined_not_retried_forever(tmp_path, fault_engines):
     """Default: the job ends (exit 3) with one line naming each quarantined shard, its attempts
     and its last error; the crash, the hang (shard_timeout) and the failed start are bounded,
     the flaky pairs' shards commit. Then error_rows completes the job from the records."""
     job, out = chaos_job(tmp_path, queries=12, docs=5)
-    env = fault_env(tmp_path / "state", fail_start_once=True)
+    env = fault_env(tmp_path / "state", fault_engines, fail_start_once=True)
     start = time.time()
     first = run_cli("run", str(job), env=env, check=False, timeout=400)
     assert first.returncode == EXIT_QUARANTINED, first.stderr[-3000:]
@@ -297,7 +292,7 @@ def our_actors(state: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_chaos_kills_and_faults_lose_nothing(tmp_path):
+def test_chaos_kills_and_faults_lose_nothing(tmp_path, fault_engines):
     """At least 20 SIGKILLs of scoring actors and of the driver at seeded random moments, on
     top of a crashing, a hanging and two flaky pairs and a failed start, in error_rows mode:
     each job ends, every pair is accounted exactly once, no shard mixes attempts, and the
@@ -312,7 +307,7 @@ def test_chaos_kills_and_faults_lose_nothing(tmp_path):
             base, queries=40, docs=5, max_shard_attempts=3, on_shard_failure="error_rows"
         )
         state = base / "state"
-        env = {**fault_env(state, fail_start_once=True, pair_seconds=0.1), **QUIET}
+        env = {**fault_env(state, fault_engines, fail_start_once=True, pair_seconds=0.1), **QUIET}
         runs = 0
         while True:
             runs += 1

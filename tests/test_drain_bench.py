@@ -130,3 +130,16 @@ def test_peak_rss_against_a_baseline_tree(tmp_path):
             assert run["arrow_pool_peak_mib"] >= 0
             assert run["peak_rss_mib_runs"] == [run["peak_rss_mib"]]
     assert isinstance(rss["baseline_growth_smallest_to_largest"], float)
+
+
+def test_busy_fractions_against_a_baseline_tree(tmp_path):
+    """``--baseline DIR`` without ``--rss-only``: DIR's stream policy measured in the same run,
+    beside this tree's (here this tree again: the same figures, the virtual clock being
+    deterministic)."""
+    root = Path(__file__).resolve().parents[1]
+    settings = drain_cases.DrainSettings(**{**TINY.__dict__, "shard_sizes": (20,), "rss": False})
+    result = drain_cases.drain(tmp_path, settings, rss_repeats=1, baseline=root)
+    assert result["baseline_code"] == str(root)
+    case = result["sizes"]["20"]
+    assert set(case["baseline_stream"]) == set(case["stream"]) == {"1", "4"}
+    assert case["baseline_stream_over_never_draining"] == case["stream_over_never_draining"]

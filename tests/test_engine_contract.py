@@ -278,3 +278,38 @@ def test_results_are_deterministic(engine: Rank1Engine) -> None:
     for req, together in zip(requests, first, strict=True):
         [alone] = engine.judge([req])
         _same(together, alone, tol)
+
+
+# -- engines found by name --------------------------------------------------------------------
+
+
+def test_plugin_engines_are_found_by_name(fault_engines: dict[str, str]) -> None:
+    """An installed distribution's entry points (group ``rank1_batch.engines``) are engines a
+    job may name; any other name is one error naming the field and the engines there are."""
+    from fault_engine import BATCH_ENGINE, STREAM_ENGINE, FaultInjectingStreamEngine
+
+    from rank1_batch.engines import engine_class, streams
+    from rank1_batch.job.load import spec_from_mapping
+    from rank1_batch.job.spec import JobError, engine_names
+
+    assert set(engine_names()) == {"auto", "transformers", "vllm", BATCH_ENGINE, STREAM_ENGINE}
+    job = {"input": {"path": "in.parquet"}, "output": {"path": "out"}}
+    spec = spec_from_mapping({**job, "model": {"name": "toy", "engine": STREAM_ENGINE}})
+    assert spec.model.engine == STREAM_ENGINE
+    assert engine_class(STREAM_ENGINE) is FaultInjectingStreamEngine
+    assert streams(STREAM_ENGINE) and streams("vllm") and streams("auto")
+    assert not streams(BATCH_ENGINE) and not streams("transformers")
+    with pytest.raises(JobError) as refused:
+        spec_from_mapping({**job, "model": {"name": "toy", "engine": "onnx"}})
+    (line,) = str(refused.value).splitlines()
+    assert line.startswith("<job>: model.engine: unknown engine; choose one of auto, ")
+    assert STREAM_ENGINE in line and "(got 'onnx')" in line
+
+
+def test_the_test_doubles_are_no_engines_without_their_fixture() -> None:
+    from fault_engine import BATCH_ENGINE, STREAM_ENGINE
+
+    from rank1_batch.job.spec import engine_names
+
+    assert engine_names() == ["auto", "transformers", "vllm"]
+    assert BATCH_ENGINE not in engine_names() and STREAM_ENGINE not in engine_names()

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rank1_batch.core import rank1
-from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, StreamEngine
+from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import layout
 from rank1_batch.io.store import Store, parquet_bytes
 from rank1_batch.job.load import spec_from_mapping
@@ -144,16 +145,17 @@ def test_streamed_shards_commit_the_same_rows_as_process_shard(tmp_path) -> None
     assert [m.to_dict() for m in again] == [m.to_dict() for m in markers]
 
 
-def test_shards_open_only_when_the_engine_runs_short_of_queued_work(tmp_path) -> None:
+def test_shards_in_flight_share_one_bound_on_requests(tmp_path) -> None:
     spec, store, shards = _job(tmp_path, 120, 20)
     engine = SleepyStreamEngine(max_in_flight=8)
     streamer = ShardStreamer(engine, store, spec)
     markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=6))
     assert [m.rows for m in markers] == [20] * 6
-    # 20 queued requests per shard against a cap of 9: a second shard opens as the first
-    # one's queue runs short, never all six at once.
-    assert 2 <= streamer.peak_open_shards < 6
-    assert streamer.waiting == 0 and streamer.in_flight == 0 and streamer.open_shards == 0
+    # Six shards open at once (the actor's concurrency), 120 requests to make against one cap
+    # of 9: the engine never runs more than the cap, and reaches it.
+    assert streamer.peak_open_shards == 6
+    assert engine.peak == streamer.peak_in_flight == streamer.max_requests == 9
+    assert streamer.in_flight == 0 and streamer.open_shards == 0
 
 
 def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
@@ -164,7 +166,36 @@ def test_a_failing_request_fails_its_shard_without_a_marker(tmp_path) -> None:
         asyncio.run(score_shards(streamer, shards, shards_in_flight=1))
     assert not store.exists(layout.marker_path(shards[0]))
     assert engine.peak <= 3
-    assert streamer.waiting == 0 and streamer.in_flight == 0  # the books balance
+    assert streamer.in_flight == 0 and streamer.open_shards == 0  # the books balance
+
+
+def test_a_stream_engine_serves_one_event_loop() -> None:
+    """The first loop that drives an engine owns it; its synchronous methods drive it on a
+    loop of its own, never beside a caller's loop."""
+    request = JudgeRequest("query 1", "passage number 1")
+
+    async def judge_one(engine: StreamEngine) -> rank1.Judgement:
+        return await engine.judge_one(request)
+
+    driven = SleepyStreamEngine()
+    first = asyncio.run(judge_one(driven))
+    with pytest.raises(RuntimeError, match="second event loop"):
+        asyncio.run(judge_one(driven))
+    with pytest.raises(RuntimeError, match="caller's event loop"):
+        driven.judge([request])
+    own = SleepyStreamEngine()
+    assert own.judge([request]) == own.judge([request]) == [first]  # one loop, every call
+    with pytest.raises(RuntimeError, match="second event loop"):
+        asyncio.run(judge_one(own))
+
+    async def sync_inside_a_loop() -> None:
+        own.judge([request])
+
+    with pytest.raises(RuntimeError, match="running event loop"):
+        asyncio.run(sync_inside_a_loop())
+    own.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        own.judge([request])
 
 
 def test_caps_must_be_positive(tmp_path) -> None:

@@ -124,6 +124,24 @@ def completion(text, tokens, positions, finish, stop=None, flat=False) -> Reques
 # -- Generation and answer adapters ----------------------------------------------------------
 
 
+def reference_generation(output: Any) -> Generation:
+    """The reference's pass 1 (one request: stop strings ``</think> true``/``</think> false``,
+    top-20 logprobs for every token) read as a :class:`Generation`, through the engine's pure
+    adapters: what the tests hold :func:`vp.stream_pass1` to. vLLM cuts a matched stop string
+    from ``.text`` but keeps the token that completed it in ``.token_ids`` and ``.logprobs``,
+    so the last position holds the answer distribution."""
+    completions = getattr(output, "outputs", None) or []
+    if not completions:
+        return ve.failed_generation()
+    comp = completions[0]
+    finish, stopped = ve.finish_of(comp.finish_reason, comp.stop_reason)
+    if finish == ve.FINISH_ENGINE_ERROR:
+        return ve.failed_generation()
+    count = len(comp.token_ids or ())
+    last = ve.last_position_logprobs(comp.logprobs) if count else None
+    return Generation(comp.text or "", count, last, stopped=stopped, finish_reason=finish)
+
+
 @pytest.mark.parametrize("flat", [False, True], ids=["dicts", "flat"])
 def test_stopped_output_is_complete(flat: bool) -> None:
     # vLLM cut "</think> true" from the text; the answer token stays in token_ids/logprobs.
@@ -140,7 +158,7 @@ def test_stopped_output_is_complete(flat: bool) -> None:
         "</think> true",
         flat=flat,
     )
-    gen = ve.generation_from_output(out)
+    gen = reference_generation(out)
     assert gen == Generation(
         "The query is about x. They match.\n",
         4,
@@ -157,7 +175,7 @@ def test_stopped_output_is_complete(flat: bool) -> None:
 
 def test_length_capped_output_is_incomplete() -> None:
     out = completion("Thinking and thinking", [OTHER] * 3, [position(other=-0.3)] * 3, "length")
-    gen = ve.generation_from_output(out)
+    gen = reference_generation(out)
     assert (gen.token_count, gen.stopped, gen.finish_reason) == (3, False, "length")
     assert (
         rank1.complete_or_none(
@@ -172,21 +190,21 @@ def test_eos_is_not_a_stop_string(stop_reason: int | None) -> None:
     out = completion(
         "done", [OTHER, 0], [position(other=-0.1), position(other=-0.5)], "stop", stop_reason
     )
-    gen = ve.generation_from_output(out)
+    gen = reference_generation(out)
     assert (gen.stopped, gen.finish_reason) == (False, ve.FINISH_EOS)
 
 
 def test_missing_and_empty_outputs() -> None:
-    no_logprobs = ve.generation_from_output(completion("abc", [OTHER], None, "length"))
+    no_logprobs = reference_generation(completion("abc", [OTHER], None, "length"))
     assert no_logprobs.last_top is None and no_logprobs.token_count == 1
-    empty = ve.generation_from_output(completion("", [], [], "length"))
+    empty = reference_generation(completion("", [], [], "length"))
     assert (empty.text, empty.token_count, empty.last_top) == ("", 0, None)
     assert ve.last_position_logprobs(FlatLogprobs()) is None
     nothing = RequestOutput("0", None, [1], None, [])
-    assert ve.generation_from_output(nothing).finish_reason == ve.FINISH_ENGINE_ERROR
+    assert reference_generation(nothing).finish_reason == ve.FINISH_ENGINE_ERROR
     assert ve.answer_from_output(nothing, TRUE, FALSE) is None
     aborted = completion("", [], [], "abort")
-    assert ve.generation_from_output(aborted).finish_reason == ve.FINISH_ENGINE_ERROR
+    assert reference_generation(aborted).finish_reason == ve.FINISH_ENGINE_ERROR
 
 
 def test_forced_processed_logprobs_hold_both_answers() -> None:
@@ -354,7 +372,7 @@ async def reference_pass1(script: list[str], budget: int) -> Generation:
     prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
     sp = ve.forced_sampling(TRUE, FALSE) | {"max_tokens": budget, "stop": list(rank1.STOP_STRINGS)}
     sp.pop("allowed_token_ids")
-    return ve.generation_from_output(scripted_response(script, prompt, tok.decode(prompt), sp, tok))
+    return reference_generation(scripted_response(script, prompt, tok.decode(prompt), sp, tok))
 
 
 async def streamed_pass1(script: list[str], budget: int) -> tuple[Generation, list[Any]]:
@@ -529,9 +547,9 @@ def test_error_classification() -> None:
 
 def test_refused_prompt_is_marked_as_an_engine_error() -> None:
     for failed in (RequestOutput("0", None, [1], None, []), completion("", [], [], "abort")):
-        gen = ve.generation_from_output(failed)
+        gen = reference_generation(failed)
         assert (gen.finish_reason, gen.error) == (ve.FINISH_ENGINE_ERROR, rank1.ENGINE_ERROR)
-    fine = ve.generation_from_output(completion("ok.", [OTHER], None, "length"))
+    fine = reference_generation(completion("ok.", [OTHER], None, "length"))
     assert fine.error is None
 
 
@@ -553,15 +571,17 @@ def test_sampling_params_follow_the_reference() -> None:
     assert forced["logprobs"] >= 2 and forced["temperature"] == 0.0
 
 
-def test_llm_kwargs() -> None:
-    kw = ve.llm_kwargs("jhu-clsp/rank1-7b", max_model_len=16000, engine_args={"max_num_seqs": 512})
+def test_engine_kwargs() -> None:
+    kw = ve.engine_kwargs(
+        "jhu-clsp/rank1-7b", max_model_len=16000, engine_args={"max_num_seqs": 512}
+    )
     assert kw["logprobs_mode"] == "processed_logprobs" and kw["enable_prefix_caching"] is True
     assert kw["dtype"] == "float16" and kw["max_num_seqs"] == 512 and "load_format" not in kw
     assert kw["max_model_len"] == 16000 and kw["tensor_parallel_size"] == 1
-    s3 = ve.llm_kwargs("s3://bucket/rank1-7b", max_model_len=100, dtype="bfloat16")
+    s3 = ve.engine_kwargs("s3://bucket/rank1-7b", max_model_len=100, dtype="bfloat16")
     assert s3["load_format"] == "runai_streamer" and s3["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="logprobs_mode"):
-        ve.llm_kwargs("m", max_model_len=100, engine_args={"logprobs_mode": "raw_logprobs"})
+        ve.engine_kwargs("m", max_model_len=100, engine_args={"logprobs_mode": "raw_logprobs"})
 
 
 MINIMAL = {"input": {"path": "in.parquet"}, "output": {"path": "out"}, "model": {"name": "m"}}

@@ -7,27 +7,22 @@ prompt building, truncation, the completeness rule, the forced prompt or the fal
 
 Two shapes of engine share those steps (:meth:`Rank1Engine.fit`, ``budget``, ``after_pass1``,
 ``forced_prompt``, ``after_forced``): a batch engine (transformers) implements ``generate`` and
-``answer`` over lists and is judged a batch at a time; a :class:`StreamEngine` (vLLM's
-``AsyncLLM``) implements ``generate_one``/``answer_one`` and each pair runs
-:meth:`StreamEngine.judge_one` on its own, its forced pass following its pass 1 at once.
+``answer`` over lists and is judged a batch at a time; a stream engine
+(:class:`rank1_batch.engines.stream_engine.StreamEngine`, vLLM's ``AsyncLLM``) implements
+``generate_one``/``answer_one`` and each pair is judged on its own.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
-import threading
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from rank1_batch.core import modes, rank1
 from rank1_batch.core.rows import JudgeRequest
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ def _answered(
 
 class Rank1Engine(abc.ABC):
     """Base class: subclasses implement the primitives; the Rank1 steps and the batch
-    ``judge`` are shared (and :class:`StreamEngine` reuses the same steps per pair)."""
+    ``judge`` are shared (and the stream engine reuses the same steps per pair)."""
 
     name: str = "base"
 
@@ -132,7 +127,7 @@ class Rank1Engine(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model (engines holding GPUs override this)."""
 
-    # -- the shared protocol: Rank1 steps, used by the batch ``judge`` and the async ``judge_one``
+    # -- the shared protocol: Rank1 steps, used by the batch ``judge`` and the stream engine
     def fit(self, request: JudgeRequest) -> rank1.FittedPrompt | rank1.Judgement:
         """The prompt cut to leave the reasoning reserve, or an ``error`` row if it cannot fit."""
         opts = self.options
@@ -273,108 +268,3 @@ class Rank1Engine(abc.ABC):
 
 NO_GENERATION = Generation("", 0, None, stopped=False, finish_reason="length")
 NO_REASONING = Generation("", 0, None, stopped=False, finish_reason=rank1.DIRECT)
-
-
-class StreamEngine(Rank1Engine):
-    """An engine that takes one request at a time (vLLM's ``AsyncLLM``): the executor keeps
-    many pairs in flight and each pair runs :meth:`judge_one`, so a pair's forced pass starts
-    as soon as its pass 1 ends and nothing waits for the rest of a batch.
-
-    Subclasses implement :meth:`generate_one` and :meth:`answer_one`. The batch methods
-    (``generate``, ``answer``, ``judge``) are synchronous adapters over them, run on a private
-    event loop, so ``process_shard`` and the engine contract suite drive a stream engine too.
-    """
-
-    max_in_flight: int = 256
-    """Sequences the engine runs at once (vLLM: ``max_num_seqs``)."""
-
-    _sync_loop: asyncio.AbstractEventLoop | None = None
-    _sync_thread: threading.Thread | None = None
-
-    @abc.abstractmethod
-    async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
-        """Pass 1 of one prompt: greedy, at most ``budget`` new tokens (≥ 1), ending where
-        the reference's stop strings would; ``last_top`` the top logprobs at the last
-        position, and no other logprobs kept."""
-
-    @abc.abstractmethod
-    async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
-        """Forced pass of one prompt: one token restricted to the two answer ids."""
-
-    async def judge_one(self, request: JudgeRequest) -> rank1.Judgement:
-        """One pair through the shared protocol: fit, pass 1, its forced pass at once."""
-        fp = self.fit(request)
-        if isinstance(fp, rank1.Judgement):
-            return fp
-        budget = self.budget(fp)
-        gen = await self.generate_one(fp.token_ids, budget) if budget > 0 else NO_GENERATION
-        done = self.after_pass1(fp, gen)
-        if done is not None:
-            return done
-        return self.after_forced(fp, gen, await self.answer_one(self.forced_prompt(fp, gen)))
-
-    async def judge_direct_one(self, request: JudgeRequest) -> rank1.Judgement:
-        """One pair without reasoning: fit, then its one-token answer pass."""
-        fp = self.fit(request)
-        if isinstance(fp, rank1.Judgement):
-            return fp
-        return self.after_direct(fp, await self.answer_one(self.direct_prompt(fp)))
-
-    # -- synchronous adapters -------------------------------------------------------------------
-    def home_loop(self) -> asyncio.AbstractEventLoop:
-        """This engine's private event loop (a daemon thread), started on first use."""
-        if self._sync_loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name=f"{self.name}-engine-loop", daemon=True
-            )
-            thread.start()
-            self._sync_loop, self._sync_thread = loop, thread
-        return self._sync_loop
-
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the engine's own loop and wait (never from that loop itself)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.home_loop()).result()
-
-    async def on_home_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` on the engine's own loop from any loop: engines bound to one loop
-        (vLLM's ``AsyncLLM``) serve the Ray actor's loop and a test's ``asyncio.run`` alike.
-        Cancelling the caller cancels ``coro`` (vLLM then aborts the request)."""
-        loop = self.home_loop()
-        if asyncio.get_running_loop() is loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    def stop_sync_loop(self) -> None:
-        loop, self._sync_loop = self._sync_loop, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            if self._sync_thread is not None:
-                self._sync_thread.join(timeout=10)
-
-    def generate(
-        self, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
-    ) -> list[Generation]:
-        if len(prompts) != len(budgets):
-            raise ValueError("prompts and budgets differ in length")
-
-        async def one(prompt: Sequence[int], budget: int) -> Generation:
-            return await self.generate_one(prompt, budget) if budget > 0 else NO_GENERATION
-
-        return self.run_sync(_gather([one(p, b) for p, b in zip(prompts, budgets, strict=True)]))
-
-    def answer(self, prompts: Sequence[Sequence[int]]) -> list[Mapping[int, float] | None]:
-        return self.run_sync(_gather([self.answer_one(p) for p in prompts]))
-
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        return self.run_sync(_gather([self.judge_one(r) for r in requests]))
-
-    def judge_direct(self, requests: Sequence[JudgeRequest]) -> list[rank1.Judgement]:
-        return self.run_sync(_gather([self.judge_direct_one(r) for r in requests]))
-
-    def close(self) -> None:
-        self.stop_sync_loop()
-
-
-async def _gather(coros: Sequence[Awaitable[T]]) -> list[T]:
-    return list(await asyncio.gather(*coros))

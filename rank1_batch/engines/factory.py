@@ -1,22 +1,18 @@
 """Which engine a job gets, and how it is built from the job file.
 
 The actors receive a spec whose ``auto`` settings the driver resolved
-(:mod:`rank1_batch.job.resolve`) and build exactly that engine; the model folder is
-found where the engine runs (the one on that node).
+(:mod:`rank1_batch.job.resolve`) and build exactly that engine, a built-in or a plugin found
+by its name (:mod:`rank1_batch.engines`); the model folder is found where the engine runs
+(the one on that node).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rank1_batch.engines.base import EngineOptions, Rank1Engine
 from rank1_batch.job.resolve import local_platform, resolve_spec
 from rank1_batch.job.spec import JobSpec
-
-# Test-only hook: ``module:function`` building a test double from the engine options (the
-# chaos suite's fault-injecting engine). A job file cannot select it; nothing sets it but tests.
-TEST_ENGINE_ENV = "RANK1_BATCH_TEST_ENGINE"
 
 
 def model_path(spec: JobSpec) -> str:
@@ -45,17 +41,10 @@ def engine_options(spec: JobSpec) -> EngineOptions:
 
 
 def build_engine(spec: JobSpec, path: str) -> Rank1Engine:
+    """The engine ``spec.model.engine`` names, for the model at ``path``: every engine gets
+    ``revision``, ``dtype``, ``device`` and ``model_id``; vLLM its own options too."""
     from rank1_batch.engines import make_engine
 
-    test_engine = os.environ.get(TEST_ENGINE_ENV)
-    if test_engine:
-        import importlib
-
-        module, _, function = test_engine.partition(":")
-        built: Rank1Engine = getattr(importlib.import_module(module), function)(
-            engine_options(spec)
-        )
-        return built
     spec = resolve_spec(spec, local_platform)  # a driver-resolved spec is kept as it is
     kind = spec.model.engine
     m = spec.model

@@ -1,4 +1,4 @@
-"""The model's files, fetched once per node before the scoring actors start (issue 11).
+"""The model's files, fetched once per node before the scoring actors start.
 
 ``model.name`` is one of:
 

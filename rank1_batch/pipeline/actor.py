@@ -1,7 +1,9 @@
 """The scoring actor of the Ray executor (:mod:`rank1_batch.pipeline.pool`).
 
 An async callable class (``async def __call__``), the pattern Ray Data runs on one event loop
-per actor and ``ray.data.llm`` uses for vLLM. With a stream engine (vLLM's ``AsyncLLM``) the
+per actor and ``ray.data.llm`` uses for vLLM. The engine is built in the constructor, outside
+any loop, and a stream engine (vLLM's ``AsyncLLM``) then runs on that one loop, the loop of
+every ``__call__``, with no thread between (:mod:`rank1_batch.engines.stream_engine`): the
 actor takes ``compute.shards_in_flight`` shards at once and each goes through
 :class:`rank1_batch.pipeline.stream.ShardStreamer`, so the engine never drains between
 shards. A batch engine (transformers) runs :func:`rank1_batch.pipeline.score.process_shard`
@@ -25,8 +27,8 @@ import os
 import threading
 from typing import Any
 
-from rank1_batch.engines.base import StreamEngine
 from rank1_batch.engines.factory import build_engine, model_path
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import OutputUnwritable, Store
 from rank1_batch.job.spec import JobSpec

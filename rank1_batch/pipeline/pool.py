@@ -7,7 +7,7 @@ The actor (:class:`rank1_batch.pipeline.actor.ShardWorker`) takes ``compute.shar
 shards at once with a stream engine (actor ``max_concurrency`` and
 ``max_tasks_in_flight_per_actor``), one with a batch engine.
 
-Failures (issue 11): the actor records each failed attempt and returns it as a failed row, so
+Failures: the actor records each failed attempt and returns it as a failed row, so
 one shard never fails the others. Ray's own retries are bounded: an actor that dies is
 restarted (a bounded number of times per round) but its task is not retried
 (``max_task_retries=0``), and the dataset keeps going past failed tasks
@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rank1_batch.core.progress import Progress
-from rank1_batch.engines import model_cache
+from rank1_batch.engines import model_cache, streams
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import OutputUnwritable, Store
 from rank1_batch.job.resolve import vllm_ray_backend, worker_gpus
@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 
 def shards_per_actor(spec: JobSpec) -> int:
-    """Shards one actor takes at once: ``compute.shards_in_flight`` where the engine may be the
-    stream engine (vLLM; ``auto`` is resolved in the actor), 1 for transformers."""
-    return 1 if spec.model.engine == "transformers" else spec.compute.shards_in_flight
+    """Shards one actor takes at once: ``compute.shards_in_flight`` where the engine may be a
+    stream engine (vLLM; ``auto`` is resolved in the actor), 1 for a batch engine."""
+    return spec.compute.shards_in_flight if streams(spec.model.engine) else 1
 
 
 def init_ray(spec: JobSpec) -> None:

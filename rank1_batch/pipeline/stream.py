@@ -1,44 +1,45 @@
-"""Shards in, a stream of requests out: the scheduling code of the streaming engine.
+"""Shards in, a stream of requests out: the streaming engine's executor.
 
 A shard stays the unit of commit and recovery, never the unit the engine waits on. The
 :class:`ShardStreamer` judges every pair of a shard as its own request
-(:meth:`~rank1_batch.engines.base.StreamEngine.judge_one`: pass 1, then that pair's forced
-pass at once), several shards at a time, all sharing one cap on requests in flight. The cap
-sits a little above what the engine runs at once (``max_in_flight``, vLLM's ``max_num_seqs``),
-as ``ray.data.llm`` does, so the engine always has queued work while one shard's last pairs
-finish and the next shard's first pairs start. A shard commits through the one commit body
-(:func:`rank1_batch.pipeline.score.commit_shard`) when its last pair is judged; storage I/O
-runs in a thread so the event loop keeps feeding the engine meanwhile.
+(:meth:`~rank1_batch.engines.stream_engine.StreamEngine.judge_one`: pass 1, then that pair's
+forced pass at once), and several shards at a time: the Ray actor
+(:class:`rank1_batch.pipeline.pool.ShardWorker`) runs ``compute.shards_in_flight`` calls of
+:meth:`ShardStreamer.score_shard` at once on its event loop (Ray Data's actor concurrency);
+:func:`score_shards` is the same without Ray, for tests and benchmarks.
 
-The cap is an ``asyncio.Semaphore``, and passes take its slots in the order they started
-(``_LoopState.turns``): pairs of the shard that started first are served first, so shards
-finish roughly in the order they started instead of all at the end.
+Admission is one bound, as in ``ray.data.llm``: an ``asyncio.Semaphore`` of ``max_requests``
+slots, a little above what the engine runs at once (``max_in_flight``, vLLM's
+``max_num_seqs``), shared by every shard in flight. A request holds a slot from the moment it
+is made until its judgement is put away, so the engine always has queued work while one
+shard's last pairs finish and the next shard's first pairs start. A shard commits through the
+one commit body (:func:`rank1_batch.pipeline.score.commit_shard`) when its last pair is judged;
+storage I/O runs in a thread so the event loop keeps feeding the engine meanwhile.
 
-Shards are opened on demand: of the ``shards_in_flight`` shards the actor may hold, a new one
-is read and queued only when fewer than ``max_requests`` requests of the open shards are still
-waiting for a slot. With long-tailed reasoning a shard stays open for its slowest pair long
-after its bulk is done; the next shards keep the engine full meanwhile (small shards need
-several open at once, large ones two), and a shard is never read before the engine needs it.
+The bound is all the scheduling there is. Its waiters are served in turn, so the shards in
+flight share the slots round robin and tend to finish together. Measured on a simulated
+256-slot engine (``benchmarks/drain_cases.py``), that keeps the engine 0.976 / 0.988 / 0.994
+as busy as a never-draining one at the default ``shards_in_flight`` 8 with 500 / 2,000 /
+8,000-pair shards, the target being 0.95; the scheduler it replaced (slots to the oldest
+shard first, shards opened when the queue ran short) got 1.00 at each. With fewer shards in
+flight the difference grows (3 shards of 2,000 pairs: 0.93 against 1.00): raise
+``shards_in_flight`` rather than order the requests.
 
-Memory does not grow with the shard size or the reasoning budget. A pair's request (prompt,
-task) is made only when it gets a slot; each finished judgement goes at once into the shard's
-:class:`~rank1_batch.pipeline.judged.JudgedRows` (scalars in memory, reasoning text in a
-node-local spill file); once a shard's last request is sent its query and passage texts are
-dropped, leaving its ids for the commit. So an actor holds the requests in flight, the input
-tables of shards still sending requests, and about 100 bytes a pair of open shards; no
-per-token logprobs anywhere.
+Memory does not grow with the reasoning budget, nor with the shard size beyond the shards'
+input tables. A pair's request (prompt, task) is made only when it takes a slot; each finished
+judgement goes at once into the shard's :class:`~rank1_batch.pipeline.judged.JudgedRows`
+(scalars in memory, reasoning text in a node-local spill file); once a shard's last request
+is made its query and passage texts are dropped, leaving its ids for the commit. So an actor
+holds the requests in flight, the input tables of the shards still making requests, and
+about 100 bytes a pair of open shards; no per-token logprobs anywhere.
 
-The Ray actor (:class:`rank1_batch.pipeline.pool.ShardWorker`) calls
-:meth:`ShardStreamer.score_shard` from its async ``__call__``, one call per shard, with
-``compute.shards_in_flight`` calls at once; :func:`score_shards` is the same thing without
-Ray, for tests and benchmarks.
+``compute.shard_timeout`` bounds a shard's reading, its waits for slots and its judging,
+never its commit: once the commit thread has begun it runs to its end (:func:`run_to_end`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -47,8 +48,8 @@ from typing import TypeVar
 import pyarrow as pa
 
 from rank1_batch.core import modes, rank1
-from rank1_batch.core.rows import requests_for
-from rank1_batch.engines.base import JudgeRequest, StreamEngine
+from rank1_batch.core.rows import JudgeRequest, requests_for
+from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import commit
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
@@ -66,7 +67,8 @@ def default_max_requests(max_in_flight: int) -> int:
 
 
 class ShardStreamer:
-    """Scores whole shards on one :class:`StreamEngine`, pairs streamed to it one by one."""
+    """Scores whole shards on one stream engine, pairs streamed to it one by one; serves the
+    engine's event loop (the first that drives it)."""
 
     def __init__(
         self,
@@ -80,33 +82,14 @@ class ShardStreamer:
             raise ValueError(f"max_requests must be at least 1, not {max_requests}")
         self.engine, self.store, self.spec = engine, store, spec
         self.max_requests = max_requests or default_max_requests(engine.max_in_flight)
-        self._state: _LoopState | None = None
+        self._slots: asyncio.Semaphore | None = None  # made on the loop, at first use
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.waiting = 0  # requests of open shards not yet holding a slot
         self.open_shards = 0
         self.peak_open_shards = 0
 
-    def _loop_state(self) -> _LoopState:
-        """Cap and admission, one set per event loop (a Ray actor has one; each
-        ``asyncio.run`` makes a new one)."""
-        loop = asyncio.get_running_loop()
-        if self._state is None or self._state.loop is not loop:
-            self._state = _LoopState(loop, self.max_requests)
-        return self._state
-
-    async def _admit(self, state: _LoopState) -> None:
-        """Wait until the queued requests of the open shards fall below the cap: a new shard
-        is opened only when the engine is about to run out of queued work, so shards whose
-        stragglers are still running do not stop it, and no shard is read before it is
-        needed."""
-        while self.waiting >= self.max_requests:
-            state.changed.clear()
-            await state.changed.wait()
-
     async def _stream(
         self,
-        state: _LoopState,
         judge: Callable[[JudgeRequest], Awaitable[rank1.Judgement]],
         requests: _Requests,
         indices: Sequence[int],
@@ -115,48 +98,30 @@ class ShardStreamer:
         last: bool,
     ) -> None:
         """Judge ``requests[i]`` for each ``i`` of ``indices``, handing each judgement to
-        ``done(i, judgement)`` as it completes. ``indices`` are already counted as waiting.
-        ``last``: the shard's last pass, after whose last request its query and passage
-        texts are dropped (its stragglers may run for minutes yet).
-
-        A request is built and its task created only when it gets a slot, so an open shard
-        holds its input table and its finished rows (spilled), never a prompt and a
-        coroutine per pair. Passes take slots in the order they started (``state.turns``):
-        the oldest pass with pairs left gets every slot that frees, as a FIFO queue of all
-        its requests would, so shards finish roughly in the order they started.
-        """
-        if not indices:
+        ``done(i, judgement)`` as it completes. Each request is made, and its task created,
+        only once it holds a slot. ``last``: the shard's last pass, after whose last request
+        its query and passage texts are dropped (its stragglers may run for minutes yet)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_requests)
+        slots = self._slots
+        # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
+        # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
+        async with asyncio.TaskGroup() as group:
+            for i in indices:
+                await slots.acquire()
+                try:
+                    request = requests[i]
+                except BaseException:
+                    slots.release()
+                    raise
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                task = group.create_task(self._one(judge, request, i, done))
+                # A callback, not a ``finally`` in the task: a task cancelled before it
+                # first runs never enters its body.
+                task.add_done_callback(self._release)
             if last:
                 requests.close()
-            return
-        turn = state.take_turn()
-        sent = 0
-        try:
-            # A TaskGroup: if one pair raises (an engine failure), its siblings are cancelled
-            # and the shard fails as a whole; Ray retries it. What one pair causes is a row.
-            async with asyncio.TaskGroup() as group:
-                try:
-                    await turn.wait()
-                    for i in indices:
-                        request = requests[i]
-                        await state.slots.acquire()
-                        sent += 1
-                        self.waiting -= 1
-                        state.changed.set()
-                        self.in_flight += 1
-                        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                        task = group.create_task(self._one(judge, request, i, done))
-                        # A callback, not a ``finally`` in the task: a task cancelled
-                        # before it first runs never enters its body.
-                        task.add_done_callback(functools.partial(self._release, state))
-                    if last:
-                        requests.close()
-                finally:
-                    state.pass_turn(turn)
-        finally:
-            if sent < len(indices):  # cancelled before every request got a slot
-                self.waiting -= len(indices) - sent
-                state.changed.set()
 
     @staticmethod
     async def _one(
@@ -167,17 +132,15 @@ class ShardStreamer:
     ) -> None:
         done(i, await judge(request))
 
-    def _release(self, state: _LoopState, _task: asyncio.Task[None]) -> None:
+    def _release(self, _task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
-        state.slots.release()
+        assert self._slots is not None
+        self._slots.release()
 
-    async def judge_pairs(
-        self, state: _LoopState, requests: _Requests, query_ids: pa.Array, rows: JudgedRows
-    ) -> None:
+    async def judge_pairs(self, requests: _Requests, query_ids: pa.Array, rows: JudgedRows) -> None:
         """The streaming twin of :meth:`Rank1Engine.judge_pairs`: the same plan
         (:mod:`rank1_batch.core.modes`), each pass's pairs streamed one request at a time, each
-        final judgement put into ``rows`` (spilled) the moment it exists. The pairs are
-        already counted as waiting (admission); a cascade's second pass adds its own."""
+        final judgement put into ``rows`` (spilled) the moment it exists."""
         mode = self.spec.reasoning_mode
         n = len(requests)
         if mode.mode == rank1.THINK:
@@ -185,14 +148,13 @@ class ShardStreamer:
             def reasoned_only(i: int, j: rank1.Judgement) -> None:
                 rows.put(i, modes.combine(None, j))
 
-            judge = self.engine.judge_one
-            await self._stream(state, judge, requests, range(n), reasoned_only, last=True)
+            await self._stream(self.engine.judge_one, requests, range(n), reasoned_only, last=True)
             return
         # The direct pass's judgements carry no reasoning: a shard's worth stays in memory
         # until the plan has chosen which pairs to reason about.
         direct: list[rank1.Judgement] = [_PENDING] * n
         await self._stream(
-            state, self.engine.judge_direct_one, requests, range(n), direct.__setitem__, last=False
+            self.engine.judge_direct_one, requests, range(n), direct.__setitem__, last=False
         )
         chosen = modes.reasoned_pairs(
             mode.mode, query_ids.to_pylist(), direct, top_k=mode.top_k, margin=mode.margin
@@ -201,33 +163,29 @@ class ShardStreamer:
         for i in range(n):
             if i not in picked:
                 rows.put(i, modes.combine(direct[i], None))
-        self.waiting += len(chosen)
 
         def both(i: int, j: rank1.Judgement) -> None:
             rows.put(i, modes.combine(direct[i], j))
 
-        await self._stream(state, self.engine.judge_one, requests, chosen, both, last=True)
+        await self._stream(self.engine.judge_one, requests, chosen, both, last=True)
 
     async def score_shard(
         self, shard: str, attempt: str = "", timeout: float | None = None
     ) -> commit.Marker:
         """Judge every pair of ``shard`` and commit it; the existing marker if already done.
 
-        ``timeout`` bounds the judging (``TimeoutError``), never the commit: once the commit
-        thread has begun it runs to its end, even when this call is cancelled meanwhile (a
-        thread cannot be stopped, and a marker landing after the attempt was recorded as
-        failed would make the record lie). The cancellation is raised after it."""
+        ``timeout`` bounds the reading, the waits for slots and the judging
+        (``TimeoutError``), never the commit: once the commit thread has begun it runs to its
+        end, even when this call is cancelled meanwhile (a thread cannot be stopped, and a
+        marker landing after the attempt was recorded as failed would make the record lie).
+        The cancellation is raised after it."""
         done = await asyncio.to_thread(committed_marker, shard, self.store)
         if done is not None:
             return done
-        state = self._loop_state()
-        deadline = None if timeout is None else state.loop.time() + timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        start = time.perf_counter()
         async with asyncio.timeout_at(deadline):
-            async with state.admission:  # one shard admitted at a time, in arrival order
-                await self._admit(state)
-                start = time.perf_counter()
-                work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
-                self.waiting += work.to_judge.num_rows
+            work = await asyncio.to_thread(read_work, shard, self.store, self.spec, self.engine)
         requests = _Requests(work.to_judge, self.spec)
         work = work.ids_only()  # what the commit reads; the texts live on in ``requests``
         self.open_shards += 1
@@ -237,7 +195,7 @@ class ShardStreamer:
         with JudgedRows(work.to_judge.num_rows) as rows:
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self.judge_pairs(state, requests, work.to_judge.column("query_id"), rows)
+                    await self.judge_pairs(requests, work.to_judge.column("query_id"), rows)
                 del requests
             finally:
                 self.open_shards -= 1
@@ -307,29 +265,6 @@ class _Requests:
             self._block = requests_for(self.pairs.slice(first, self.BLOCK), self.spec.reasoning)
             self._first = first
         return self._block[i - first]
-
-
-class _LoopState:
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_requests: int) -> None:
-        self.loop = loop
-        self.slots = asyncio.Semaphore(max_requests)
-        self.admission = asyncio.Lock()
-        self.changed = asyncio.Event()
-        self.turns: collections.deque[asyncio.Event] = collections.deque()
-
-    def take_turn(self) -> asyncio.Event:
-        """A place at the back of the queue of passes waiting to send requests; the event is
-        set when it reaches the front."""
-        turn = asyncio.Event()
-        self.turns.append(turn)
-        if self.turns[0] is turn:
-            turn.set()
-        return turn
-
-    def pass_turn(self, turn: asyncio.Event) -> None:
-        self.turns.remove(turn)
-        if self.turns:
-            self.turns[0].set()
 
 
 async def score_shards(
