@@ -117,7 +117,7 @@ def _run_held(
         log.info(console.CONSTRUCTOR_NOTE)
         if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
             reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
-        settle(spec, store, score_pending(spec, store, pending))
+        settle(spec, store, score_pending(spec, store, pending, held.me.run_id))
     return finalize(
         store,
         manifest,

@@ -139,6 +139,12 @@ GROUP_COMMENTS = {"ComputeSpec.shards_in_flight", "ComputeSpec.max_shard_attempt
 
 # The rule each validator enforces (validator name -> dotted field it belongs to, text).
 RULES: dict[str, tuple[str, str]] = {
+    "_engine_known": (
+        "model.engine",
+        "`auto`, `transformers`, `vllm`, or the name of an engine plugin: an entry point of "
+        "group `rank1_batch.engines` in an installed distribution (a `Rank1Engine` subclass, "
+        "built like the built-ins); any other name is refused, naming the engines there are.",
+    ),
     "_quantization_dtype": (
         "model.quantization",
         "AWQ (`awq`, `awq_marlin`) runs in float16 only: with `dtype` other than `auto` or "
@@ -399,9 +405,8 @@ def reference_markdown() -> str:
         "**Fingerprint** marks the fields that decide results: they are hashed into "
         "`job.json`, and a resume with a changed one is refused naming it (see "
         "[Output layout and resume](output-and-resume.md)). `engine`, `device` and `dtype` "
-        "are fingerprinted as resolved, never as `auto`; `reasoning.mode` and "
-        "`reasoning.cascade` only when the mode is not `think`; `model.batch_invariant` only "
-        "when on; `input.top_k`, `split` and `hf_config` only for `trec`, `json-run` and "
+        "are fingerprinted as resolved, never as `auto`; `reasoning.cascade` only in mode "
+        "`cascade`; `input.top_k`, `split` and `hf_config` only for `trec`, `json-run` and "
         "`hf` inputs; `input.path` as the listing of the input files (names and sizes). "
         "Everything else is a tuning knob and may change between runs of one job.",
         "",

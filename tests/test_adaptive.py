@@ -119,16 +119,17 @@ def _spec(tmp: Path, **reasoning: object):  # type: ignore[no-untyped-def]
     )
 
 
-def test_fingerprint_of_think_is_unchanged_and_modes_enter_it(tmp_path: Path) -> None:
+def test_modes_enter_the_fingerprint_and_cascade_settings_only_in_cascade(tmp_path: Path) -> None:
     think = _spec(tmp_path).result_settings()["reasoning"]
-    # exactly the reasoning settings fingerprinted before reasoning.mode existed
     assert set(think) == {
         "max_tokens",
         "min_reserve",
         "prompt_template",
         "instruction",
         "require_stop",
+        "mode",
     }
+    assert think["mode"] == "think"
     assert _spec(tmp_path, cascade={"top_k": 3}).result_settings()["reasoning"] == think
     direct = _spec(tmp_path, mode="direct").result_settings()["reasoning"]
     assert direct == {**think, "mode": "direct"}
@@ -146,7 +147,8 @@ def test_reuse_keys_the_mode_and_is_refused_with_cascade(tmp_path: Path) -> None
     from rank1_batch.pipeline import reuse
 
     think = reuse.key_settings(_spec(tmp_path))
-    assert set(think["reasoning"]) == set(reuse.KEY_REASONING_FIELDS)  # as before modes
+    assert set(think["reasoning"]) == {*reuse.KEY_REASONING_FIELDS, "mode"}
+    assert think["reasoning"]["mode"] == "think"
     assert reuse.key_settings(_spec(tmp_path, mode="direct"))["reasoning"] == {
         **think["reasoning"],
         "mode": "direct",
@@ -202,7 +204,7 @@ def test_stream_and_batch_paths_agree_per_mode(tmp_path: Path, mode: str) -> Non
         if path == "streamed":
             streamer = ShardStreamer(engine, store, spec)
             markers = asyncio.run(score_shards(streamer, shards, shards_in_flight=2))
-            assert streamer.waiting == 0 and streamer.in_flight == 0  # both passes accounted
+            assert streamer.in_flight == 0 and streamer.open_shards == 0  # both passes accounted
         else:
             markers = [process_shard(s, engine, store, spec) for s in shards]
         table = pa.concat_tables(results.shard_table(store, s, "scores") for s in shards)

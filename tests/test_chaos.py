@@ -139,7 +139,7 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
     with JudgedRows.of(other, len(other)) as rows:  # another attempt's traces, same body
         store.write_atomic(marker.traces_file, traces_bytes(traces_skeleton(pairs, rows), rows))
     with pytest.raises(commit.CommitError, match="does not match the checksum"):
-        results.read_traces(store)
+        results.shard_table(store, SHARD, "traces")
     assert results.read_results(store).table.num_rows == 5  # the scores file is intact
 
 

@@ -714,8 +714,9 @@ def test_engine_kwargs_on_cpu() -> None:
     assert gpu["dtype"] == "float16" and "distributed_executor_backend" not in gpu
 
 
-def test_batch_invariant_enters_the_fingerprint_only_when_on() -> None:
+def test_batch_invariant_enters_the_fingerprint() -> None:
     base = spec_from_mapping(with_model(engine="vllm"))
     on = spec_from_mapping(with_model(engine="vllm", batch_invariant=True))
-    assert "batch_invariant" not in base.result_settings()["model"]
+    assert base.result_settings()["model"]["batch_invariant"] is False
     assert on.result_settings()["model"]["batch_invariant"] is True
+    assert base.result_settings() != on.result_settings()

@@ -18,8 +18,6 @@ from typing import Any
 
 from rank1_batch.job.spec import FLOAT16_ONLY_QUANTIZATION, JobSpec, ModelSpec
 
-RESOLVED_FIELDS = ("engine", "device", "dtype")
-
 
 @dataclass(frozen=True)
 class Platform:
@@ -102,24 +100,6 @@ def resolve_spec(
         return spec
     resolved = resolve_model(m, platform(spec))
     return spec.model_copy(update={"model": m.model_copy(update=resolved)})
-
-
-def as_resolved(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``job.json`` settings written before resolution (``auto``, no ``device``) with those
-    fields read as ``new`` resolves them: such an output cannot say what ``auto`` became, so
-    its other settings decide. Settings of a resolved record come back unchanged."""
-    model = old.get("job", {}).get("model")
-    if not isinstance(model, dict) or model.get("device") is not None:
-        return old
-    fields = new.get("job", {}).get("model", {})
-    auto = [f for f in RESOLVED_FIELDS if model.get(f, "auto") == "auto"]
-    return {**old, "job": {**old["job"], "model": {**model, **{f: fields.get(f) for f in auto}}}}
-
-
-def model_fields(settings: dict[str, Any]) -> dict[str, Any]:
-    """The resolved fields of ``job.json`` settings (for messages)."""
-    model = settings.get("job", {}).get("model", {})
-    return {f: model.get(f) for f in RESOLVED_FIELDS}
 
 
 def worker_gpus(spec: JobSpec) -> float:

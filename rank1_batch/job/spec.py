@@ -226,11 +226,9 @@ class ReasoningSpec(_Section):
         return self
 
     def result_settings(self) -> dict[str, Any]:
-        """What of this section decides results. ``think`` (the default) leaves out mode
-        and cascade, so fingerprints of outputs written before the option are unchanged."""
-        out = self.model_dump(exclude={"mode", "cascade"})
-        if self.mode != "think":
-            out["mode"] = self.mode
+        """What of this section decides results: the cascade's settings only in mode
+        ``cascade`` (other modes never read them)."""
+        out = self.model_dump(exclude={"cascade"})
         if self.mode == "cascade":
             out["cascade"] = self.cascade.model_dump()
         return out
@@ -317,14 +315,13 @@ class JobSpec(_Section):
             "model": {
                 "name": self.model.name,
                 "revision": self.model.revision,
-                # Resolved on the driver before this is hashed (engines.resolve.resolve_spec).
+                # Resolved on the driver before this is hashed (job.resolve.resolve_spec).
                 "engine": self.model.engine,
                 "device": self.model.device,
                 "dtype": self.model.dtype,
                 "quantization": self.model.quantization,
                 "max_model_len": self.model.max_model_len,
-                # Only when on: other fingerprints stay as they were before the option.
-                **({"batch_invariant": True} if self.model.batch_invariant else {}),
+                "batch_invariant": self.model.batch_invariant,
             },
             "reasoning": self.reasoning.result_settings(),
             "prompt_id": self.prompt_id,

@@ -140,7 +140,7 @@ def _ensure_gpus(spec: JobSpec) -> None:
 
 
 def score_pending(
-    spec: JobSpec, store: Store, pending: list[dict[str, Any]]
+    spec: JobSpec, store: Store, pending: list[dict[str, Any]], run: str | None = None
 ) -> list[attempts.Quarantine]:
     """Score pending shards in rounds of an actor pool, showing shards, pairs, pairs/s and
     ETA; return the shards quarantined after ``compute.max_shard_attempts`` failed attempts.
@@ -157,7 +157,7 @@ def score_pending(
     # once per node, not by every actor at once; GPU jobs only where a GPU is
     gpu_job = worker_gpus(spec) > 0 or vllm_ray_backend(spec)
     model_cache.fetch_on_nodes(spec, gpu_nodes_only=gpu_job)
-    run = layout.new_attempt_id()
+    run = run or layout.new_attempt_id()  # the run (lease) id its attempt records name
     threads = torch_threads(spec)
     limit = spec.compute.max_shard_attempts
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
