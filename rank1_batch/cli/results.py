@@ -34,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Derive a file from the committed scores of OUTPUT (never from a listing "
         "of data files), one shard at a time: memory does not grow with the number of pairs. "
         "Default --out: OUTPUT/exports/<name>. Label formats keep only "
-        "complete/forced rows (fallback and error rows never become labels) and write a "
+        "complete, forced and direct rows (fallback and error rows never become labels) and "
+        "write a "
         "sidecar JSON with the rules, counts, model and prompt id.",
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

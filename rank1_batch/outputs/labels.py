@@ -2,8 +2,8 @@
 
 Selection (:class:`LabelRules`) works per query on committed rows:
 
-* only ``complete`` and ``forced`` rows are candidates; ``fallback`` (0.5 by rule) and
-  ``error`` rows never become labels;
+* only ``complete``, ``forced`` and ``direct`` rows are candidates; ``fallback`` (0.5 by
+  rule) and ``error`` rows never become labels;
 * a positive has ``score >= pos_threshold`` and a rank inside ``pos_ranks``; a negative has
   ``score <= neg_threshold``, a rank inside ``neg_ranks`` and, when ``margin`` is set, a
   score at least ``margin`` below the query's best positive;
@@ -12,7 +12,7 @@ Selection (:class:`LabelRules`) works per query on committed rows:
 * at most ``max_pos`` positives and ``max_neg`` negatives per query, best first; queries
   without a positive or without a negative are skipped and counted.
 
-The layouts follow each consumer's own format (see the README, "Inputs and outputs").
+The layouts follow each consumer's own format (see docs/inputs-outputs.md).
 """
 
 from __future__ import annotations
