@@ -115,7 +115,8 @@ NOTES: dict[str, str] = {
     "compute.num_cpus": "CPUs of the local Ray `run` starts (default: all).",
     "compute.torch_threads": "torch threads per transformers worker.",
     "compute.shards_in_flight": "vLLM (stream engine): the most shards an actor holds open at "
-    "once, sharing one bound on requests in flight; see [Streaming](gpu.md#streaming-no-idle-engine-between-shards).",
+    "once, sharing one bound on requests in flight; see "
+    "[Streaming](gpu.md#streaming-no-idle-engine-between-shards).",
     "compute.max_shard_attempts": "Failed (charged) attempts before a shard is quarantined; "
     "see [Failures](gpu.md#failures).",
     "compute.requests_in_flight": "vLLM: request cap per actor across its open shards "
