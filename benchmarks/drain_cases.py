@@ -56,7 +56,8 @@ from sim_engine import SimParams, SimulatedContinuousBatchingEngine, inline_exec
 
 from rank1_batch.engines.factory import engine_options
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.io.fs import parquet_bytes, sha256
+from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.spec import JobSpec
 

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from rank1_batch.core.rows import ranks_within_query
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.io.fs import parquet_bytes, sha256
+from rank1_batch.io.store import Store
 
 
 def unit(*parts: str) -> float:

@@ -14,7 +14,8 @@ import pytest
 from s3_server import MotoServer, s3_env
 
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.io.fs import StorageSpec
+from rank1_batch.io.store import Store
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from rank1_batch.io.store import StorageSpec
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.job.convert import CONVERTED_SCHEMA, iter_run_pairs
 from rank1_batch.job.run_files import FormatError, Row, trec_line
 from rank1_batch.job.spec import InputSpec

@@ -16,7 +16,8 @@ from test_stream import SleepyStreamEngine
 from rank1_batch.core import modes, rank1
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.spec import JobError
 from rank1_batch.outputs import results
@@ -188,7 +189,7 @@ def _shards(store: Store, n: int, per_query: int, shard_rows: int) -> list[str]:
             }
         )
         shard = f"shard-{s:05d}"
-        store.publish(layout.pairs_path(shard), parquet_bytes(table))
+        store.create_exclusive(layout.pairs_path(shard), parquet_bytes(table))
         shards.append(shard)
     return shards
 
@@ -271,7 +272,7 @@ def test_toy_transformers_engine_in_each_mode(tmp_path: Path) -> None:
     for mode in ("think", "direct", "cascade"):
         spec = _spec(tmp_path / mode, mode=mode, cascade={"top_k": 2})
         store = Store(spec.output.path)
-        store.publish(layout.pairs_path("shard-00000"), parquet_bytes(table))
+        store.create_exclusive(layout.pairs_path("shard-00000"), parquet_bytes(table))
         marker = process_shard("shard-00000", engine, store, spec)
         out[mode] = (results.shard_table(store, "shard-00000", "scores").to_pylist(), marker)
     think, direct, casc = (out[m][0] for m in ("think", "direct", "cascade"))

@@ -28,7 +28,8 @@ from conftest import run_cli
 from fault_engine import FAULTS_ENV, STREAM_ENGINE, expected_score
 
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.outputs import results
 from rank1_batch.pipeline import attempts

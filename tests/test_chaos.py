@@ -26,7 +26,8 @@ from fault_engine import BATCH_ENGINE, FAULTS_ENV, FaultInjectingTestEngine
 from rank1_batch.core.rows import requests_for
 from rank1_batch.engines.base import EngineOptions
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.prepare import shard_of
 from rank1_batch.outputs import results

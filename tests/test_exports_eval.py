@@ -18,7 +18,8 @@ import pytest
 
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.outputs import evaluate, exports, labels
 from rank1_batch.outputs.results import read_results
 from rank1_batch.pipeline.score import SCORES_SCHEMA
@@ -280,7 +281,7 @@ def test_eval_cli_prints_both_runs_and_writes_metrics(out, tmp_path):
 
 @pytest.mark.s3
 def test_exports_and_eval_on_object_storage(s3, tmp_path):
-    from rank1_batch.io.store import StorageSpec
+    from rank1_batch.io.fs import StorageSpec
 
     store = Store(f"s3://{s3.bucket}/job", StorageSpec(endpoint_url=s3.endpoint))
     _write_shard(store, "shard-00000", SHARD0)

@@ -11,7 +11,8 @@ from conftest import DEMO, run_cli
 from s3_server import s3_env
 
 from rank1_batch.engines import model_cache
-from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.io.fs import StorageSpec
+from rank1_batch.io.store import Store
 from rank1_batch.outputs import results
 from rank1_batch.toy.model import resolve_toy_model
 

@@ -18,7 +18,7 @@ def test_every_local_write_honours_the_umask(tmp_path, umask):
         store = Store(str(tmp_path / "out"))
         store.write_atomic("a/atomic.json", b"{}")
         store.create_exclusive("_commits/marker.json", b"{}")
-        store.publish("scores/shard.parquet", b"data")
+        store.create_exclusive("scores/shard.parquet", b"data")
     finally:
         os.umask(old)
     want = 0o666 & ~umask

@@ -10,7 +10,8 @@ from commit_checks import synthetic_marker
 
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import StorageSpec, Store
+from rank1_batch.io.fs import StorageSpec
+from rank1_batch.io.store import Store
 from rank1_batch.outputs.status import read_status
 
 SHARDS = 50_000

@@ -22,13 +22,6 @@ def test_create_exclusive_only_once_and_racing_creates_have_one_winner(tmp_path)
     assert store.list("_commits") == ["a.json", "race.json"]  # no temp leftovers
 
 
-def test_publish_adopts_what_an_earlier_attempt_published(tmp_path):
-    store = Store(str(tmp_path))
-    first = store.publish("scores/shard-00000.parquet", b"A" * 10)
-    again = store.publish("scores/shard-00000.parquet", b"B" * 10)
-    assert first == again == b"A" * 10
-
-
 def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
     store = Store(str(tmp_path))
     store.write_atomic("pairs/_manifest.json", b"old")

@@ -14,7 +14,8 @@ from s3_server import FaultPlan, FaultProxy
 
 from rank1_batch.core import rank1
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import StorageError, StorageSpec, Store, parquet_bytes
+from rank1_batch.io.fs import StorageSpec, parquet_bytes
+from rank1_batch.io.store import StorageError, Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.outputs.results import shard_table
@@ -141,7 +142,7 @@ def test_two_racing_attempts_of_one_shard_commit_once(s3):
     scores = shard_table(store, "shard-00000", "scores")
     keys = list(zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 40
-    from rank1_batch.io.store import sha256
+    from rank1_batch.io.fs import sha256
 
     assert sha256(store.read_bytes(on_disk.scores_file)) == on_disk.scores_sha256
 

@@ -25,7 +25,8 @@ from rank1_batch.core import rank1
 from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest
 from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.outputs import results
 from rank1_batch.pipeline.score import process_shard
@@ -115,7 +116,7 @@ def _job(tmp_path, n: int, shard_rows: int):  # type: ignore[no-untyped-def]
                 "instruction": pa.nulls(len(rows), pa.string()),
             }
         )
-        store.publish(layout.pairs_path(shard), parquet_bytes(table))
+        store.create_exclusive(layout.pairs_path(shard), parquet_bytes(table))
         shards.append(shard)
     return spec, store, shards
 

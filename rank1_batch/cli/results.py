@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rank1_batch.io.store import StorageSpec
+    from rank1_batch.io.fs import StorageSpec
 
 EXPORT_EPILOG = """examples:
   rank1-batch export out/demo --format trec --tag rank1-toy
@@ -142,7 +142,7 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 def storage_of(args: argparse.Namespace) -> StorageSpec:
     """The storage section :func:`add_storage_arguments`' flags describe."""
-    from rank1_batch.io.store import StorageSpec
+    from rank1_batch.io.fs import StorageSpec
 
     return StorageSpec(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
 

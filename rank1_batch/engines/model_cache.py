@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rank1_batch.io.store import StorageSpec
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.job.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def copy_from_store(
     uri: str, revision: str | None, storage: StorageSpec | None
 ) -> tuple[Path, bool]:
     """The local copy of the model folder at ``uri``; (folder, whether this call copied it)."""
-    from rank1_batch.io.store import StorageError, filesystem
+    from rank1_batch.io.fs import filesystem
+    from rank1_batch.io.store import StorageError
 
     target = cache_dir(uri, revision)
     # Beside the folder, not in it: the folder holds exactly the checkpoint's files (its

@@ -19,8 +19,9 @@ from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 from rank1_batch.core.stats import STAT_NAMES, ShardStats
+from rank1_batch.io.fs import sha256, table_from_bytes
 from rank1_batch.io.layout import COMMITS, marker_path, repair_hint, scores_path, traces_path
-from rank1_batch.io.store import Store, sha256
+from rank1_batch.io.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,9 @@ def committed_table(store: Store, shard: str, kind: str, columns: list[str]) -> 
     """``columns`` of a committed shard's ``scores`` or ``traces`` file (a pyarrow Table),
     its checksum verified before any byte is decoded: pyarrow can abort the process on a
     corrupt file (``terminate called``), so unverified bytes never reach it."""
-    import io
-
-    import pyarrow.parquet as pq
 
     data = read_committed(store, read_marker(store, shard), kind)
-    return pq.read_table(io.BytesIO(data), columns=columns)
+    return table_from_bytes(data, columns=columns)
 
 
 def read_committed(store: Store, marker: Marker, kind: str) -> bytes:

@@ -13,7 +13,7 @@ export would read as a smaller dataset).
   export removes the old card first, then the old data files, before writing.
 
 :func:`remove_leftovers` deletes what killed exports of one target left in its parent
-folder: ``.<name>.<random>`` temp files (:func:`rank1_batch.io.store.open_temp_beside`) and
+folder: ``.<name>.<random>`` temp files (:func:`rank1_batch.io.fs.open_temp_beside`) and
 partial or old folders. It runs at the start of every export of that target; two exports of
 one target must not run at once.
 """
@@ -27,7 +27,8 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 
-from rank1_batch.io.store import Store, _fsync_dir
+from rank1_batch.io.fs import fsync_dir
+from rank1_batch.io.store import Store
 
 CARD = "README.md"
 SIDECARS = ("README.md", "labels.json")
@@ -109,7 +110,7 @@ def published_folder(parent: Store, name: str, configs: Sequence[str]) -> Iterat
             old = parent.path(f".{name}.old-{uuid.uuid4().hex[:12]}")
             os.rename(final, old)
         os.rename(partial, final)
-        _fsync_dir(parent.root)
+        fsync_dir(parent.root)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

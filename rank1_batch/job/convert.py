@@ -35,7 +35,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rank1_batch.io.store import StorageSpec, Store, filesystem
+from rank1_batch.io.fs import StorageSpec, filesystem
+from rank1_batch.io.store import Store
 from rank1_batch.job.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON
 from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks
 from rank1_batch.job.spec import Columns, InputSpec, JobSpec

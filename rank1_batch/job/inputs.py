@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rank1_batch.io.store import StorageSpec, filesystem
+from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.job.spec import InputSpec
 
 # Reason codes for rejected rows.

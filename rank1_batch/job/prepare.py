@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 
 from rank1_batch.core.schemas import REJECTED_SCHEMA
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes, sha256
+from rank1_batch.io.fs import parquet_bytes, sha256
+from rank1_batch.io.store import Store
 from rank1_batch.job import prepare_grouped as grouped
 from rank1_batch.job.inputs import InputError, InputFile, Unit, read_unit, units
 from rank1_batch.job.spec import JobSpec

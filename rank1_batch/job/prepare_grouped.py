@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rank1_batch.io import layout
-from rank1_batch.io.store import StorageSpec, Store, filesystem, parquet_bytes, sha256
+from rank1_batch.io.fs import StorageSpec, filesystem, parquet_bytes, sha256
+from rank1_batch.io.store import Store
 from rank1_batch.job.inputs import (
     InputError,
     InputFile,

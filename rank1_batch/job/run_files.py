@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch.io.store import StorageSpec, filesystem
+from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.job.inputs import InputError
 
 Row = tuple[str, str, float]

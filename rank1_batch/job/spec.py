@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from rank1_batch.core import rank1
 from rank1_batch.core.modes import ReasoningMode
-from rank1_batch.io.store import StorageSpec
+from rank1_batch.io.fs import StorageSpec
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint

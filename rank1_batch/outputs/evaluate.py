@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rank1_batch.io import layout
-from rank1_batch.io.store import StorageSpec, Store, filesystem
+from rank1_batch.io.fs import StorageSpec, filesystem
+from rank1_batch.io.store import Store
 from rank1_batch.outputs.exports import json_run
 from rank1_batch.outputs.results import Provenance, QueryGuard, open_committed
 

@@ -32,8 +32,9 @@ import pyarrow.compute as pc
 
 from rank1_batch.core.schemas import SCORES_SCHEMA
 from rank1_batch.io import commit
+from rank1_batch.io.fs import parquet_bytes
 from rank1_batch.io.publish import published_folder, remove_leftovers
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.outputs import labels
 from rank1_batch.outputs.results import (
     PAIR_COLUMNS,

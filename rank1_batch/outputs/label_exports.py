@@ -20,8 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rank1_batch.io.fs import parquet_bytes
 from rank1_batch.io.publish import published_folder
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.outputs import labels
 from rank1_batch.outputs.results import PAIR_COLUMNS, Committed, Provenance, QueryGuard
 from rank1_batch.outputs.targets import Target, dataset_card, json_bytes, jsonl_bytes, streamed_file

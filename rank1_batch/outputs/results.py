@@ -18,7 +18,6 @@ back in a later shard rather than report it twice.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,9 +27,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rank1_batch.io import commit, layout
+from rank1_batch.io.fs import table_from_bytes
 from rank1_batch.io.store import Store
 from rank1_batch.pipeline.score import SCORES_SCHEMA
 
@@ -104,7 +103,7 @@ def shard_table(store: Store, shard: str, kind: str) -> pa.Table:
     """A committed shard's ``scores`` or ``traces`` table: the file its marker names,
     checksum verified."""
     data = commit.read_committed(store, commit.read_marker(store, shard), kind)
-    return pq.read_table(io.BytesIO(data))
+    return table_from_bytes(data)
 
 
 def read_shard(store: Store, shard: str) -> pa.Table:
@@ -175,7 +174,7 @@ REMOTE_PREFETCH = 16
 
 def _scores_columns(data: bytes, columns: Sequence[str]) -> pa.Table:
     """``columns`` of a scores file, typed as :data:`SCORES_SCHEMA` has them."""
-    table = pq.read_table(io.BytesIO(data), columns=list(columns))
+    table = table_from_bytes(data, columns=list(columns))
     return table.cast(pa.schema([SCORES_SCHEMA.field(c) for c in columns]))
 
 

@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from rank1_batch.io.store import Store, open_temp_beside
+from rank1_batch.io.fs import open_temp_beside
+from rank1_batch.io.store import Store
 
 
 def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:

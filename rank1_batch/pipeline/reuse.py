@@ -47,8 +47,9 @@ from rank1_batch.core import modes
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
+from rank1_batch.io.fs import StorageSpec, parquet_bytes, table_from_bytes
 from rank1_batch.io.paths import check_shard_name
-from rank1_batch.io.store import StorageSpec, Store, parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,6 @@ def source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
         *(batch.column(c).to_pylist() for c in ("uri", "shard", "priority")), strict=True
     ):
         src = Store(uri, storage)
-        import io
-
-        import pyarrow.parquet as pq
 
         # The files the marker names (whole-attempt commits), checksums verified.
         marker = commit.read_marker(src, shard)
@@ -162,8 +160,8 @@ def source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
         except commit.CommitError as exc:
             log.warning("reuse: %s %s: %s; skipped", uri, shard, exc)
             continue
-        scores = pq.read_table(io.BytesIO(data))
-        traces = pq.read_table(io.BytesIO(trace_data)).select(
+        scores = table_from_bytes(data)
+        traces = table_from_bytes(trace_data).select(
             ["query_id", "doc_id", "reasoning", "finish_reason"]
         )
         pairs = src.read_parquet(layout.pairs_path(shard))

@@ -27,7 +27,8 @@ from rank1_batch.core.rows import ranks_within_query, requests_for
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.engines.base import JudgeRequest, Rank1Engine
 from rank1_batch.io import commit, layout
-from rank1_batch.io.store import Store, parquet_bytes
+from rank1_batch.io.fs import parquet_bytes
+from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
 from rank1_batch.pipeline import reuse
 from rank1_batch.pipeline.judged import JudgedRows
