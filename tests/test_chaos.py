@@ -30,6 +30,7 @@ from rank1_batch.io.fs import parquet_bytes
 from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.prepare import shard_of
+from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.outputs import results
 from rank1_batch.pipeline.attempts import EXIT_QUARANTINED, SHARD_FAILED
 from rank1_batch.pipeline.finalize import finalize
@@ -125,6 +126,7 @@ def test_readers_verify_the_checksum_the_marker_names(tmp_path):
     spec = small_spec(out)
     pairs = pairs_table(5)
     store = Store(out)
+    claim_output(store, job_record(spec, [{"path": "in.parquet", "rows": 5}]))
     store.write_atomic(layout.pairs_path(SHARD), parquet_bytes(pairs))
     engine = FaultInjectingTestEngine("unused", EngineOptions(max_model_len=512, max_tokens=8))
     marker = commit_shard(
