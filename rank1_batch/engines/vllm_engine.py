@@ -277,11 +277,26 @@ class VLLMEngine(StreamEngine):
 
     @staticmethod
     def _start(kwargs: dict[str, Any]) -> Any:
-        """Build the ``AsyncLLM``; its loop is the first to send it a request."""
+        """Build the ``AsyncLLM``; its loop is the first to send it a request.
+
+        With the offline ``vllm.LLM`` class's usage context, so ``max_num_seqs`` and
+        ``max_num_batched_tokens`` take vLLM's batch defaults for this hardware (1,024 /
+        16,384 on H100 and H200, 256 / 8,192 on most GPUs, 256 / 4,096 on CPU) instead of the
+        engine context's 128 / 2,048; ``engine_args`` may still set either."""
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**kwargs), usage_context=UsageContext.LLM_CLASS
+        )
+        scheduler = llm.vllm_config.scheduler_config
+        log.info(
+            "vLLM engine: max_num_seqs %d, max_num_batched_tokens %d",
+            scheduler.max_num_seqs,
+            scheduler.max_num_batched_tokens,
+        )
+        return llm
 
     def _resolve_revision(self, model_path: str) -> str:
         if os.path.isdir(model_path):
