@@ -189,8 +189,8 @@ def _clean(text: str) -> str:
     (those sections moved to docs/), whitespace folded."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
-    text = re.sub(r"\s*\(README \"[^\"]*\"\)", "", text)
-    text = re.sub(r"\s*See README \"[^\"]*\"\.", "", text)
+    text = re.sub(r"\s*\((?:README \"[^\"]*\"|docs/[\w.-]+)\)", "", text)
+    text = re.sub(r"\s*See (?:README \"[^\"]*\"|docs/[\w.-]+)\.", "", text)
     return " ".join(text.split())
 
 

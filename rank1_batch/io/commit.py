@@ -1,4 +1,4 @@
-"""Output layout, the job fingerprint, shard stats and commit markers.
+"""Commit markers: the one create-only file that binds a shard's committed scores and traces.
 
 A reader trusts ``_commits/`` and ``_SUCCESS.json`` only, never a listing of data files.
 

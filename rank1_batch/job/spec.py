@@ -148,7 +148,7 @@ class ModelSpec(_Section):
     enforce_eager: bool = False
     engine_args: dict[str, Any] = Field(default_factory=dict)
     # vLLM: batch-invariant kernels (VLLM_BATCH_INVARIANT), so a retried or resumed shard
-    # reproduces an uninterrupted run's scores exactly; slower (README "Reproducible scores").
+    # reproduces an uninterrupted run's scores exactly; slower (docs/gpu.md).
     batch_invariant: bool = False
     # vllm-cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; unset: vLLM's own default).
     cpu_kv_cache_gib: int | None = Field(default=None, ge=1)
@@ -251,10 +251,10 @@ class ComputeSpec(_Section):
     num_cpus: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     # Stream engine (vLLM): shards each actor scores at once, and the cap on requests in
-    # flight across them (default: 1.1 x the engine's max_num_seqs). See README "Streaming".
+    # flight across them (default: 1.1 x the engine's max_num_seqs). See docs/gpu.md.
     shards_in_flight: int = Field(default=8, ge=1)
     requests_in_flight: int | None = Field(default=None, ge=1)
-    # Failures (README "Failures"): attempts per shard before it is quarantined, what then
+    # Failures (docs/gpu.md): attempts per shard before it is quarantined, what then
     # (end the job, or commit its pairs as error rows), a time limit per shard attempt
     # (seconds; none by default) and the pause before the first re-run round (doubling).
     max_shard_attempts: int = Field(default=3, ge=1)
