@@ -245,10 +245,25 @@ def measure_in_tree(
 ) -> dict[str, Any]:
     """:func:`measure` of the stream policy with the package of the source tree ``code`` (a
     child process: ``PYTHONPATH=code``, this script and its simulated engine)."""
+    env = {**os.environ, "PYTHONPATH": str(code.resolve())}
+    script = Path(__file__).resolve()
+    return _child(script, "--stream-child", prepared, scratch, settings, shards_in_flight, env)
+
+
+def _child(
+    script: Path,
+    mode: str,
+    prepared: Path,
+    scratch: Path,
+    settings: DrainSettings,
+    shards_in_flight: int,
+    env: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Run ``script mode …`` in a child process; its last stdout line is its JSON result."""
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
-        "--stream-child",
+        str(script),
+        mode,
         str(prepared),
         "--scratch",
         str(scratch),
@@ -257,7 +272,6 @@ def measure_in_tree(
         "--shards-in-flight",
         str(shards_in_flight),
     ]
-    env = {**os.environ, "PYTHONPATH": str(code.resolve())}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -324,21 +338,7 @@ def rss_in_subprocess(
     if code is not None:
         env = {**os.environ, "PYTHONPATH": str(code.resolve())}
         script = code.resolve() / "benchmarks" / "drain_cases.py"
-    cmd = [
-        sys.executable,
-        str(script),
-        "--rss-child",
-        str(prepared),
-        "--scratch",
-        str(scratch),
-        "--settings",
-        json.dumps(settings.as_dict()),
-        "--shards-in-flight",
-        str(shards_in_flight),
-    ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, env=env)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return _child(script, "--rss-child", prepared, scratch, settings, shards_in_flight, env)
 
 
 # -- the case -------------------------------------------------------------------------------
