@@ -154,11 +154,10 @@ def read_marker(store: Store, shard: str) -> Marker:
     return parse_marker(store, shard, store.read_bytes(marker_path(shard)))
 
 
-def committed_table(store: Store, shard: str, kind: str, columns: list[str]) -> Any:
-    """``columns`` of a committed shard's ``scores`` or ``traces`` file (a pyarrow Table),
-    its checksum verified before any byte is decoded: pyarrow can abort the process on a
-    corrupt file (``terminate called``), so unverified bytes never reach it."""
-
+def committed_table(store: Store, shard: str, kind: str, columns: list[str] | None = None) -> Any:
+    """``columns`` (default: all) of a committed shard's ``scores`` or ``traces`` file (a
+    pyarrow Table), its checksum verified before any byte is decoded: pyarrow can abort the
+    process on a corrupt file (``terminate called``), so unverified bytes never reach it."""
     data = read_committed(store, read_marker(store, shard), kind)
     return table_from_bytes(data, columns=columns)
 

@@ -102,8 +102,8 @@ def committed(store: Store) -> list[str]:
 def shard_table(store: Store, shard: str, kind: str) -> pa.Table:
     """A committed shard's ``scores`` or ``traces`` table: the file its marker names,
     checksum verified."""
-    data = commit.read_committed(store, commit.read_marker(store, shard), kind)
-    return table_from_bytes(data)
+    table: pa.Table = commit.committed_table(store, shard, kind)
+    return table
 
 
 def read_shard(store: Store, shard: str) -> pa.Table:
