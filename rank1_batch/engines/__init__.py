@@ -19,10 +19,9 @@ from typing import Any
 
 from rank1_batch.engines.base import EngineOptions, Generation, JudgeRequest, Rank1Engine
 from rank1_batch.engines.stream_engine import StreamEngine
-from rank1_batch.job.spec import BUILTIN_ENGINES, engine_names, installed_engines
+from rank1_batch.job.spec import engine_names, installed_engines
 
 __all__ = [
-    "ENGINES",
     "EngineOptions",
     "Generation",
     "JudgeRequest",
@@ -32,8 +31,6 @@ __all__ = [
     "make_engine",
     "streams",
 ]
-
-ENGINES = BUILTIN_ENGINES
 
 
 def engine_class(kind: str) -> type[Rank1Engine]:
