@@ -149,6 +149,34 @@ def test_fit_forced_prompt_drops_sentences_from_the_end():
     assert tiny == "P <think>\n\n</think>"
 
 
+def linear_fit_forced(prompt, reasoning, *, encode, max_tokens):
+    """The rule as first written: drop one sentence at a time, re-encoding each time."""
+    cleaned = rank1.clean_reasoning(reasoning)
+    while True:
+        candidate = f"{prompt}\n{cleaned}\n{rank1.THINK_CLOSE}"
+        if len(encode(candidate)) <= max_tokens or not cleaned:
+            return candidate
+        cleaned = rank1._shorten_at_sentence(cleaned)
+
+
+def test_fit_forced_prompt_bisects_to_the_one_sentence_at_a_time_answer():
+    prompt = "P <think>"
+    reasoning = " ".join(f"s{i} a b{'.' if i % 3 else ''}" for i in range(200)) + " tail"
+    calls = []
+
+    def counting(text):
+        calls.append(text)
+        return encode_words(text)
+
+    full = len(words(f"{prompt}\n{rank1.clean_reasoning(reasoning)}\n</think>"))
+    for limit in [*range(0, 40), *range(40, full + 2, 37)]:
+        calls.clear()
+        got = rank1.fit_forced_prompt(prompt, reasoning, encode=counting, max_tokens=limit)
+        assert got == linear_fit_forced(prompt, reasoning, encode=encode_words, max_tokens=limit)
+        # ~330 successive cuts: a bisection's handful of encodes, not one per dropped sentence.
+        assert len(calls) <= 11, (limit, len(calls))
+
+
 class CharTok:
     """A character tokenizer: exact, easy to reason about token counts."""
 

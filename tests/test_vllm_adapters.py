@@ -411,6 +411,31 @@ def test_stream_pass1_equals_the_reference_at_every_budget(name: str) -> None:
         assert sum(1 for sp in requests if sp.get("logprobs")) <= max(1, script.count("</think>"))
 
 
+def test_stream_pass1_finds_the_stop_in_a_long_segment_with_few_decodes() -> None:
+    """A stop string completing deep in one long segment is found by bisection over the
+    segment's token prefixes (a linear scan decoded every prefix: quadratic)."""
+    script = ["w"] * 3000 + ["</think>", " true"]
+    tok = WordTokenizer()
+    prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
+    decodes = 0
+
+    def counting_decode(ids: Any) -> str:
+        nonlocal decodes
+        decodes += 1
+        return tok.decode(ids)
+
+    async def submit(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        # One request returns every remaining token (no stop strings honoured): the protocol
+        # must find where the reference's stop string completed.
+        sp = {**sp, "stop": []}
+        return scripted_response(script, ids, tok.decode(ids), sp, tok)
+
+    ours = asyncio.run(vp.stream_pass1(submit, prompt, 5000, counting_decode))
+    theirs = asyncio.run(reference_pass1(script, 5000))
+    assert ours == theirs
+    assert decodes <= 20
+
+
 def test_stream_pass1_reads_the_answer_position_of_a_complete_pair() -> None:
     gen, requests = asyncio.run(streamed_pass1(SCRIPTS["complete"], 64))
     assert gen == Generation(

@@ -170,14 +170,24 @@ def fit_forced_prompt(prompt: str, reasoning: str, *, encode: Encode, max_tokens
     """The forced prompt, with reasoning shortened from the end so it is ≤ ``max_tokens`` tokens.
 
     The reference could exceed the model length here; we drop whole sentences from the end
-    (and finally the whole reasoning) until the prompt fits.
+    (and finally the whole reasoning) until the prompt fits. The cut is found by bisection
+    over the successively shortened reasonings (each a prefix of the one before, so their
+    token counts fall), a few encodes of the whole prompt instead of one per dropped sentence.
     """
-    cleaned = clean_reasoning(reasoning)
-    while True:
-        candidate = f"{prompt}\n{cleaned}\n{THINK_CLOSE}"
-        if len(encode(candidate)) <= max_tokens or not cleaned:
-            return candidate
-        cleaned = _shorten_at_sentence(cleaned)
+    cuts = [clean_reasoning(reasoning)]
+    if len(encode(f"{prompt}\n{cuts[0]}\n{THINK_CLOSE}")) <= max_tokens:
+        return f"{prompt}\n{cuts[0]}\n{THINK_CLOSE}"  # the common case: one encode
+    while cuts[-1]:
+        cuts.append(_shorten_at_sentence(cuts[-1]))
+    # The longest cut that fits: cuts[0] does not, cuts[-1] == "" is taken whether it fits or not.
+    lo, hi = 1, len(cuts) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode(f"{prompt}\n{cuts[mid]}\n{THINK_CLOSE}")) <= max_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return f"{prompt}\n{cuts[lo]}\n{THINK_CLOSE}"
 
 
 @dataclass(frozen=True)

@@ -204,10 +204,17 @@ async def _stopped_within(
     cut at the first such token (greedy: the reference produced the same tokens)."""
     if reference_stop(decode(gen)) is None:
         return None
-    end = next(
-        k for k in range(max(start, 1), len(gen) + 1) if reference_stop(decode(gen[:k])) is not None
-    )
-    gen = gen[:end]
+    # The first token count whose decoded prefix holds a stop string, by bisection: the stop
+    # strings are ASCII, so once a decoded prefix holds one every longer prefix does (a linear
+    # scan decoded up to ``len(gen)`` prefixes, quadratic in the segment's length).
+    lo, hi = max(start, 1), len(gen)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reference_stop(decode(gen[:mid])) is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    gen = gen[:lo]
     text = decode(gen)
     cut = reference_stop(text)
     assert cut is not None
