@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -105,12 +106,42 @@ def attempts(client: Any, base: str) -> list[Any]:
     return sorted(found, key=lambda j: j.start_time or 0)
 
 
+# What ``run`` imports before any Ray work; the check names them when the head lacks one.
+_NEEDED = ("pyarrow", "pydantic", "ray", "yaml", "fsspec")
+
+
+def entrypoint(python: str = "python", command: str = "run job.yaml") -> str:
+    """The shell command Ray Jobs runs on the head: ``python -m rank1_batch.cli COMMAND``.
+
+    Ray runs it with the head's environment, so ``python`` is whatever comes first on the
+    PATH the head was started with, which is not the head's own interpreter when its
+    virtualenv was not activated (this package travels in ``py_modules``, so it imports; its
+    dependencies then fail half-way with a traceback). A check first names the interpreter and
+    the missing module in one line and says how to choose another (``submit --python``)."""
+    py = shlex.quote(python)
+    probe = "import " + ", ".join(_NEEDED)
+    hint = (
+        "rank1-batch: on the Ray head, {} cannot import rank1-batch's dependencies ({}); "
+        "start the head from the environment where rank1-batch is installed (its bin/ first "
+        "on PATH), or submit with --python /path/to/that/env/bin/python"
+    ).format(python, ", ".join(_NEEDED))
+    check = (
+        f"{py} -c {shlex.quote(probe)} >/dev/null 2>&1 || "
+        f"{{ echo {shlex.quote(hint)} >&2; "
+        f"echo {shlex.quote(f'rank1-batch: {python} there is: ')}"
+        f'"$(command -v {py} || echo nothing on PATH)" >&2; '
+        "exit 1; }"
+    )
+    return f"{check}; exec {py} -m rank1_batch.cli {command}"
+
+
 def submit(
     spec: JobSpec,
     address: str,
     *,
     entrypoint_num_cpus: float = 1.0,
     entrypoint_num_gpus: float = 0.0,
+    python: str = "python",
 ) -> tuple[str, bool]:
     """Submit (or find) the job; return (submission id, newly submitted)."""
     spec = absolute_local_paths(spec)
@@ -127,7 +158,7 @@ def submit(
         )
         _with_retry(
             client.submit_job,
-            entrypoint="python -m rank1_batch.cli run job.yaml",
+            entrypoint=entrypoint(python),
             submission_id=sid,
             runtime_env=runtime_env(job_dir),
             entrypoint_num_cpus=entrypoint_num_cpus,
