@@ -130,13 +130,14 @@ def test_eval_prints_and_stores_the_convention_and_counts(ten, capsys):
     assert "trec_eval's default" in out and "queries without qrels (not evaluated): 1" in out
     stored = store.read_json(evaluate.METRICS_FILE)
     assert stored["convention"] == "run_queries" and stored["qrels_queries"] == 100
+    assert "trec_eval's default" in stored["averaged_over"]
     assert stored["runs"]["reranked"]["queries"] == 9
     assert main(["-q", "eval", store.uri, "--qrels", str(qrels), "--all-qrels-queries"]) == 0
     out = capsys.readouterr().out
     assert "queries averaged over: all 100 qrels queries (trec_eval -c)" in out
     assert "the 91 the reranked run lacks score 0" in out
     stored = store.read_json(evaluate.METRICS_FILE)
-    assert stored["convention"] == "all_qrels_queries"
+    assert stored["convention"] == "all_qrels_queries" and "-c" in stored["averaged_over"]
     assert stored["runs"]["reranked"]["queries"] == 100
 
 

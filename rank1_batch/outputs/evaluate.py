@@ -304,9 +304,11 @@ def evaluate_output(
         for judged in qrels.never_asked():
             for name in names:
                 add(name, ir_measures.iter_calc(measures, judged, {}))
+    convention = convention_of(all_qrels_queries)
     report: dict[str, Any] = {
         "metrics": metrics,
-        "convention": convention_of(all_qrels_queries),
+        "convention": convention,
+        "averaged_over": CONVENTIONS[convention],
         "qrels_queries": len(qrels),
         "runs": {},
     }
