@@ -167,3 +167,14 @@ def test_a_missing_qrels_file_is_one_line(here, capsys, command):
     captured = capsys.readouterr()
     assert captured.err == "rank1-batch: error: qrels file not found: missing.qrels\n"
     assert "Errno" not in captured.out + captured.err
+
+
+def test_export_of_an_unfinished_job_says_so_on_stderr(here, capsys):
+    (here / "out" / layout.SUCCESS).unlink()
+    assert main(["-q", "export", "out", "--format", "trec"]) == 0
+    captured = capsys.readouterr()
+    assert "written: out/exports/run.trec" in captured.out and "complete: no" in captured.out
+    assert "the job is not finished: exported its committed shards only" in captured.err
+    (here / "out" / layout.SUCCESS).write_text("{}")
+    assert main(["-q", "export", "out", "--format", "trec"]) == 0
+    assert "not finished" not in capsys.readouterr().err
