@@ -44,7 +44,7 @@ def test_compare_page_in_chromium(report_demo_out: Path, tmp_path: Path) -> None
     summary = json.loads(
         run_cli(
             "report", str(a), "--compare", str(b), "first-stage", "--qrels", str(QRELS),
-            "--out", str(html),
+            "--out", str(html), "--json",
         ).stdout
     )  # fmt: skip
     assert summary["runs"] == 3 and summary["disagreement_queries"] > 0

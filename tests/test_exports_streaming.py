@@ -9,6 +9,7 @@ columns of every pairs-file read).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -162,16 +163,19 @@ def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path, reads):
         "reranked": evaluate.reranked_run(whole),
     }
     all_qrels = evaluate.load_qrels(str(qrels_path))
-    scored = {q: rels for q, rels in all_qrels.items() if q in set(qids)}
-    # unfinished job: only the scored qrels queries (as before); finished: every qrels query
-    for qrels, done in ((scored, False), (all_qrels, True)):
+    # the default (the run's queries) and -c (every qrels query), unfinished and finished
+    for done, every in itertools.product((False, True), repeat=2):
         if done:
             store.write_json(layout.SUCCESS, {"scored": whole.num_rows})
         reads.reset()
-        report = evaluate.evaluate_output(store, str(qrels_path), metrics, per_query=True)
+        report = evaluate.evaluate_output(
+            store, str(qrels_path), metrics, per_query=True, all_qrels_queries=every
+        )
         assert reads.pair_columns == {"query_id", "doc_id", "input_rank"}
         assert reads.peak < whole.num_rows
-        old = evaluate.evaluate_runs(qrels, runs, metrics, per_query=True)
+        old = evaluate.evaluate_runs(
+            all_qrels, runs, metrics, per_query=True, all_qrels_queries=every
+        )
         for name in runs:
             new_run, old_run = report["runs"][name], old["runs"][name]
             assert new_run["queries"] == old_run["queries"] > 0
@@ -180,7 +184,8 @@ def test_eval_equals_whole_run_metrics_and_reads_no_text(many, tmp_path, reads):
             for q, values in old_run["per_query"].items():
                 assert new_run["per_query"][q] == pytest.approx(values, rel=1e-12)
         assert ("incomplete" in report) is not done
-    assert "qnone" in report["runs"]["reranked"]["per_query"]  # scored 0, as evaluators do
+        # qnone is in no shard: -c scores it 0 (as trec_eval -c does), the default leaves it out
+        assert ("qnone" in report["runs"]["reranked"]["per_query"]) is every
 
 
 def test_label_exports_equal_the_whole_table_selection(many, reads):

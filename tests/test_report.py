@@ -75,8 +75,8 @@ def test_expected_calibration_error_by_hand():
 @pytest.mark.ray
 def test_demo_report_agrees_with_eval_labels_and_markers(report_demo_out: Path, tmp_path: Path):
     out = tmp_path / "demo.html"
-    proc = run_cli("report", str(report_demo_out), "--qrels", str(QRELS), "--out", str(out))
-    summary = json.loads(proc.stdout)
+    args = ["report", str(report_demo_out), "--qrels", str(QRELS), "--out", str(out)]
+    summary = json.loads(run_cli(*args, "--json").stdout)
     success = json.loads((report_demo_out / layout.SUCCESS).read_text())
     assert summary["report"] == str(out) and summary["bytes"] == out.stat().st_size
     assert summary["pairs"] == success["scored"]
@@ -141,7 +141,7 @@ def test_explorer_selection_and_limits(report_demo_out: Path, tmp_path: Path):
 
 def test_output_with_every_status_is_reported_correctly(messy: tuple[Path, Path]):
     out, qrels = messy
-    proc = run_cli("report", str(out), "--qrels", str(qrels), "--sample", "100")
+    proc = run_cli("report", str(out), "--qrels", str(qrels), "--sample", "100", "--json")
     page_path = out / "exports" / "report.html"
     assert json.loads(proc.stdout)["report"] == str(page_path)
     scores = read_results(Store(str(out))).table
@@ -186,7 +186,7 @@ def test_partial_output_reads_only_committed_shards(messy: tuple[Path, Path], tm
     (out / layout.SUCCESS).unlink()
     (out / layout.marker_path("shard-00001")).unlink()
     assert list((out / "scores").glob("shard-00001.*parquet"))
-    summary = json.loads(run_cli("report", str(out)).stdout)
+    summary = json.loads(run_cli("report", str(out), "--json").stdout)
     marker = json.loads((messy[0] / layout.marker_path("shard-00000")).read_text())
     assert summary["pairs"] == marker["rows"] == marker["stats"]["pairs"]
     assert summary["statuses"].get("error", 0) == marker["stats"]["error"] == 0
@@ -194,3 +194,32 @@ def test_partial_output_reads_only_committed_shards(messy: tuple[Path, Path], tm
     assert "in progress (no _SUCCESS.json)" in page and "1/2" in page
     assert "q9999" not in page  # its shard is not committed
     assert "No qrels given" in page
+
+
+def test_report_states_the_eval_convention_and_its_counts(messy: tuple[Path, Path], tmp_path):
+    """The page says which queries its means are over (eval's default: the run's queries
+    with qrels) with the counts, and its means equal eval's on the same output."""
+    from rank1_batch.outputs.evaluate import evaluate_output
+
+    out, qrels = messy
+    html = tmp_path / "r.html"
+    run_cli("report", str(out), "--qrels", str(qrels), "--out", str(html))
+    page = html.read_text()
+    note = re.search(r'<p class="note" id="convention">(.*?)</p>', page, flags=re.S)
+    assert note
+    text = " ".join(note.group(1).split())
+    scores = read_results(Store(str(out))).table
+    judged = load_qrels(str(qrels))
+    qids, values = scores.column("query_id").to_pylist(), scores.column("score").to_pylist()
+    held = set(qids)
+    ranked = {q for q, s in zip(qids, values, strict=True) if not math.isnan(s)}
+    assert held - set(judged)  # the messy output holds a query without qrels (q9999)
+    n_rr, n_fs = len(ranked & set(judged)), len(held & set(judged))
+    assert f"({len(judged)} queries)" in text and "trec_eval's default" in text
+    assert f"the reranked run's over {n_rr}, the first stage's over {n_fs}" in text
+    assert f"without qrels (in no mean): {len(held - set(judged))}" in text
+    ev = evaluate_output(Store(str(out)), str(qrels), ["nDCG@10"])
+    assert ev["runs"]["reranked"]["queries"] == n_rr
+    rr = ev["runs"]["reranked"]["aggregate"]["nDCG@10"]
+    assert re.search(rf"nDCG@10</td><td class=\"n\">[0-9.]+</td><td class=\"n\">{rr:.4f}<", page)
+    assert f'queries averaged over</td><td class="n">{n_fs}</td><td class="n">{n_rr}<' in page

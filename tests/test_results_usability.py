@@ -113,13 +113,17 @@ def test_eval_of_an_unfinished_job_says_so_and_scores_only_scored_queries(tmp_pa
     assert main(["-q", "eval", store.uri, "--qrels", str(qrels)]) == 0
     captured = capsys.readouterr()
     assert "not finished (2 of 5 shards committed)" in captured.err
-    assert "only the 2 of 6 qrels queries scored" in captured.out
+    assert "2 of the 6 qrels queries are scored so far" in captured.out
     report = json.loads((tmp_path / "out/exports/metrics.json").read_text())
     assert report["runs"]["reranked"]["aggregate"]["RR@10"] == pytest.approx(1.0)
     assert report["incomplete"]["qrels_queries_scored"] == 2
     store.write_json(layout.SUCCESS, {})
     assert main(["-q", "eval", store.uri, "--qrels", str(qrels), "--json"]) == 0
-    assert "incomplete" not in json.loads(capsys.readouterr().out)
+    done = json.loads(capsys.readouterr().out)
+    assert "incomplete" not in done
+    # finished, the same rule (trec_eval's default): the mean over the run's queries
+    assert done["runs"]["reranked"]["aggregate"]["RR@10"] == pytest.approx(1.0)
+    assert done["runs"]["reranked"]["queries"] == 2 and done["qrels_queries"] == 6
 
 
 def test_push_to_hub_with_another_format_fails_before_writing(tmp_path, capsys):
@@ -188,9 +192,13 @@ def test_export_and_eval_summaries_spell_paths_as_given(tmp_path, monkeypatch, c
     """The export summary does not mix relative and absolute paths."""
     _folder(tmp_path, SHARD0, SHARD1)
     monkeypatch.chdir(tmp_path)
-    assert main(["-q", "export", "out", "--format", "tevatron", "--out", "lab/t.jsonl"]) == 0
+    args = ["-q", "export", "out", "--format", "tevatron", "--out", "lab/t.jsonl"]
+    assert main([*args, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["out"] == "lab/t.jsonl" and summary["sidecar"] == "lab/t.jsonl.labels.json"
+    assert main(args) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == "written: lab/t.jsonl" and "sidecar: lab/t.jsonl.labels.json" in text
     (tmp_path / "q").write_text("q1 0 a 1\n")
     assert main(["-q", "eval", "out", "--qrels", "q"]) == 0
     assert "written: out/exports/metrics.json" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from rank1_batch.cli.results import JSON_HELP
 from rank1_batch.outputs.evaluate import DEFAULT_METRICS
 
 EPILOG = """examples:
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cp.add_argument(
         "--neg-threshold", type=float, default=0.5, help="label: max P(true) of a negative"
     )
-    cp.add_argument("--json", action="store_true", help="print JSON (with per-query values)")
+    cp.add_argument("--json", action="store_true", help=JSON_HELP + " (with per-query values)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

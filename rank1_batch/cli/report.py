@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import sys
+from typing import Any
+
+from rank1_batch.cli.results import (
+    JSON_HELP,
+    add_storage_arguments,
+    format_summary,
+    storage_given,
+    storage_of,
+)
 
 EPILOG = """examples:
   rank1-batch report out/demo --qrels jobs/data/demo.qrels
@@ -26,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "reasoning-length distributions per status, agreement with the first stage, label "
         "yield, with --qrels first-stage vs reranked metrics, a reliability diagram and "
         "per-query gains, and a trace explorer over a bounded selection of queries. "
-        "Default --out: OUTPUT/exports/report.html.",
+        "Default --out: OUTPUT/exports/report.html. Prints what was written (--json: the "
+        "JSON summary). The metrics follow eval's default convention: the mean over the "
+        "queries each run has that have qrels, as trec_eval computes it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -75,6 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MB",
         help=f"size limit of the explorer's data (default {d.max_bytes / 1e6:.0f})",
     )
+    rp.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_storage_arguments(rp)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -104,19 +118,44 @@ def cmd_report(args: argparse.Namespace) -> int:
             max_bytes=int(args.max_mb * 1e6),
         )
         summary = write_report(
-            args.output, args.out, qrels=args.qrels, queries=queries, limits=limits
+            args.output,
+            args.out,
+            qrels=args.qrels,
+            queries=queries,
+            limits=limits,
+            storage=storage_of(args),
         )
     except ValueError as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if args.out is None:  # spelt as the user spelt OUTPUT (relative stays relative)
+        from rank1_batch.outputs.report.build import DEFAULT_NAME
+
+        summary["report"] = _under(args.output, DEFAULT_NAME)
+    return _print(summary, args.json)
+
+
+def _under(output: str, name: str) -> str:
+    return posixpath.join(output.rstrip("/") or "/", name)
+
+
+def _print(summary: dict[str, Any], as_json: bool) -> int:
+    print(json.dumps(summary, indent=2) if as_json else format_summary(summary, "report"))
     return 0
 
 
 def _cmd_compare_page(args: argparse.Namespace) -> int:
-    from rank1_batch.outputs.report.compare_page import write_compare_page
+    from rank1_batch.outputs.compare import parse_sources
+    from rank1_batch.outputs.report.compare_page import DEFAULT_NAME, write_compare_page
     from rank1_batch.outputs.report.explorer import Limits
 
+    if storage_given(args):
+        print(
+            "rank1-batch: error: report --compare does not take --endpoint-url/--region/"
+            "--profile yet; set AWS_ENDPOINT_URL_S3, AWS_REGION or AWS_PROFILE instead",
+            file=sys.stderr,
+        )
+        return 2
     try:
         limits = Limits(
             max_candidates=args.max_candidates,
@@ -126,8 +165,11 @@ def _cmd_compare_page(args: argparse.Namespace) -> int:
         summary = write_compare_page(
             [args.output, *args.compare], args.out, qrels=args.qrels, limits=limits
         )
+        if args.out is None:
+            summary["report"] = _under(
+                parse_sources([args.output, *args.compare])[0].uri, DEFAULT_NAME
+            )
     except ValueError as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _print(summary, args.json)

@@ -5,9 +5,9 @@ each committed shard's judged queries, with the reranked run exactly as exported
 first stage as the pairs' ``input_rank``; a judged query the run lacks (every row an error)
 scores 0, as evaluators score it. The comparison is over the *same* queries for every output:
 the qrels queries that every output holds in a committed shard (their intersection); the
-others are dropped and counted per output. On that set each output's mean is ``eval``'s
-mean whenever the outputs hold every qrels query (``eval`` on a finished job also counts
-qrels queries its output lacks, as 0).
+others are dropped and counted per output. When the outputs hold every qrels query, each
+output's mean is ``eval --all-qrels-queries``' (trec_eval -c); it is also ``eval``'s default
+(the queries the run has) unless a query's rows are all errors, which only ``-c`` counts.
 
 Against the first output (the baseline): the mean paired difference, a paired t-test
 (``scipy.stats.ttest_rel``), a paired randomization test (``scipy.stats.permutation_test``,

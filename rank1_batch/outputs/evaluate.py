@@ -3,12 +3,15 @@
 Both runs come from committed shards: the first stage from the pairs' ``input_rank`` (as
 ``-rank``, distinct within a query), the reranked run is exactly the exported run
 (:func:`rank1_batch.outputs.exports.json_run`: scores, with ties lowered by a few float64 steps so
-that every evaluator reads our order: score desc, then doc_id). So ``eval`` and trec_eval /
-pytrec_eval / ir_measures on ``run.trec`` give the same numbers. Error rows (NaN scores) are
+that every evaluator reads our order: score desc, then doc_id). Error rows (NaN scores) are
 left out of the reranked run, as they are of ``run.trec``.
 
-On a job that is not finished only the queries already scored are evaluated (qrels of other
-queries would count as misses), and the report says so.
+Which queries the mean is over (the *convention*, stated in the output and ``metrics.json``):
+by default trec_eval's own: the queries the run has that have qrels, so ``eval`` prints what
+trec_eval and pytrec_eval print on the exported ``run.trec``. With ``all_qrels_queries``
+(``--all-qrels-queries``) trec_eval ``-c``'s: every qrels query counts, one the run lacks
+scoring as an empty ranking does (0 for these measures). The rule is the same on a job that
+is not finished; eval then also says how many shards are committed.
 
 :func:`evaluate_output` works one committed shard at a time (both prepare plans keep a query
 whole in one shard): per-query values from ``ir_measures.iter_calc`` on the shard's queries
@@ -37,6 +40,24 @@ from rank1_batch.outputs.results import Provenance, QueryGuard, open_committed
 
 DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@100")
 METRICS_FILE = "exports/metrics.json"
+RUN_QUERIES, ALL_QRELS_QUERIES = "run_queries", "all_qrels_queries"
+CONVENTIONS = {
+    RUN_QUERIES: "mean over the queries the run has that have qrels (trec_eval's default)",
+    ALL_QRELS_QUERIES: "mean over every qrels query, a query the run lacks scoring 0 "
+    "(trec_eval -c)",
+}
+
+
+def convention_of(all_qrels_queries: bool) -> str:
+    return ALL_QRELS_QUERIES if all_qrels_queries else RUN_QUERIES
+
+
+def judged_for(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], all_qrels_queries: bool
+) -> dict[str, dict[str, int]]:
+    """The judgements a run is evaluated against: those of its own queries (trec_eval's
+    default), or all of them (``-c``: ir_measures scores a query the run lacks as 0)."""
+    return qrels if all_qrels_queries else {q: j for q, j in qrels.items() if q in run}
 
 
 def _qrels_rows(lines: Iterable[str]) -> Iterator[tuple[str, str, int]]:
@@ -74,7 +95,13 @@ def load_qrels(uri: str, storage: StorageSpec | None = None) -> dict[str, dict[s
 
 def _qrels_lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
     fs, path = filesystem(uri, storage)
-    with fs.open(path, "rb") as fh:
+    try:
+        fh = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise ValueError(f"qrels file not found: {uri}") from None
+    except IsADirectoryError:
+        raise ValueError(f"qrels {uri}: a folder, not a qrels file") from None
+    with fh:
         for n, raw in enumerate(fh, 1):
             try:
                 yield raw.decode("utf-8")
@@ -184,19 +211,28 @@ def evaluate_runs(
     runs: dict[str, dict[str, dict[str, float]]],
     metrics: list[str],
     per_query: bool = False,
+    *,
+    all_qrels_queries: bool = False,
 ) -> dict[str, Any]:
-    """Aggregate (and optionally per-query) values of ``metrics`` for each named run."""
+    """Aggregate (and optionally per-query) values of ``metrics`` for each named run, over
+    the queries the convention names (see the module docstring)."""
     import ir_measures
 
     measures = _measures(metrics)
-    out: dict[str, Any] = {"metrics": metrics, "runs": {}}
+    out: dict[str, Any] = {
+        "metrics": metrics,
+        "convention": convention_of(all_qrels_queries),
+        "runs": {},
+    }
     for name, run in runs.items():
-        agg = ir_measures.calc_aggregate(measures, qrels, run)
+        judged = judged_for(qrels, run, all_qrels_queries)
+        agg = ir_measures.calc_aggregate(measures, judged, run)
         entry: dict[str, Any] = {"aggregate": {str(m): float(agg[m]) for m in measures}}
-        entry["queries"] = len(set(run) & set(qrels))
+        entry["queries"] = len(judged)
+        entry["unjudged_queries"] = len(set(run) - set(qrels))
         if per_query:
             table: dict[str, dict[str, float]] = {}
-            for m in ir_measures.iter_calc(measures, qrels, run):
+            for m in ir_measures.iter_calc(measures, judged, run):
                 table.setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
             entry["per_query"] = dict(sorted(table.items()))
         out["runs"][name] = entry
@@ -216,13 +252,19 @@ EVAL_COLUMNS = ("query_id", "doc_id", "score", *Provenance.COLUMNS)
 
 
 def evaluate_output(
-    store: Store, qrels_uri: str, metrics: list[str], *, per_query: bool = False
+    store: Store,
+    qrels_uri: str,
+    metrics: list[str],
+    *,
+    per_query: bool = False,
+    all_qrels_queries: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the folder's first-stage and reranked runs; write ``exports/metrics.json``.
 
     Shard by shard: the same numbers as :func:`evaluate_runs` on the whole runs (the
     aggregate is each measure's aggregator over the per-query values), with driver memory
-    independent of the number of pairs.
+    independent of the number of pairs. The convention (which queries the mean is over) and
+    the query counts behind it are in the report.
     """
     import ir_measures
 
@@ -231,7 +273,7 @@ def evaluate_output(
     measures = _measures(metrics)
     names = ("first_stage", "reranked")
     aggs = {name: {m: m.aggregator() for m in measures} for name in names}
-    evaluated = dict.fromkeys(names, 0)
+    judged_n, unjudged_n = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
     tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
     guard, prov, scored = QueryGuard(store.uri), Provenance(), 0
 
@@ -246,30 +288,42 @@ def evaluate_output(
         prov.add(table)
         judged = qrels.for_queries(qids)
         scored += len(judged)
-        if not judged:
-            continue
         runs = {"first_stage": first_stage_run(table), "reranked": reranked_run(table)}
         for name, run in runs.items():
-            evaluated[name] += len(set(run) & set(judged))
-            add(name, ir_measures.iter_calc(measures, judged, run))
-    if committed.complete:
-        # Evaluators score a qrels query the run lacks (0 for these measures): so does this.
+            judged_n[name] += sum(q in run for q in judged)
+            unjudged_n[name] += sum(q not in judged for q in run)
+            if judged:
+                add(
+                    name,
+                    ir_measures.iter_calc(
+                        measures, judged_for(judged, run, all_qrels_queries), run
+                    ),
+                )
+    if all_qrels_queries:
+        # trec_eval -c: a qrels query in no committed shard scores as an empty ranking (0).
         for judged in qrels.never_asked():
             for name in names:
                 add(name, ir_measures.iter_calc(measures, judged, {}))
-    report: dict[str, Any] = {"metrics": metrics, "runs": {}}
+    convention = convention_of(all_qrels_queries)
+    report: dict[str, Any] = {
+        "metrics": metrics,
+        "convention": convention,
+        "averaged_over": CONVENTIONS[convention],
+        "qrels_queries": len(qrels),
+        "runs": {},
+    }
     for name in names:
         entry: dict[str, Any] = {
             "aggregate": {str(m): float(a.result()) for m, a in aggs[name].items()},
-            "queries": evaluated[name],
+            "queries": len(qrels) if all_qrels_queries else judged_n[name],
+            "judged_queries": judged_n[name],
+            "unjudged_queries": unjudged_n[name],
         }
         if per_query:
             entry["per_query"] = dict(sorted(tables[name].items()))
         report["runs"][name] = entry
     report |= {"qrels": qrels_uri, **prov.to_dict(committed)}
     if not committed.complete:
-        # Qrels queries whose shards are not committed yet would count as misses: only the
-        # scored ones were evaluated (each shard sees its own queries' qrels).
         manifest = store.read_json(layout.MANIFEST) if store.exists(layout.MANIFEST) else {}
         report["incomplete"] = {
             "shards_committed": len(committed.shards),
@@ -280,45 +334,3 @@ def evaluate_output(
     store.write_atomic(METRICS_FILE, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     report["metrics_file"] = store.uri.rstrip("/") + "/" + METRICS_FILE
     return report
-
-
-def incomplete_warning(report: dict[str, Any]) -> str | None:
-    """One plain line when the job was still running (or stopped) at evaluation time."""
-    inc = report.get("incomplete")
-    if not inc:
-        return None
-    total = inc["shards_total"] if inc["shards_total"] is not None else "?"
-    return (
-        f"warning: the job is not finished ({inc['shards_committed']} of {total} shards "
-        f"committed): evaluated only the {inc['qrels_queries_scored']} of "
-        f"{inc['qrels_queries']} qrels queries scored so far"
-    )
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """Side-by-side table: one row per metric, first stage | reranked | delta."""
-    runs = report["runs"]
-    fs, rr = runs["first_stage"]["aggregate"], runs["reranked"]["aggregate"]
-    width = max(len(m) for m in fs) + 2
-    lines = [f"{'metric':<{width}}{'first_stage':>12}{'reranked':>12}{'delta':>10}"]
-    for m in fs:
-        lines.append(f"{m:<{width}}{fs[m]:>12.4f}{rr[m]:>12.4f}{rr[m] - fs[m]:>+10.4f}")
-    lines.append(f"queries evaluated: {runs['reranked']['queries']}")
-    warning = incomplete_warning(report)
-    if warning:
-        lines.append(warning)
-    if "per_query" in runs["reranked"]:
-        lines.append("")
-        names = list(fs)
-        lines.append("query_id " + " ".join(f"{'fs ' + m:>14} {'rr ' + m:>14}" for m in names))
-        fpq, rpq = runs["first_stage"]["per_query"], runs["reranked"]["per_query"]
-        for q in sorted(set(fpq) | set(rpq)):
-            cells = " ".join(
-                f"{fpq.get(q, {}).get(m, float('nan')):>14.4f} "
-                f"{rpq.get(q, {}).get(m, float('nan')):>14.4f}"
-                for m in names
-            )
-            lines.append(f"{q} {cells}")
-    if "metrics_file" in report:
-        lines.append(f"written: {report['metrics_file']}")
-    return "\n".join(lines)

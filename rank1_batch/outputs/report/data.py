@@ -170,6 +170,7 @@ class Scan:
     reliability: Reliability = field(default_factory=Reliability)
     per_query: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # run -> metric
     gains: list[float] = field(default_factory=list)
+    unjudged: int = 0  # queries of the output without qrels (in no mean, as in eval)
     provenance: dict[str, set[str]] = field(default_factory=dict)  # model, revision, prompt
 
     def __post_init__(self) -> None:
@@ -248,9 +249,9 @@ class Scan:
             if q in qrels
         ]
         self.reliability.add([p for p, _ in judged], [r for _, r in judged])
-        shard_qrels = {
-            q: qrels[q] for q in pc.unique(table.column("query_id")).to_pylist() if q in qrels
-        }
+        qids = pc.unique(table.column("query_id")).to_pylist()
+        shard_qrels = {q: qrels[q] for q in qids if q in qrels}
+        self.unjudged += len(qids) - len(shard_qrels)
         if not shard_qrels:
             return
         runs = {"first_stage": first_stage_run(table), "reranked": reranked_run(table)}
@@ -272,7 +273,8 @@ class Scan:
         return list(result["runs"]["reranked"]["aggregate"])
 
     def aggregates(self) -> dict[str, dict[str, float]]:
-        """Mean of the per-query values: ir_measures' aggregate over each run's queries."""
+        """Mean of the per-query values over the queries each run has that have qrels:
+        ``rank1-batch eval``'s default convention (trec_eval's)."""
         return {
             run: {m: float(np.mean(v)) for m, v in metrics.items() if v}
             for run, metrics in self.per_query.items()

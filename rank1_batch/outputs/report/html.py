@@ -226,9 +226,8 @@ def qrels_section(r: Report) -> str:
         if m in fs or m in rr:
             delta = rr.get(m, math.nan) - fs.get(m, math.nan)
             rows.append([escape(m), _num(fs.get(m)), _num(rr.get(m)), f"{delta:+.4f}"])
-    rows.append(
-        ["queries evaluated", counted.get("first_stage", 0), counted.get("reranked", 0), ""]
-    )
+    n_fs, n_rr = counted.get("first_stage", 0), counted.get("reranked", 0)
+    rows.append(["queries averaged over", n_fs, n_rr, ""])
     rel, gains, head = scan.reliability, scan.gains, r.metrics[0]
     better = sum(g > 1e-12 for g in gains)
     worse = sum(g < -1e-12 for g in gains)
@@ -254,9 +253,12 @@ def qrels_section(r: Report) -> str:
         ["P(true) bin", "pairs", "mean P(true)", "fraction relevant"], rel_rows, {1, 2, 3}
     )
     return f"""<section id="quality"><h2>Against qrels</h2>
-<p class="note">qrels: <code>{escape(r.qrels)}</code>. Metrics through the project's eval
-(ir_measures), computed shard by shard; the aggregate is the mean over each run's queries,
-as <code>rank1-batch eval</code> reports it. Error rows are left out of the reranked run.</p>
+<p class="note" id="convention">qrels: <code>{escape(r.qrels)}</code> ({len(scan.qrels or {})}
+queries). Each metric is the mean over the queries the run has that have qrels (trec_eval's
+default, as <code>rank1-batch eval</code> prints it; <code>eval --all-qrels-queries</code> for
+trec_eval -c): the reranked run's over {n_rr}, the first stage's over {n_fs}. Queries of the
+output without qrels (in no mean): {scan.unjudged}. Error rows are left out of the reranked run.
+</p>
 {metrics}<div class="plots">{diagram}{bars}</div>
 <p class="note">Reliability: complete and forced pairs of queries that have qrels ({rel.total}
 pairs; unjudged documents count as not relevant), in 10 bins of P(true); expected calibration
