@@ -80,6 +80,8 @@ def test_export_help_shows_the_default_of_every_label_option(capsys):
         ["export", "out", "--format", "trec"],
         ["report", "out", "--qrels", "q"],
         ["verify", "out"],
+        ["compare", "out", "first-stage", "--qrels", "q"],
+        ["report", "out", "--compare", "first-stage", "--qrels", "q"],
     ],
 )
 def test_storage_flags_reach_the_store(here, monkeypatch, capsys, command):
@@ -96,12 +98,6 @@ def test_storage_flags_reach_the_store(here, monkeypatch, capsys, command):
     assert main(["-q", *command, *FLAGS, "--profile", "team"]) == 0
     assert ("out", SPEC) in seen
     capsys.readouterr()
-
-
-def test_report_compare_refuses_the_storage_flags_it_cannot_use_yet(here, capsys):
-    assert main(["-q", "report", "out", "--compare", "first-stage", *FLAGS]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "report --compare does not take --endpoint-url" in err
 
 
 @pytest.mark.s3

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from rank1_batch.cli.results import JSON_HELP
+from rank1_batch.cli.results import JSON_HELP, add_storage_arguments, storage_of
 from rank1_batch.outputs.evaluate import DEFAULT_METRICS
 
 EPILOG = """examples:
@@ -67,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--neg-threshold", type=float, default=0.5, help="label: max P(true) of a negative"
     )
     cp.add_argument("--json", action="store_true", help=JSON_HELP + " (with per-query values)")
+    add_storage_arguments(cp)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -96,9 +97,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 correction=args.correction,
                 permutations=args.permutations,
                 seed=args.seed,
+                storage=storage_of(args),
             )
         report["agreement"] = agreement_report(
-            args.runs, args.top_k, args.pos_threshold, args.neg_threshold
+            args.runs, args.top_k, args.pos_threshold, args.neg_threshold, storage_of(args)
         )
     except ValueError as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)

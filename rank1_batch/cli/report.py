@@ -12,7 +12,6 @@ from rank1_batch.cli.results import (
     JSON_HELP,
     add_storage_arguments,
     format_summary,
-    storage_given,
     storage_of,
 )
 
@@ -149,13 +148,6 @@ def _cmd_compare_page(args: argparse.Namespace) -> int:
     from rank1_batch.outputs.report.compare_page import DEFAULT_NAME, write_compare_page
     from rank1_batch.outputs.report.explorer import Limits
 
-    if storage_given(args):
-        print(
-            "rank1-batch: error: report --compare does not take --endpoint-url/--region/"
-            "--profile yet; set AWS_ENDPOINT_URL_S3, AWS_REGION or AWS_PROFILE instead",
-            file=sys.stderr,
-        )
-        return 2
     try:
         limits = Limits(
             max_candidates=args.max_candidates,
@@ -163,7 +155,11 @@ def _cmd_compare_page(args: argparse.Namespace) -> int:
             max_bytes=int(args.max_mb * 1e6),
         )
         summary = write_compare_page(
-            [args.output, *args.compare], args.out, qrels=args.qrels, limits=limits
+            [args.output, *args.compare],
+            args.out,
+            storage_of(args),
+            qrels=args.qrels,
+            limits=limits,
         )
         if args.out is None:
             summary["report"] = _under(

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from rank1_batch.core.figures import kendall_tau_b
 from rank1_batch.io import layout
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.io.store import Store
 from rank1_batch.outputs.labels import LabelRules
 from rank1_batch.outputs.results import LABEL_STATUSES, Committed, open_committed
@@ -143,14 +144,15 @@ def agreement(
     *,
     k: int = 10,
     rules: LabelRules | None = None,
+    storage: StorageSpec | None = None,
 ) -> list[tuple[list[QueryAgreement], int, int]]:
     """Per-query agreement of ``base`` = (uri, kind) with each of ``others``, and how many
     queries each of the two holds."""
     rules = rules or LabelRules()
     if k < 1:
         raise ValueError("--top-k must be at least 1")
-    base_c = open_committed(Store(base[0]))
-    views = [_Other(open_committed(Store(uri)), kind, rules) for uri, kind in others]
+    base_c = open_committed(Store(base[0], storage))
+    views = [_Other(open_committed(Store(uri, storage)), kind, rules) for uri, kind in others]
     out: list[list[QueryAgreement]] = [[] for _ in others]
     base_n = 0
     for _, table in base_c.tables(COLUMNS, ("input_rank",)):
@@ -185,7 +187,11 @@ def summary(rows: list[QueryAgreement], base_queries: int, other_queries: int) -
 
 
 def agreement_report(
-    names: list[str], k: int, pos_threshold: float = 0.5, neg_threshold: float = 0.5
+    names: list[str],
+    k: int,
+    pos_threshold: float = 0.5,
+    neg_threshold: float = 0.5,
+    storage: StorageSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Agreement of the baseline with each other run: a summary and per-query rows."""
     from rank1_batch.outputs.compare import parse_sources
@@ -194,7 +200,8 @@ def agreement_report(
     sources = parse_sources(names)
     rules = LabelRules(pos_threshold=pos_threshold, neg_threshold=neg_threshold)
     base, others = sources[0], sources[1:]
-    results = agreement((base.uri, base.kind), [(s.uri, s.kind) for s in others], k=k, rules=rules)
+    pairs = [(s.uri, s.kind) for s in others]
+    results = agreement((base.uri, base.kind), pairs, k=k, rules=rules, storage=storage)
     out = []
     for s, (rows, n_base, n_other) in zip(others, results, strict=True):
         out.append(

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.io.store import Store
 from rank1_batch.outputs.evaluate import QrelsIndex, _measures, first_stage_run, reranked_run
 from rank1_batch.outputs.results import QueryGuard, open_committed
@@ -78,12 +79,16 @@ class PerQuery:
 
 
 def per_query_values(
-    uri: str, qrels: QrelsIndex, metrics: list[str], kinds: Iterable[str]
+    uri: str,
+    qrels: QrelsIndex,
+    metrics: list[str],
+    kinds: Iterable[str],
+    storage: StorageSpec | None = None,
 ) -> dict[str, PerQuery]:
     """Stream ``uri``'s committed shards once; per-query values of each run kind asked."""
     import ir_measures
 
-    store = Store(uri)
+    store = Store(uri, storage)
     committed = open_committed(store)
     measures = _measures(metrics)
     out = {k: PerQuery(complete=committed.complete) for k in kinds}
@@ -175,6 +180,7 @@ def compare(
     correction: str = "holm",
     permutations: int = 10_000,
     seed: int = 0,
+    storage: StorageSpec | None = None,
 ) -> dict[str, Any]:
     """The comparison as a JSON-ready dict (see the module docstring)."""
     if test not in TESTS:
@@ -186,11 +192,13 @@ def compare(
     if permutations < 1:
         raise ValueError("--permutations must be at least 1")
     sources = parse_sources(names)
-    qrels = QrelsIndex.load(qrels_uri)
+    qrels = QrelsIndex.load(qrels_uri, storage)
     by_uri: dict[str, list[str]] = {}
     for s in sources:
         by_uri.setdefault(s.uri, []).append(s.kind)
-    read = {uri: per_query_values(uri, qrels, metrics, kinds) for uri, kinds in by_uri.items()}
+    read = {
+        uri: per_query_values(uri, qrels, metrics, kinds, storage) for uri, kinds in by_uri.items()
+    }
     runs = [read[s.uri][s.kind] for s in sources]
     judged = {str(q) for q in qrels.ids.to_pylist()}
     covered = [pq.held & judged for pq in runs]

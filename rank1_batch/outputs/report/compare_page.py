@@ -19,6 +19,7 @@ from typing import Any
 
 from rank1_batch.core.figures import Histogram
 from rank1_batch.io import commit, layout
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.io.store import Store
 from rank1_batch.outputs.compare import fmt_p
 from rank1_batch.outputs.evaluate import DEFAULT_METRICS, load_qrels
@@ -69,6 +70,7 @@ def collect(
     alpha: float = 0.05,
     correction: str = "holm",
     top_k: int = 10,
+    storage: StorageSpec | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows, as plain data."""
     from rank1_batch.outputs.agreement import agreement_report
@@ -79,8 +81,10 @@ def collect(
     sources = parse_sources(names)
     stats = None
     if qrels:
-        stats = compare(names, qrels, metrics, test=test, alpha=alpha, correction=correction)
-    agreement = agreement_report(names, top_k)
+        stats = compare(
+            names, qrels, metrics, test=test, alpha=alpha, correction=correction, storage=storage
+        )
+    agreement = agreement_report(names, top_k, storage=storage)
     head = stats["metrics"][0] if stats else None
     per_query = stats["per_query"][head] if stats and head else {}
     picked: dict[str, dict[str, Any]] = {}
@@ -96,10 +100,10 @@ def collect(
             entry["tau"][i] = rows[qid]["tau"] if qid in rows else None
             entry["overlap"][i] = rows[qid]["overlap"] if qid in rows else None
     uris = list(dict.fromkeys(s.uri for s in sources))
-    judged = load_qrels(qrels) if qrels else None
+    judged = load_qrels(qrels, storage) if qrels else None
     payloads: list[dict[str, dict[str, Any]]] = []
     for uri in uris:
-        store = Store(uri)
+        store = Store(uri, storage)
         where = _shard_of(store)
         chosen = [(q, where[q]) for q in picked if q in where]
         ex = build_explorer(store, chosen, limits, judged, metrics if judged else [])
@@ -308,17 +312,19 @@ generated {when}</div>
 """
 
 
-def write_compare_page(names: list[str], out: str | None = None, **options: Any) -> dict[str, Any]:
+def write_compare_page(
+    names: list[str], out: str | None = None, storage: StorageSpec | None = None, **options: Any
+) -> dict[str, Any]:
     """Build the page for ``names`` (the first is the baseline) and write it to ``out``
     (default ``<first output>/exports/compare.html``)."""
-    c = collect(names, **options)
+    c = collect(names, storage=storage, **options)
     page = render(c).encode("utf-8")
     if out is None:
-        store = Store(c["uris"][0])
+        store = Store(c["uris"][0], storage)
         store.write_atomic(DEFAULT_NAME, page)
         where = store.path(DEFAULT_NAME)
     else:
         where = out
-        Store(os.path.dirname(out) or ".").write_atomic(os.path.basename(out), page)
+        Store(os.path.dirname(out) or ".", storage).write_atomic(os.path.basename(out), page)
     return {"report": where, "bytes": len(page), "runs": len(c["sources"]),
             "disagreement_queries": len(c["queries"])}  # fmt: skip
