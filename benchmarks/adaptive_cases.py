@@ -103,13 +103,19 @@ def subset(queries: int, work: Path) -> Path:
     return path
 
 
-def trade_off(job: Path, qrels: Path, work: Path, extra: list[str] | None = None) -> dict[str, Any]:
+def trade_off(
+    job: Path,
+    qrels: Path,
+    work: Path,
+    extra: list[str] | None = None,
+    settings: list[tuple[str, list[str]]] = SETTINGS,
+) -> dict[str, Any]:
     """Run ``job`` once per setting into ``work/<n>`` and evaluate each against ``qrels``."""
     from rank1_batch.io.store import Store
     from rank1_batch.outputs import compare, evaluate
 
     rows, outs = [], []
-    for n, (label, overrides) in enumerate(SETTINGS):
+    for n, (label, overrides) in enumerate(settings):
         out = work / f"{n}-{label.replace(' ', '_').replace('=', '')}"
         sets = [f"--set={o}" for o in [*(extra or []), *overrides]]
         wall = c.run_cli(["run", str(job), "--output", str(out), *sets])["wall_s"]
@@ -131,10 +137,12 @@ def trade_off(job: Path, qrels: Path, work: Path, extra: list[str] | None = None
     }  # fmt: skip
 
 
-def demo(queries: int, work: Path) -> dict[str, Any]:
-    """The trade-off on the toy demo world (``queries`` of its 100 queries)."""
+def demo(queries: int, work: Path, settings: int | None = None) -> dict[str, Any]:
+    """The trade-off on the toy demo world (``queries`` of its 100 queries; the first
+    ``settings`` of :data:`SETTINGS`, default all)."""
     pairs = subset(queries, work) if queries < 100 else DEMO_PAIRS
-    result = trade_off(DEMO_JOB, DEMO_QRELS, work, [f"input.path={pairs}"])
+    chosen = SETTINGS[:settings] if settings else SETTINGS
+    result = trade_off(DEMO_JOB, DEMO_QRELS, work, [f"input.path={pairs}"], chosen)
     result["world"] = (
         "TOY: the synthetic demo world and the toy model (rank1_batch/toy), "
         f"{queries} queries x 30 candidates; not a measurement of Rank1's quality"

@@ -85,6 +85,8 @@ class DrainSettings:
 
 FULL = DrainSettings()
 QUICK = DrainSettings(total_pairs=8000, shards_in_flight=(2, 8))
+# For the test that runs every case (tests/test_benchmarks.py): the code paths, not the figures.
+TINY = DrainSettings(shard_sizes=(100, 200), total_pairs=400, shards_in_flight=(2,), rss=False)
 
 
 # -- synthetic prepared shards ------------------------------------------------------------

@@ -124,6 +124,10 @@ def token_economics(out: Path) -> dict[str, Any]:
     """Case 7 from a finished run's folder (manifest, pairs shards, committed scores)."""
     import pyarrow.parquet as pq
 
+    from rank1_batch.io import commit
+    from rank1_batch.io.store import Store
+
+    store = Store(str(out))
     engine = load_engine(1)
     manifest = json.loads((out / "pairs" / "_manifest.json").read_text())
     shared = total = 0
@@ -134,7 +138,9 @@ def token_economics(out: Path) -> dict[str, Any]:
         prompts = fitted_prompts(engine, pairs["query"].to_pylist(), pairs["passage"].to_pylist())
         s, t = c.shared_prefix(prompts)
         shared, total = shared + s, total + t
-        scores = pq.read_table(out / "scores" / f"{shard['id']}.parquet")
+        # Read as every reader does: through the shard's commit marker (data files are named
+        # by attempt, so no file name can be guessed), checksum verified.
+        scores = commit.committed_table(store, shard["id"], "scores")
         reasoning += scores["reasoning_tokens"].to_pylist()
         for status in scores["status"].to_pylist():
             statuses[status] = statuses.get(status, 0) + 1

@@ -1,6 +1,7 @@
 """Reproducible performance run of rank1-batch on this machine: one JSON document out.
 
     python benchmarks/run.py --quick                 # minutes: small sizes, every case
+    python benchmarks/run.py --tiny                  # every case's code path (tests run this)
     python benchmarks/run.py                         # full sizes (20k pairs scored, 2M prepared)
     python benchmarks/run.py --out results/x.json    # default: benchmarks/results/latest.json
 
@@ -49,6 +50,21 @@ SIZES = {
         "scale_pairs": [100_000, 300_000],
         "drain": "quick",
         "mode_queries": 20,
+    },
+    # Every case's code path in a few minutes (tests/test_benchmarks.py runs it); the figures
+    # mean nothing at this size.
+    "tiny": {
+        "score_pairs": 60,
+        "shard_size": 20,
+        "cli_repeats": 1,
+        "prepare_pairs": [2_000],
+        "score_shards": 1,
+        "engine_queries": 2,
+        "repeats": 1,
+        "scale_pairs": [2_000, 4_000],
+        "drain": "tiny",
+        "mode_queries": 2,
+        "mode_settings": 3,  # think, direct, cascade: each mode once
     },
     "full": {
         "score_pairs": 20_000,
@@ -117,17 +133,26 @@ def run_all(work: Path, size: dict[str, Any]) -> dict[str, Any]:
         out = Path(one["rank1_batch_run"]["out"])
         guarded(cases, "7_token_economics", lambda: engine_cases.token_economics(out))
     guarded(cases, "8_scale", lambda: scale_cases.scale(work, size["scale_pairs"]))
-    drain = drain_cases.QUICK if size["drain"] == "quick" else drain_cases.FULL
+    drain = {"tiny": drain_cases.TINY, "quick": drain_cases.QUICK}.get(
+        size["drain"], drain_cases.FULL
+    )
     guarded(cases, "9_drain", lambda: drain_cases.drain(work, drain))
     modes = work / "modes"
     modes.mkdir()
-    guarded(cases, "10_reasoning_modes", lambda: adaptive_cases.demo(size["mode_queries"], modes))
+    guarded(
+        cases,
+        "10_reasoning_modes",
+        lambda: adaptive_cases.demo(size["mode_queries"], modes, size.get("mode_settings")),
+    )
     return cases
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    p.add_argument(
+        "--tiny", action="store_true", help="every case at a toy size (a smoke test, no figures)"
+    )
     p.add_argument(
         "--out",
         default=str(c.ROOT / "benchmarks" / "results" / "latest.json"),
@@ -143,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--only", help="run just this case (8_scale)")
     args = p.parse_args(argv)
-    mode = "quick" if args.quick else "full"
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     if args.scale_pairs:
         SIZES[mode]["scale_pairs"] = args.scale_pairs
     started = time.time()

@@ -92,3 +92,38 @@ def test_run_phased_merges_the_child_results_and_tags_rss_by_phase(tmp_path):
     failing = "import sys; print('boom', file=sys.stderr); sys.exit(3)"
     with pytest.raises(RuntimeError, match="child exited 3: boom"):
         run_phased([sys.executable, "-c", failing], "child")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_every_benchmark_case_runs_at_a_tiny_size(tmp_path):
+    """``benchmarks/run.py --tiny`` runs each case's real code path (the toy model, local Ray,
+    the output readers), so a case that reads a renamed file or calls a moved function fails
+    here, not on the next person's ``--quick`` run (case 7 once read
+    ``scores/shard-00000.parquet`` after data files became attempt-named)."""
+    import json
+    import subprocess
+
+    out = tmp_path / "tiny.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "run.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    expected = {
+        "1_pipeline_overhead", "2_scaling", "3_resume", "4_prepare_throughput", "5_memory",
+        "6_engine_efficiency", "7_token_economics", "8_scale", "9_drain", "10_reasoning_modes",
+    }  # fmt: skip
+    failed = {name: case["error"] for name, case in cases.items() if "error" in case}
+    assert not failed, (failed, proc.stderr[-3000:])
+    assert set(cases) == expected
+    economics = cases["7_token_economics"]
+    # The prefix-sharing figures come back with case 7 (they vanished while it failed).
+    assert economics["pairs"] > 0 and economics["prompt_tokens"] > 0
+    assert 0 <= economics["shared_prefix_fraction"] <= 1
+    assert len(cases["10_reasoning_modes"]["settings"]) == 3
