@@ -189,3 +189,24 @@ def test_a_header_only_csv_says_so(tmp_path):
     pq.write_table(pa.table({c: pa.array([], pa.string()) for c in names}), folder / "c.parquet")
     with pytest.raises(inputs.InputError, match=r"0 rows in 2 CSV files and 1 Parquet file;"):
         inputs.scan_inputs(inputs.InputSpec(path=str(folder)))
+
+
+def test_rows_of_a_converted_trec_run_name_the_run_file_and_line(tmp_path):
+    from rank1_batch.run import convert_input
+
+    (tmp_path / "collection.tsv").write_text("p1\tfirst passage\np2\tsecond passage\n")
+    (tmp_path / "queries.tsv").write_text("1\twhat is first\n")
+    (tmp_path / "run.txt").write_text("# a comment\n1 p1 9.0\n1 p2 8.0\n1 p3 7.0\n2 p1 1.0\n")
+    spec = spec_from_mapping(
+        {"input": {"path": str(tmp_path / "run.txt"), "format": "trec",
+                   "queries": str(tmp_path / "queries.tsv"),
+                   "corpus": str(tmp_path / "collection.tsv")},
+         "output": {"path": str(tmp_path / "out")}, "model": {"name": "toy", "device": "cpu"}}
+    )  # fmt: skip
+    store = Store(spec.output.path)
+    converted, files = convert_input(spec, store)
+    prepare(converted, store, files)
+    by = {b["reason"]: b["rows"] for b in read_rejects(store)["reasons"]}
+    run = tmp_path / "run.txt"
+    assert [r["where"] for r in by["missing_doc"]] == [f"{run} line 4"]
+    assert [r["where"] for r in by["missing_query"]] == [f"{run} line 5"]

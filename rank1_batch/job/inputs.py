@@ -38,8 +38,10 @@ MISSING_DOC = "missing_doc"
 # A column written by rank1_batch.job.convert when it converts a run + corpus to pairs: a reason
 # decided at conversion (missing_query, missing_doc) that takes precedence over the checks here.
 PRESET_REASON = "_rank1_reason"
-# Written beside it: the line of the original file a converted row came from (rank-llm input).
+# Written beside it: the line of the original file a converted row came from (a TREC run's, a
+# rank-llm request's) and, for a rank-llm candidate, its 0-based position in the request.
 PRESET_LINE = "_rank1_line"
+PRESET_CANDIDATE = "_rank1_candidate"
 
 NORMALISED = pa.schema(
     [
@@ -362,6 +364,7 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
     line = pa.nulls(len(qid), pa.int64())
     if spec.format == "pairs" and PRESET_LINE in table.column_names:
         line = pc.cast(table.column(PRESET_LINE).combine_chunks(), pa.int64())
+        candidate = pc.cast(table.column(PRESET_CANDIDATE).combine_chunks(), pa.int32())
     out = pa.table(
         [qid, doc_id, query, passage, title, instr, order, reason, source_row, line, candidate],
         schema=NORMALISED,
