@@ -112,9 +112,10 @@ def read_rejects(store: Store, first: int = 5, reasons: list[str] | None = None)
 def format_rejects(report: dict[str, Any], first: int) -> str:
     """The report as text: one block per reason, its count, then its first rows."""
     of = f" (of {report['input_rows']:,} input rows)" if report["input_rows"] is not None else ""
+    rejected, duplicates = report["rejected"], report["duplicates"]
     lines = [
-        f"{report['output']}: {report['rejected']:,} rows rejected, "
-        f"{report['duplicates']:,} duplicates dropped{of}"
+        f"{report['output']}: {rejected:,} row{'s' * (rejected != 1)} rejected, "
+        f"{duplicates:,} duplicate{'s' * (duplicates != 1)} dropped{of}"
     ]
     for block in report["reasons"]:
         lines.append(f"{block['reason']}: {block['count']:,}")
