@@ -210,3 +210,13 @@ def test_rows_of_a_converted_trec_run_name_the_run_file_and_line(tmp_path):
     run = tmp_path / "run.txt"
     assert [r["where"] for r in by["missing_doc"]] == [f"{run} line 4"]
     assert [r["where"] for r in by["missing_query"]] == [f"{run} line 5"]
+
+
+def test_lines_are_found_past_values_longer_than_csvs_field_limit(tmp_path):
+    long = "word " * 40_000  # 200 KB: over the csv module's 128 KiB default field limit
+    (tmp_path / "in.tsv").write_text(
+        f'query_id\tquery\tdoc_id\tpassage\nq1\tx\td1\t"{long}\n{long}"\nq1\tx\td2\t\n'
+    )
+    store, _ = prepared(tmp_path, tmp_path / "in.tsv")
+    by = {b["reason"]: b["rows"] for b in read_rejects(store)["reasons"]}
+    assert [r["where"] for r in by["empty_passage"]] == [f"{tmp_path / 'in.tsv'} line 4"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,19 +86,25 @@ def locate(
     from the unit ordinals (``files``: ordinal -> file) and ``source_line`` found for rows of
     text files (``kind(file)``: ``csv``, ``tsv``, ``jsonl`` or ``parquet``); the same for the
     ``kept_`` columns when ``schema`` has them."""
-    starts: dict[str, list[int]] = {}  # a text file's record start lines, read once
-    for prefix in ("", "kept_") if "kept_input_order" in schema.names else ("",):
-        order = table.column(f"{prefix}input_order").to_numpy(zero_copy_only=False)
-        names = [files.get(int(o) >> 32) for o in order]
-        lines = table.column(f"{prefix}source_line").to_pylist()
-        rows = table.column(f"{prefix}source_row").to_pylist()
-        for i, (name, line, row) in enumerate(zip(names, lines, rows, strict=True)):
-            if name is None or line is not None or row is None or kind(name) == "parquet":
-                continue
-            if name not in starts:
-                starts[name] = record_lines(name, kind(name), storage)
-            found = starts[name]
-            lines[i] = found[row] if row < len(found) else None
+    prefixes = ("", "kept_") if "kept_input_order" in schema.names else ("",)
+    columns = {
+        p: (
+            [files.get(int(o) >> 32) for o in table.column(f"{p}input_order").to_pylist()],
+            table.column(f"{p}source_line").to_pylist(),
+            table.column(f"{p}source_row").to_pylist(),
+        )
+        for p in prefixes
+    }
+    wanted: dict[str, set[int]] = {}  # per text file: the records whose line is needed
+    for names, lines, rows in columns.values():
+        for name, line, row in zip(names, lines, rows, strict=True):
+            if name is not None and line is None and row is not None and kind(name) != "parquet":
+                wanted.setdefault(name, set()).add(row)
+    found = {name: record_lines(name, kind(name), storage, want) for name, want in wanted.items()}
+    for prefix, (names, lines, rows) in columns.items():
+        for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+            if name in found and lines[i] is None:
+                lines[i] = found[name].get(row)
         table = table.set_column(
             table.schema.get_field_index(f"{prefix}source_line"),
             f"{prefix}source_line",
@@ -114,22 +121,42 @@ def rejected_rows(rows: pa.Table) -> pa.Table:
     return rows.select([n for n in REJECTED_SCHEMA.names if n != "source_file"])
 
 
-def record_lines(path: str, kind: str, storage: StorageSpec | None) -> list[int]:
-    """1-based line each data record of a text file starts on, in record order (CSV/TSV: a
-    quoted value may span lines, blank lines are skipped and the header is not a record, as
-    Arrow reads them; JSONL: one record per non-blank line)."""
+def record_lines(
+    path: str, kind: str, storage: StorageSpec | None, wanted: set[int]
+) -> dict[int, int]:
+    """The 1-based line each ``wanted`` record (0-based, data records only) of a text file
+    starts on: CSV/TSV as Arrow reads them (a quoted value may span lines, blank lines are
+    skipped, the header is no record); JSONL one record per non-blank line. Reads the file up
+    to the last record wanted; holds only the answers."""
     fs, bare = filesystem(path, storage)
-    out: list[int] = []
-    with fs.open(bare, "rt", encoding="utf-8", newline="", compression="infer") as fh:
-        if kind == "jsonl":
-            return [n for n, line in enumerate(fh, 1) if line.strip()]
-        reader = csv.reader(fh, delimiter="\t" if kind == "tsv" else ",")
-        before = 0
-        for record in reader:
-            if record:
-                out.append(before + 1)
-            before = reader.line_num
-    return out[1:]
+    out: dict[int, int] = {}
+    last, record = max(wanted, default=-1), -1
+    limit = csv.field_size_limit(2**31 - 1)  # a passage may exceed csv's 128 KiB default
+    try:
+        with fs.open(bare, "rt", encoding="utf-8", newline="", compression="infer") as fh:
+            if kind == "jsonl":
+                starts: Iterator[int] = (n for n, line in enumerate(fh, 1) if line.strip())
+            else:
+                starts = _csv_starts(csv.reader(fh, delimiter="\t" if kind == "tsv" else ","))
+                next(starts, None)  # the header
+            for line in starts:
+                record += 1
+                if record in wanted:
+                    out[record] = line
+                if record >= last:
+                    break
+    finally:
+        csv.field_size_limit(limit)
+    return out
+
+
+def _csv_starts(reader: Any) -> Iterator[int]:
+    """The line each CSV record starts on (``reader.line_num`` is the line it ends on)."""
+    before = 0
+    for fields in reader:
+        if fields:
+            yield before + 1
+        before = reader.line_num
 
 
 def empty_input(path: str, kinds: list[str]) -> str:
