@@ -81,4 +81,14 @@ def test_wrong_column_types_are_refused_naming_file_and_column(tmp_path, column,
 
 def test_empty_input_file_is_refused(tmp_path):
     pq.write_table(good(0), tmp_path / "in.parquet")
-    refused(tmp_path, tmp_path / "in.parquet", "0 rows; nothing to rerank")
+    refused(tmp_path, tmp_path / "in.parquet", r"0 rows in 1 Parquet file; nothing to rerank")
+
+
+def test_a_header_only_csv_is_refused_as_such_not_as_parquet(tmp_path):
+    (tmp_path / "in.csv").write_text("query_id,query,doc_id,passage\n")
+    refused(tmp_path, tmp_path / "in.csv", r"^input file \S+in\.csv has a header and no rows; ")
+
+
+def test_bytes_that_are_not_utf8_are_refused_naming_the_column_and_line(tmp_path):
+    (tmp_path / "in.csv").write_bytes(b"query_id,query,doc_id,passage\nq1,caf\xe9,d1,a cat\n")
+    refused(tmp_path, tmp_path / "in.csv", r"in\.csv: line 2, column 'query': byte 0xe9")

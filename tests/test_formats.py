@@ -39,6 +39,33 @@ def test_trec_runs_six_and_three_columns_in_run_order():
         run_reference.parse_json_run({"q1": {"a": "high"}})
 
 
+def test_pyserini_runs_in_its_trec_and_msmarco_output_formats(tmp_path):
+    (tmp_path / "collection.tsv").write_text("".join(f"p{i}\tpassage {i}\n" for i in range(4)))
+    (tmp_path / "queries.tsv").write_text("1\tfirst\n2\tsecond\n")
+
+    def pairs(text: str, fmt: str, top_k: int | None = None) -> list[tuple[str, str]]:
+        (tmp_path / "run").write_text(text)
+        spec = InputSpec(path=str(tmp_path / "run"), format=fmt, top_k=top_k,
+                         queries=str(tmp_path / "queries.tsv"),
+                         corpus=str(tmp_path / "collection.tsv"))  # fmt: skip
+        table = run_reference.run_pairs(spec)
+        return list(
+            zip(*(table.column(c).to_pylist() for c in ("query_id", "doc_id")), strict=True)
+        )
+
+    # pyserini's default (--output-format trec): qid Q0 docid rank score Anserini
+    trec = "1 Q0 p2 1 9.5 Anserini\n1 Q0 p1 2 7.25 Anserini\n2 Q0 p1 1 3.0 Anserini\n"
+    assert pairs(trec, "trec") == [("1", "p2"), ("1", "p1"), ("2", "p1")]
+    # --output-format msmarco: qid<TAB>docid<TAB>rank; rank 1 first (read as a 3-column
+    # trec run, the rank would be taken for a score and the order turned upside down)
+    msmarco = "1\tp2\t1\n1\tp1\t2\n1\tp3\t3\n2\tp1\t1\n"
+    assert pairs(msmarco, "msmarco-run") == [("1", "p2"), ("1", "p1"), ("1", "p3"), ("2", "p1")]
+    assert pairs(msmarco, "msmarco-run", top_k=2) == [("1", "p2"), ("1", "p1"), ("2", "p1")]
+    assert pairs(msmarco, "trec")[:3] == [("1", "p3"), ("1", "p1"), ("1", "p2")]  # the trap
+    with pytest.raises(formats.FormatError, match="line 1: expected qid<TAB>docid<TAB>rank"):
+        pairs(trec, "msmarco-run")
+
+
 def test_msmarco_tsvs_and_missing_text_become_rejected_reasons(tmp_path):
     (tmp_path / "collection.tsv").write_text("p1\tfirst passage\np2\tsecond passage\np9\tunused\n")
     (tmp_path / "queries.dev.tsv").write_text("1\twhat is first\n")
@@ -309,7 +336,7 @@ def test_json_run_streams_member_by_member_like_the_whole_object(tmp_path, monke
     )
     monkeypatch.setattr(run_files, "READ_CHARS", 5)  # members split across read windows
     blocks = list(run_files.json_blocks(spec.path, None))
-    assert [r for b in blocks for r in b] == run_reference.parse_json_run(obj)
+    assert [r[:3] for b in blocks for r in b] == run_reference.parse_json_run(obj)
     table = run_reference.run_pairs(spec)
     assert table.num_rows == 21
     (tmp_path / "dup.json").write_text('{"1": {"a": 1}, "1": {"b": 2}}')

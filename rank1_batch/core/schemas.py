@@ -1,4 +1,5 @@
-"""The committed files' schemas: one row per pair in ``scores/``, its trace in ``traces/``.
+"""The committed files' schemas: one row per pair in ``scores/``, its trace in ``traces/``, and
+prepare's accounts of the input rows it did not keep (``rejected/``, ``duplicates/``).
 
 Kept apart from the score stage so readers (results, reuse, report) import them without it.
 """
@@ -39,12 +40,39 @@ TRACES_SCHEMA = pa.schema(
     ]
 )
 
-# rejected/<shard>.parquet: input rows refused by prepare, each with its reason code
+# Where an input row came from (rank1_batch.job.sources): its file, its 0-based row in that
+# file (a Parquet row across row groups; a text file's record after the header), the 1-based
+# line a text file's record starts on (null for Parquet) and, for candidate lists, its 0-based
+# position in the list (null for pairs).
+SOURCE_FIELDS = [
+    ("source_file", pa.string()),
+    ("source_row", pa.int64()),
+    ("source_line", pa.int64()),
+    ("candidate", pa.int32()),
+]
+
+# rejected/<shard|unit>.parquet: input rows refused by prepare, each with its reason code
 REJECTED_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
         ("doc_id", pa.string()),
         ("reason", pa.string()),
         ("input_order", pa.int64()),
+        *SOURCE_FIELDS,
+    ]
+)
+
+# duplicates/<shard|unit>.parquet: rows dropped because their (query_id, doc_id) came earlier
+# in the input; ``kept_*`` say where the row that was kept came from, ``passage_differs``
+# whether its passage text was not the same.
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("input_order", pa.int64()),
+        *SOURCE_FIELDS,
+        ("kept_input_order", pa.int64()),
+        *[(f"kept_{name}", kind) for name, kind in SOURCE_FIELDS],
+        ("passage_differs", pa.bool_()),
     ]
 )

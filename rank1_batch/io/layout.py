@@ -36,6 +36,11 @@ def rejected_path(shard: str) -> str:
     return f"rejected/{shard}.parquet"
 
 
+def duplicates_path(shard: str) -> str:
+    """Rows of ``shard`` dropped as duplicates of an earlier (query_id, doc_id)."""
+    return f"duplicates/{shard}.parquet"
+
+
 def scores_path(shard: str, attempt: str) -> str:
     """The scores file of one attempt of ``shard`` (the marker names the winner's)."""
     return f"scores/{shard}.{attempt}.parquet"

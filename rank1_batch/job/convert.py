@@ -1,8 +1,11 @@
-"""IR input formats converted to Parquet pairs on the driver: TREC / JSON runs + text, HF data.
+"""IR input formats converted to Parquet pairs on the driver: TREC / MS MARCO / JSON runs + text,
+HF data, rank_llm requests.
 
-``input.format: trec | json-run | hf`` is turned into normalised Parquet parts,
-``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage, title and a
-preset reason), each written atomically as it fills, then ``input/_converted.json``; prepare
+``input.format: trec | msmarco-run | json-run | hf | rank-llm`` is turned into normalised
+Parquet parts, ``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage,
+title, a preset reason, and where known the line of the original file a row came from: a TREC
+run's line, a ``rank-llm`` request's and the candidate's place in it), each written atomically
+as it fills, then ``input/_converted.json`` (which also names the original input); prepare
 then reads the folder as ordinary ``pairs`` input. Rows of the run whose query or document
 has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The
 job's fingerprint records the *original* files (names and sizes), not the converted ones.
@@ -13,7 +16,11 @@ the run: :mod:`rank1_batch.job.run_files` reads it as query blocks (a grouped TR
 at a time; an ungrouped one through local temporary files partitioned by query, plus an index
 of its query ids; a JSON run one query's object at a time). The run is read more than once
 (document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
-``hf`` data is memory-mapped Arrow, written out part by part.
+``hf`` data is memory-mapped Arrow, written out part by part. A ``rank-llm`` file is rank_llm's
+request JSONL (``rank_llm.data.Request``: one query a line, ``{"query": {"text", "qid"},
+"candidates": [{"docid", "score", "doc": {...}}]}``), read one line at a time; its candidates
+keep the file's order (rank_llm's first-stage ranking), and a candidate's passage is the first
+of ``doc``'s text fields rank_llm itself reads (:data:`RANK_LLM_TEXT`), its title ``doc.title``.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -37,11 +44,17 @@ import pyarrow.parquet as pq
 
 from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.io.store import Store
-from rank1_batch.job.inputs import MISSING_DOC, MISSING_QUERY, PRESET_REASON
+from rank1_batch.job.inputs import (
+    MISSING_DOC,
+    MISSING_QUERY,
+    PRESET_CANDIDATE,
+    PRESET_LINE,
+    PRESET_REASON,
+)
 from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks
-from rank1_batch.job.spec import Columns, InputSpec, JobSpec
+from rank1_batch.job.spec import CONVERTED_FORMATS, Columns, InputSpec, JobSpec
 
-CONVERTED = ("trec", "json-run", "hf")
+CONVERTED = CONVERTED_FORMATS
 CONVERTED_DIR = "input"
 CONVERTED_MARKER = "input/_converted.json"
 ROW_GROUP = 20_000
@@ -55,8 +68,13 @@ CONVERTED_SCHEMA = pa.schema(
         ("passage", pa.string()),
         ("title", pa.string()),
         (PRESET_REASON, pa.string()),
+        (PRESET_LINE, pa.int64()),
+        (PRESET_CANDIDATE, pa.int32()),
     ]
 )
+# The fields of a rank_llm candidate's ``doc`` that hold its text, in the order rank_llm's
+# prompt builder tries them (rank_llm.rerank.inference_handler).
+RANK_LLM_TEXT = ("text", "segment", "contents", "content", "body", "passage")
 
 
 # -- text sources -----------------------------------------------------------------------------
@@ -145,7 +163,8 @@ def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[
             files = fs.find(path)
         return [{"path": f, "size": int(fs.size(f) or 0)} for f in sorted(files)]
     out = []
-    for uri in (spec.path, *text_sources(spec, storage)):
+    sources = () if spec.format == "rank-llm" else text_sources(spec, storage)
+    for uri in (spec.path, *sources):
         fs, path = filesystem(uri, storage)
         if not fs.exists(path):
             raise FormatError(f"input {uri}: no such file")
@@ -158,8 +177,8 @@ def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[
 
 def _run_blocks(spec: InputSpec, storage: StorageSpec | None) -> Iterator[list[Row]]:
     """Query blocks of the run in run order, each sorted (score desc, ties in file order)."""
-    if spec.format == "trec":
-        return trec_blocks(spec.path, storage)
+    if spec.format in ("trec", "msmarco-run"):
+        return trec_blocks(spec.path, storage, ranks=spec.format == "msmarco-run")
     return json_blocks(spec.path, storage)
 
 
@@ -176,20 +195,63 @@ def iter_run_pairs(
     """
     wanted: set[str] = set()
     for block in _run_blocks(spec, storage):
-        wanted.update(d for _, d, _ in block[: spec.top_k])
+        wanted.update(row[1] for row in block[: spec.top_k])
     queries_uri, corpus_uri = text_sources(spec, storage)
     queries = read_queries(queries_uri, storage)
     corpus = read_corpus(corpus_uri, wanted, storage)
     del wanted
     cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
     for block in _run_blocks(spec, storage):
-        for q, d, _ in block[: spec.top_k]:
+        for q, d, _, line in block[: spec.top_k]:
             query = queries.get(q)
             title, passage = corpus.get(d, (None, None))
             reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
             for name, value in zip(
-                CONVERTED_SCHEMA.names, (q, query, d, passage, title, reason), strict=True
+                CONVERTED_SCHEMA.names,
+                (q, query, d, passage, title, reason, line, None),
+                strict=True,
             ):
+                cols[name].append(value)
+        if len(cols["query_id"]) >= chunk_rows:
+            yield pa.table(cols, schema=CONVERTED_SCHEMA)
+            cols = {name: [] for name in CONVERTED_SCHEMA.names}
+    if cols["query_id"]:
+        yield pa.table(cols, schema=CONVERTED_SCHEMA)
+
+
+def rank_llm_pairs(
+    spec: InputSpec, storage: StorageSpec | None = None, chunk_rows: int = 500_000
+) -> Iterator[pa.Table]:
+    """rank_llm request JSONL → :data:`CONVERTED_SCHEMA` tables of whole requests (at most
+    about ``chunk_rows`` rows), each row with its request's line; a candidate without text is
+    a ``missing_doc`` row, a query given on two lines is refused."""
+    cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
+    seen: set[str] = set()
+    for n, line in enumerate(lines(spec.path, storage), 1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            qid, query = str(request["query"]["qid"]), request["query"]["text"]
+            candidates = request["candidates"][: spec.top_k]
+            docs = [(c["docid"], c.get("doc") or {}) for c in candidates]
+            if not isinstance(query, str) or not all(isinstance(d, dict) for _, d in docs):
+                raise TypeError("query.text must be a string and each doc an object")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise FormatError(
+                f"{spec.path}: line {n}: expected a rank_llm request {{query: {{text, qid}}, "
+                f"candidates: [{{docid, score, doc}}]}} ({type(exc).__name__}: {exc})"
+            ) from None
+        if qid in seen:
+            raise FormatError(f"{spec.path}: line {n}: query {qid!r} is given twice")
+        seen.add(qid)
+        for position, (docid, doc) in enumerate(docs):
+            passage = next((doc[k] for k in RANK_LLM_TEXT if isinstance(doc.get(k), str)), None)
+            title = doc.get("title") if isinstance(doc.get("title"), str) else None
+            reason = MISSING_DOC if passage is None and docid is not None else None
+            did = None if docid is None else str(docid)
+            row = (qid, query, did, passage, title or None, reason, n, position)
+            for name, value in zip(CONVERTED_SCHEMA.names, row, strict=True):
                 cols[name].append(value)
         if len(cols["query_id"]) >= chunk_rows:
             yield pa.table(cols, schema=CONVERTED_SCHEMA)
@@ -248,6 +310,8 @@ def hf_pairs(spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise FormatError(f"input {spec.path}: column {source!r} is not text or id") from None
     out[PRESET_REASON] = pa.nulls(table.num_rows, pa.string())
+    out[PRESET_LINE] = pa.nulls(table.num_rows, pa.int64())
+    out[PRESET_CANDIDATE] = pa.nulls(table.num_rows, pa.int32())
     return pa.table(out, schema=CONVERTED_SCHEMA)
 
 
@@ -272,6 +336,8 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
         chunks: Iterator[pa.Table] = (
             table.slice(i, part_rows) for i in range(0, table.num_rows, part_rows)
         )
+    elif spec.input.format == "rank-llm":
+        chunks = rank_llm_pairs(spec.input, spec.storage, part_rows)
     else:
         chunks = iter_run_pairs(spec.input, spec.storage, part_rows)
     rows = parts = 0
@@ -283,5 +349,5 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
         parts += 1
     if rows == 0:
         raise FormatError(f"input {spec.input.path}: no pairs")
-    store.write_json(CONVERTED_MARKER, {"parts": parts, "rows": rows})
+    store.write_json(CONVERTED_MARKER, {"parts": parts, "rows": rows, "source": spec.input.path})
     return converted_spec(spec, store)

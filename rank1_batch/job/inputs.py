@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rank1_batch.io.fs import StorageSpec, filesystem
+from rank1_batch.job.sources import empty_input, text_error
 from rank1_batch.job.spec import InputSpec
 
 # Reason codes for rejected rows.
@@ -37,6 +38,10 @@ MISSING_DOC = "missing_doc"
 # A column written by rank1_batch.job.convert when it converts a run + corpus to pairs: a reason
 # decided at conversion (missing_query, missing_doc) that takes precedence over the checks here.
 PRESET_REASON = "_rank1_reason"
+# Written beside it: the line of the original file a converted row came from (a TREC run's, a
+# rank-llm request's) and, for a rank-llm candidate, its 0-based position in the request.
+PRESET_LINE = "_rank1_line"
+PRESET_CANDIDATE = "_rank1_candidate"
 
 NORMALISED = pa.schema(
     [
@@ -48,6 +53,10 @@ NORMALISED = pa.schema(
         ("instruction", pa.string()),
         ("input_order", pa.int64()),
         ("reason", pa.string()),
+        # where the row came from (rank1_batch.job.sources): never written to pairs files
+        ("source_row", pa.int64()),
+        ("source_line", pa.int64()),
+        ("candidate", pa.int32()),
     ]
 )
 
@@ -157,7 +166,7 @@ def _open_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> Any:
             return pjson.open_json(fh)
         return pcsv.open_csv(fh, **_csv_options(path, spec))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"input file {path}: not a readable {kind.upper()} file ({exc})") from None
+        raise InputError(text_error(path, kind, storage, exc)) from None
 
 
 def read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
@@ -165,8 +174,7 @@ def read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Tab
     try:
         return pa.Table.from_batches(list(reader), schema=reader.schema)
     except (pa.ArrowInvalid, OSError) as exc:
-        kind = file_type(path, spec.file_type).upper()
-        raise InputError(f"input file {path}: not a readable {kind} file ({exc})") from None
+        raise InputError(text_error(path, file_type(path, spec.file_type), storage, exc)) from None
 
 
 def _scan_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> tuple[pa.Schema, int]:
@@ -177,8 +185,7 @@ def _scan_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> tuple
         for batch in reader:
             rows += batch.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
-        kind = file_type(path, spec.file_type).upper()
-        raise InputError(f"input file {path}: not a readable {kind} file ({exc})") from None
+        raise InputError(text_error(path, file_type(path, spec.file_type), storage, exc)) from None
     return reader.schema, rows
 
 
@@ -245,7 +252,8 @@ def check_schema(schema: pa.Schema, spec: InputSpec, path: str) -> None:
 
 
 def scan_inputs(spec: InputSpec, storage: StorageSpec | None = None) -> list[InputFile]:
-    """List and open every input file, check its schema, and read row-group sizes."""
+    """List and open every input file, check its schema, and read row-group sizes; an input
+    of no rows at all is refused (:func:`empty_input`)."""
     out = []
     for path in list_input_files(spec.path, storage, spec.file_type):
         fs, bare = filesystem(path, storage)
@@ -261,6 +269,9 @@ def scan_inputs(spec: InputSpec, storage: StorageSpec | None = None) -> list[Inp
         out.append(
             InputFile(path, size, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)))
         )
+    if not any(f.rows for f in out):
+        where = out[0].path if len(out) == 1 else spec.path
+        raise InputError(empty_input(where, [file_type(f.path, spec.file_type) for f in out]))
     return out
 
 
@@ -295,8 +306,11 @@ def _blank(arr: pa.Array) -> pa.Array:
 
 def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -> pa.Table:
     """Read one row group and normalise it to :data:`NORMALISED` rows (candidates exploded)."""
+    offset = 0  # rows of the file before this unit
     if file_type(unit.file, spec.file_type) == "parquet":
-        table = _open_parquet(unit.file, storage).read_row_group(unit.row_group)
+        pf = _open_parquet(unit.file, storage)
+        table = pf.read_row_group(unit.row_group)
+        offset = sum(pf.metadata.row_group(i).num_rows for i in range(unit.row_group))
     else:
         table = read_text(unit.file, spec, storage)
     cols = spec.columns
@@ -318,6 +332,8 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
         title = _as_string(col(table, cols.title), n)
         empty_lists = pa.array([], pa.int64())
         order = _order(unit, 0, n)
+        source_row = pa.array(np.arange(offset, offset + n, dtype=np.int64))
+        candidate = pa.nulls(n, pa.int32())
     else:
         lists = table.column(spec.candidates_column).combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(lists), 0)
@@ -325,6 +341,9 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
         parents = pc.list_parent_indices(lists)
         flat = pc.list_flatten(lists)
         m = len(flat)
+        where = parents.to_numpy().astype(np.int64)  # non-decreasing: a list's candidates
+        source_row = pa.array(where + offset)
+        candidate = pa.array((np.arange(m) - np.searchsorted(where, where)).astype(np.int32))
         qid, query, instr = (pc.take(a, parents) for a in (qid, query, instr))
         doc_id = _as_string(col(flat, cols.doc_id), m)
         passage = _as_string(col(flat, cols.passage), m)
@@ -342,7 +361,14 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
     if spec.format == "pairs" and PRESET_REASON in table.column_names:
         preset = _as_string(table.column(PRESET_REASON), n)
         reason = pc.if_else(pc.is_valid(preset), preset, reason)
-    out = pa.table([qid, doc_id, query, passage, title, instr, order, reason], schema=NORMALISED)
+    line = pa.nulls(len(qid), pa.int64())
+    if spec.format == "pairs" and PRESET_LINE in table.column_names:
+        line = pc.cast(table.column(PRESET_LINE).combine_chunks(), pa.int64())
+        candidate = pc.cast(table.column(PRESET_CANDIDATE).combine_chunks(), pa.int32())
+    out = pa.table(
+        [qid, doc_id, query, passage, title, instr, order, reason, source_row, line, candidate],
+        schema=NORMALISED,
+    )
     if len(empty_lists):
         rows = pc.take(table.select([cols.query_id, cols.query]), empty_lists)
         k = rows.num_rows
@@ -359,6 +385,9 @@ def read_unit(unit: Unit, spec: InputSpec, storage: StorageSpec | None = None) -
                         pa.nulls(k, pa.string()),
                         _order(unit, len(qid), k),
                         pa.array([NO_CANDIDATES] * k, pa.string()),
+                        pc.add(pc.cast(empty_lists, pa.int64()), offset),
+                        pa.nulls(k, pa.int64()),
+                        pa.nulls(k, pa.int32()),
                     ],
                     schema=NORMALISED,
                 ),

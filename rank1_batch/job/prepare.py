@@ -27,13 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch.core.schemas import REJECTED_SCHEMA
+from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import commit, layout
 from rank1_batch.io.fs import parquet_bytes, sha256
 from rank1_batch.io.store import Store
 from rank1_batch.job import prepare_grouped as grouped
-from rank1_batch.job.inputs import InputError, InputFile, Unit, read_unit, units
-from rank1_batch.job.spec import JobSpec
+from rank1_batch.job import sources
+from rank1_batch.job.inputs import InputError, InputFile, Unit, file_type, read_unit, units
+from rank1_batch.job.spec import InputSpec, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +49,33 @@ def _sorted_by(table: pa.Table, *keys: str) -> pa.Table:
 
 
 def build_shard(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
-    """One shard's normalised rows → (pairs, rejected, duplicate count).
+    """One shard's normalised rows → (pairs, rejected, duplicate count)
+    (:func:`shard_tables`)."""
+    pairs, rejected, duplicates = shard_tables(rows)
+    return pairs, rejected, duplicates.num_rows
+
+
+def shard_tables(rows: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """One shard's normalised rows → (pairs, rejected, duplicates), the last two not yet
+    located (:func:`rank1_batch.job.sources.locate`).
 
     Pairs keep the first occurrence (in input order) of each (query_id, doc_id), ordered by
     query then input order, with ``input_rank``: the pair's 1-based position in its query's
     first-stage list.
     """
+    rows = sources.with_sources(rows)
     bad = pc.is_valid(rows.column("reason"))
-    rejected = _sorted_by(rows.filter(bad), "input_order").select(REJECTED_SCHEMA.names)
-    good = _sorted_by(rows.filter(pc.invert(bad)), "query_id", "doc_id", "input_order")
-    qid = good.column("query_id").to_numpy(zero_copy_only=False)
-    did = good.column("doc_id").to_numpy(zero_copy_only=False)
-    first = np.ones(len(qid), dtype=bool)
-    if len(qid) > 1:
-        first[1:] = (qid[1:] != qid[:-1]) | (did[1:] != did[:-1])
-    duplicates = int((~first).sum())
-    pairs = _sorted_by(good.filter(pa.array(first)), "query_id", "input_order")
+    rejected = sources.rejected_rows(_sorted_by(rows.filter(bad), "input_order"))
+    kept, duplicates = sources.dedup(rows.filter(pc.invert(bad)))
+    pairs = _sorted_by(kept, "query_id", "input_order")
     qid = pairs.column("query_id").to_numpy(zero_copy_only=False)
     starts = np.ones(len(qid), dtype=bool)
     if len(qid) > 1:
         starts[1:] = qid[1:] != qid[:-1]
     group_start = np.maximum.accumulate(np.where(starts, np.arange(len(qid)), 0))
     rank = (np.arange(len(qid)) - group_start + 1).astype(np.int32)
-    pairs = pairs.drop_columns(["reason"]).append_column("input_rank", pa.array(rank))
-    return pairs, rejected.cast(REJECTED_SCHEMA), duplicates
+    pairs = pairs.drop_columns(["reason", *sources.SOURCE_COLUMNS])
+    return pairs.append_column("input_rank", pa.array(rank)), rejected, duplicates
 
 
 def _read_units(batch: pa.Table, *, spec: JobSpec) -> pa.Table:
@@ -89,21 +93,36 @@ def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
     return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
 
 
-def _write_shard(rows: pa.Table, store: Store, n_shards: int) -> pa.Table:
+def _write_shard(
+    rows: pa.Table,
+    store: Store,
+    n_shards: int,
+    files: tuple[str, ...] = (),
+    input_spec: InputSpec | None = None,
+) -> pa.Table:
+    """Write one shard's pairs, rejected and duplicate rows (``files``: each unit's file, by
+    ordinal, to name where rows came from); return its stats row."""
     name = layout.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
-    pairs, rejected, duplicates = build_shard(rows.drop_columns(["shard"]))
+    pairs, rejected, duplicates = shard_tables(rows.drop_columns(["shard"]))
     data = parquet_bytes(pairs, plain=True)
     if pairs.num_rows:
         store.write_atomic(layout.pairs_path(name), data)
+    declared = input_spec.file_type if input_spec is not None else "auto"
+    kind = functools.partial(file_type, declared=declared)
+    where = dict(enumerate(files))
     if rejected.num_rows:
-        store.write_atomic(layout.rejected_path(name), parquet_bytes(rejected))
+        table = sources.locate(rejected, where, kind, store.storage, REJECTED_SCHEMA)
+        store.write_atomic(layout.rejected_path(name), parquet_bytes(table))
+    if duplicates.num_rows:
+        table = sources.locate(duplicates, where, kind, store.storage, DUPLICATES_SCHEMA)
+        store.write_atomic(layout.duplicates_path(name), parquet_bytes(table))
     return pa.table(
         {
             "id": [name],
             "rows": [pairs.num_rows],
             "queries": [len(pc.unique(pairs.column("query_id")))],
             "rejected": [rejected.num_rows],
-            "duplicates": [duplicates],
+            "duplicates": [duplicates.num_rows],
             "sha256": [sha256(data) if pairs.num_rows else ""],
             "input_rows": [rows.num_rows],
         }
@@ -188,6 +207,7 @@ def _prepare_grouped(
         "duplicates": sum(m["duplicates"] for m in markers),
         "shards": shards,
         "rejected_files": [m["rejected_file"] for m in markers if m["rejected_file"]],
+        "duplicate_files": [m["duplicate_file"] for m in markers if m.get("duplicate_file")],
     }
 
 
@@ -238,7 +258,13 @@ def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> di
         )
         .groupby("shard", num_partitions=min(n_shards, 64))
         .map_groups(
-            functools.partial(_write_shard, store=store, n_shards=n_shards),
+            functools.partial(
+                _write_shard,
+                store=store,
+                n_shards=n_shards,
+                files=tuple(u.file for u in work),
+                input_spec=spec.input,
+            ),
             batch_format="pyarrow",
             num_cpus=0.5,
         )
@@ -268,4 +294,5 @@ def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> di
         "duplicates": sum(s["duplicates"] for s in shards),
         "shards": [s for s in shards if s["rows"]],
         "rejected_files": [layout.rejected_path(s["id"]) for s in shards if s["rejected"]],
+        "duplicate_files": [layout.duplicates_path(s["id"]) for s in shards if s["duplicates"]],
     }

@@ -14,8 +14,9 @@ its own queries into shards.
    shard but a unit's last holds at least ``shard_size`` pairs), so names are known before
    any unit runs and sort in input order.
 3. **Units** (Ray tasks): read, normalise, reject, dedup (first occurrence), rank, cut whole
-   queries into shards of at least ``shard_size`` pairs, write them, then write the unit's
-   marker ``pairs/_units/unit-N.json``. A crash mid-prepare redoes only units without one.
+   queries into shards of at least ``shard_size`` pairs, write them with the unit's
+   ``rejected/`` and ``duplicates/`` rows, then write the unit's marker
+   ``pairs/_units/unit-N.json``. A crash mid-prepare redoes only units without one.
 
 Rows of a shard keep input order (whole queries, each in its input order). A row whose query
 id is null has no query to follow: it is rejected by the unit it sits in.
@@ -23,6 +24,7 @@ id is null has no query to follow: it is rejected by the unit it sits in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import layout
 from rank1_batch.io.fs import StorageSpec, filesystem, parquet_bytes, sha256
 from rank1_batch.io.store import Store
+from rank1_batch.job import sources
 from rank1_batch.job.inputs import (
     InputError,
     InputFile,
@@ -240,34 +244,25 @@ def unit_rows(task: UnitTask, spec: JobSpec) -> pa.Table:
     return pa.concat_tables(parts) if len(parts) > 1 else own
 
 
-def split_unit(rows: pa.Table) -> tuple[pa.Table, pa.Table, int]:
-    """(pairs, rejected, duplicates) of grouped rows in input order; pairs keep that order."""
-    from rank1_batch.core.schemas import REJECTED_SCHEMA
-
+def split_unit(rows: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(pairs, rejected, duplicates) of grouped rows in input order; pairs keep that order.
+    Rejected and duplicate rows are not yet located (:func:`sources.locate`)."""
     if rows.column("reason").null_count == rows.num_rows:  # the common case: nothing rejected
-        rejected, good = REJECTED_SCHEMA.empty_table(), rows
+        rejected, good = sources.rejected_rows(rows.slice(0, 0)), rows
     else:
         bad = pc.is_valid(rows.column("reason"))
-        rejected = rows.filter(bad).select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA)
+        rejected = sources.rejected_rows(rows.filter(bad))
         if rejected.num_rows > 1:  # lists with no candidates come after a unit's exploded rows
             rejected = rejected.take(pc.sort_indices(rejected.column("input_order")))
         good = rows.filter(pc.invert(bad))
-    # Fast check first (one hash pass over a joined key); the group-by only when needed.
-    keys = pc.binary_join_element_wise(good.column("query_id"), good.column("doc_id"), "\x1f")
-    duplicates = good.num_rows - len(pc.unique(keys))
-    if duplicates:
-        firsts = good.group_by(["query_id", "doc_id"], use_threads=False).aggregate(
-            [("input_order", "min")]
-        )
-        duplicates = good.num_rows - firsts.num_rows  # exact (the joined key may collide)
-        good = good.filter(pc.is_in(good.column("input_order"), firsts.column("input_order_min")))
+    good, duplicates = sources.dedup(good)
     n = good.num_rows
     starts = np.zeros(n, bool)
     starts[query_starts(good)] = True
     group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
     rank = (np.arange(n) - group_start + 1).astype(np.int32)
-    pairs = good.drop_columns(["reason"]).append_column("input_rank", pa.array(rank))
-    return pairs, rejected, duplicates
+    pairs = good.drop_columns(["reason", *sources.SOURCE_COLUMNS])
+    return pairs.append_column("input_rank", pa.array(rank)), rejected, duplicates
 
 
 def run_unit(
@@ -276,6 +271,7 @@ def run_unit(
     """Prepare one unit: write its shards and rejected rows, then its marker; return the marker."""
     rows = unit_rows(task, spec)
     pairs, rejected, duplicates = split_unit(rows)
+    files = {task.ordinal: task.file, **{o: f for f, _, o in task.continued}}
     slices = cut(pairs, spec.output.shard_size)
     if len(slices) > task.bound:
         raise RuntimeError(
@@ -295,18 +291,25 @@ def run_unit(
                 "sha256": sha256(data),
             }
         )
-    rejected_file = None
-    if rejected.num_rows:
-        rejected_file = f"rejected/unit-{task.ordinal:05d}.parquet"
-        store.write_atomic(rejected_file, parquet_bytes(rejected), durable=False)
+    written: dict[str, str | None] = {"rejected": None, "duplicates": None}
+    for folder, table, schema in (
+        ("rejected", rejected, REJECTED_SCHEMA),
+        ("duplicates", duplicates, DUPLICATES_SCHEMA),
+    ):
+        if table.num_rows:
+            kind = functools.partial(file_type, declared=spec.input.file_type)
+            table = sources.locate(table, files, kind, spec.storage, schema)
+            rel = written[folder] = f"{folder}/unit-{task.ordinal:05d}.parquet"
+            store.write_atomic(rel, parquet_bytes(table), durable=False)
     marker = {
         "unit": task.ordinal,
         "input_rows": rows.num_rows,
         "pairs": pairs.num_rows,
         "rejected": rejected.num_rows,
-        "duplicates": duplicates,
+        "duplicates": duplicates.num_rows,
         "shards": shards,
-        "rejected_file": rejected_file,
+        "rejected_file": written["rejected"],
+        "duplicate_file": written["duplicates"],
     }
     store.sync()  # the unit's files are durable before the marker that vouches for them
     store.write_json(unit_marker_path(task.ordinal, n_units), marker)

@@ -1,7 +1,8 @@
 """First-stage run files (TREC, JSON) read as query blocks, with bounded memory.
 
-A block is one query's rows ``(qid, docid, score)`` sorted by score descending, ties in file
-order; blocks come in run order (the order queries first appear). What memory holds:
+A block is one query's rows ``(qid, docid, score, line)`` sorted by score descending, ties in
+file order (``line``: the row's 1-based line in a TREC run, None in a JSON run); blocks come in
+run order (the order queries first appear). What memory holds:
 
 * a TREC run **grouped by query** (a query's lines contiguous, the usual shape): one block;
   a first pass checks the grouping;
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.job.inputs import InputError
 
-Row = tuple[str, str, float]
+Row = tuple[str, str, float, int | None]  # qid, docid, score, line (TREC runs)
 BUCKET_ROWS = 500_000
 CHUNK_LINES = 200_000
 READ_CHARS = 1 << 20
@@ -40,7 +41,7 @@ class FormatError(InputError):
     """An input file of a converted format cannot be read (the message names it)."""
 
 
-def trec_line(line: str, n: int, source: str) -> Row | None:
+def trec_line(line: str, n: int, source: str) -> tuple[str, str, float] | None:
     """``qid Q0 docid rank score tag`` or ``qid docid score``; None for blank/comment lines."""
     parts = line.split()
     if not parts or line.startswith("#"):
@@ -69,11 +70,18 @@ def lines(uri: str, storage: StorageSpec | None) -> Iterator[str]:
         yield from fh
 
 
-def trec_rows(uri: str, storage: StorageSpec | None) -> Iterator[Row]:
+def trec_rows(uri: str, storage: StorageSpec | None, ranks: bool = False) -> Iterator[Row]:
+    """Rows of a TREC run; ``ranks``: an MS MARCO run (``qid<TAB>docid<TAB>rank``, as pyserini's
+    ``--output-format msmarco`` writes it), whose rank 1 comes first (its score is -rank)."""
     for n, line in enumerate(lines(uri, storage), 1):
         row = trec_line(line, n, uri)
-        if row is not None:
-            yield row
+        if row is None:
+            continue
+        if ranks:
+            if len(line.split()) != 3:
+                raise FormatError(f"{uri}: line {n}: expected qid<TAB>docid<TAB>rank")
+            row = (row[0], row[1], -row[2])
+        yield (*row, n)
 
 
 class Ungrouped(Exception):
@@ -103,7 +111,7 @@ def _by_score(block: list[Row]) -> list[Row]:
 
 BUCKET_SCHEMA = pa.schema(
     [("ordinal", pa.int64()), ("seq", pa.int64()), ("query_id", pa.string()),
-     ("doc_id", pa.string()), ("score", pa.float64())]
+     ("doc_id", pa.string()), ("score", pa.float64()), ("line", pa.int64())]
 )  # fmt: skip
 
 
@@ -118,7 +126,7 @@ def partitioned_blocks(
     bucket_rows = bucket_rows or BUCKET_ROWS
     ordinal: dict[str, int] = {}
     counts: list[int] = []
-    for q, _, _ in rows:
+    for q, *_ in rows:
         i = ordinal.setdefault(q, len(ordinal))
         if i == len(counts):
             counts.append(0)
@@ -143,7 +151,7 @@ def partitioned_blocks(
             ords = np.fromiter((ordinal[r[0]] for r in chunk), np.int64, len(chunk))
             table = pa.table(
                 [ords, np.arange(seq - len(chunk), seq), [r[0] for r in chunk],
-                 [r[1] for r in chunk], [r[2] for r in chunk]],
+                 [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk]],
                 schema=BUCKET_SCHEMA,
             )  # fmt: skip
             where = bucket_of[ords]
@@ -170,26 +178,31 @@ def partitioned_blocks(
         order = [("ordinal", "ascending"), ("score", "descending"), ("seq", "ascending")]
         table = table.take(pc.sort_indices(table, order))
         qs, ds = table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()
-        ss = table.column("score").to_pylist()
+        ss, ns = table.column("score").to_pylist(), table.column("line").to_pylist()
         del table
         start = 0
         for i in range(1, len(qs) + 1):
             if i == len(qs) or qs[i] != qs[start]:
-                yield list(zip(qs[start:i], ds[start:i], ss[start:i], strict=True))
+                yield list(zip(qs[start:i], ds[start:i], ss[start:i], ns[start:i], strict=True))
                 start = i
         os.unlink(path)
 
 
-def trec_blocks(uri: str, storage: StorageSpec | None) -> Iterator[list[Row]]:
-    """Sorted query blocks of a TREC run in run order, grouped or not (see the module)."""
+def trec_blocks(uri: str, storage: StorageSpec | None, ranks: bool = False) -> Iterator[list[Row]]:
+    """Sorted query blocks of a TREC run (``ranks``: an MS MARCO run, see :func:`trec_rows`)
+    in run order, grouped or not (see the module)."""
+
+    def rows() -> Iterator[Row]:
+        return trec_rows(uri, storage, ranks)
+
     try:
-        for _ in grouped_blocks(trec_rows(uri, storage)):
+        for _ in grouped_blocks(rows()):
             pass
     except Ungrouped:
         with tempfile.TemporaryDirectory(prefix="rank1-run-") as workdir:
-            yield from partitioned_blocks(trec_rows(uri, storage), trec_rows(uri, storage), workdir)
+            yield from partitioned_blocks(rows(), rows(), workdir)
         return
-    for block in grouped_blocks(trec_rows(uri, storage)):
+    for block in grouped_blocks(rows()):
         yield _by_score(block)
 
 
@@ -276,7 +289,7 @@ def json_blocks(uri: str, storage: StorageSpec | None) -> Iterator[list[Row]]:
             raise FormatError(f"{uri}: query {qid!r} is given twice")
         seen.add(qid)
         try:
-            block = [(qid, str(d), float(s)) for d, s in docs.items()]
+            block: list[Row] = [(qid, str(d), float(s), None) for d, s in docs.items()]
         except (TypeError, ValueError) as exc:
             raise FormatError(f"{uri}: a score is not a number ({exc})") from None
         if block:

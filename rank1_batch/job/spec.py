@@ -57,16 +57,22 @@ class InputSpec(_Section):
     query with a list column (``candidates_column``) of structs holding doc_id and passage
     (and optionally title), named by ``columns``.
 
-    ``trec`` (a TREC or 3-column run) and ``json-run`` (``{qid: {docid: score}}``) take the
-    text from ``queries`` and ``corpus`` (a BEIR folder, ``corpus.jsonl``/``queries.jsonl``, or
-    MS MARCO TSVs), keeping the first ``top_k`` documents of each query in the run's order.
+    ``trec`` (a TREC run as trec_eval and pyserini's default output write it, or 3 columns
+    ``qid docid score``), ``msmarco-run`` (``qid<TAB>docid<TAB>rank``: pyserini's
+    ``--output-format msmarco``) and ``json-run`` (``{qid: {docid: score}}``) take the text from
+    ``queries`` and ``corpus`` (a BEIR folder, ``corpus.jsonl``/``queries.jsonl``, or MS MARCO
+    TSVs), keeping the first ``top_k`` documents of each query in the run's order.
     ``hf`` reads a local ``datasets`` folder, Parquet data files or a hub id (``split``) with
-    ``columns`` naming its pair columns. These three are converted on the driver to Parquet
-    pairs under ``OUTPUT/input/`` (see :mod:`rank1_batch.job.convert`).
+    ``columns`` naming its pair columns. ``rank-llm`` reads rank_llm's request JSONL (one
+    ``{query: {text, qid}, candidates: [{docid, score, doc}]}`` a line; ``top_k`` applies).
+    These five are converted on the driver to Parquet pairs under ``OUTPUT/input/`` (see
+    :mod:`rank1_batch.job.convert`).
     """
 
     path: str
-    format: Literal["pairs", "candidates", "trec", "json-run", "hf"] = "pairs"
+    format: Literal["pairs", "candidates", "trec", "msmarco-run", "json-run", "hf", "rank-llm"] = (
+        "pairs"
+    )
     # pairs/candidates files: Parquet, CSV, TSV or JSON Lines; auto = from the extension
     file_type: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
     columns: Columns = Columns()
@@ -81,6 +87,11 @@ class InputSpec(_Section):
     # Not in the fingerprint: it changes the shard plan, not a pair's score, and prepare
     # records the plan it chose (pairs/_plan.json) so a resumed prepare keeps it.
     grouped: Literal["auto"] | bool = "auto"
+
+
+# Formats converted to pairs on the driver (rank1_batch.job.convert.CONVERTED): their top_k,
+# split and hf_config decide the pairs, so they enter the fingerprint.
+CONVERTED_FORMATS = ("trec", "msmarco-run", "json-run", "hf", "rank-llm")
 
 
 class OutputSpec(_Section):
@@ -335,7 +346,7 @@ class JobSpec(_Section):
                         "split": self.input.split,
                         "hf_config": self.input.hf_config,
                     }
-                    if self.input.format in ("trec", "json-run", "hf")
+                    if self.input.format in CONVERTED_FORMATS
                     else {}
                 ),
             },

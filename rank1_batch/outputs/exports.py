@@ -3,13 +3,14 @@
 Every export reads the committed shards one at a time
 (:meth:`rank1_batch.outputs.results.Committed.tables`: commit markers, never a listing; checksums
 verified), with only the columns its format needs: runs read ``query_id, doc_id, score`` from
-the scores files and never open the pairs files; label formats join the pairs' text per shard.
-One-file formats (TREC and JSON runs, JSONL labels, a sentence-transformers Parquet file) are
-streamed shard by shard into a temporary file that is published whole (a rename, or one
-upload to an object store); folder formats (``hf``, ``pylate``) are written one file per shard
-into a folder published whole (:mod:`rank1_batch.io.publish`: built beside the final name and
-renamed into place; on object stores the card is written last). What killed exports of the
-same target left (temp files, partial folders) is removed first.
+the scores files and never open the pairs files (``rank-llm`` results add the query and passage
+text); label formats join the pairs' text per shard. One-file formats (TREC, JSON and
+rank_llm runs, JSONL labels, a sentence-transformers Parquet file) are streamed shard by shard
+into a temporary file that is published whole (a rename, or one upload to an object store);
+folder formats (``hf``, ``pylate``) are written one file per shard into a folder published
+whole (:mod:`rank1_batch.io.publish`: built beside the final name and renamed into place; on
+object stores the card is written last). What killed exports of the same target left (temp
+files, partial folders) is removed first.
 Driver memory: a few shards, plus what a format must keep across shards (label counts, the
 ids of documents already written for ``pylate``), never the pairs. Both prepare plans keep
 each query whole in one shard, so per-query ranking and selection are done per shard; the
@@ -47,7 +48,7 @@ from rank1_batch.outputs.results import (
 )
 from rank1_batch.outputs.targets import Target, dataset_card, streamed_file
 
-RUN_FORMATS = ("trec", "json-run")
+RUN_FORMATS = ("trec", "json-run", "rank-llm")
 LABEL_FORMATS = ("flagembedding", "tevatron", "sentence-transformers", "pylate")
 FORMATS = (*RUN_FORMATS, *LABEL_FORMATS, "hf")
 
@@ -56,6 +57,7 @@ def default_name(fmt: str, st_kind: str = "triplet", st_save: str = "parquet") -
     names = {
         "trec": "run.trec",
         "json-run": "run.json",
+        "rank-llm": "rank_llm.jsonl",
         "flagembedding": "flagembedding.jsonl",
         "tevatron": "tevatron.jsonl",
         "pylate": "pylate",
@@ -82,14 +84,19 @@ def _ranked(table: pa.Table) -> tuple[list[str], list[str], list[int], np.ndarra
 
 
 def run_tag(results: Results | Committed) -> str:
-    """Default TREC tag: ``rank1``, or ``rank1-direct`` / ``rank1-cascade-k10-m0.1`` when
-    ``reasoning.mode`` is not ``think``, so a run file says which mode produced it."""
-    reasoning = results.job.get("spec", {}).get("reasoning", {})
+    """Default TREC tag: the model's name without its owner or folder (``rank1-7b`` for
+    ``jaedong/rank1-7b``; ``rank1`` when the job names none), plus ``-direct`` /
+    ``-cascade-k10-m0.1`` when ``reasoning.mode`` is not ``think``, so a run file says which
+    model and mode produced it."""
+    spec = results.job.get("spec", {})
+    name = str(spec.get("model", {}).get("name") or "").rstrip("/").rsplit("/", 1)[-1]
+    base = "_".join(name.split()) or "rank1"  # a tag is one word
+    reasoning = spec.get("reasoning", {})
     mode = reasoning.get("mode", "think")
     if mode == "cascade":
         c = reasoning.get("cascade", {})
-        return f"rank1-cascade-k{c.get('top_k')}-m{c.get('margin')}"
-    return "rank1" if mode == "think" else f"rank1-{mode}"
+        return f"{base}-cascade-k{c.get('top_k')}-m{c.get('margin')}"
+    return base if mode == "think" else f"{base}-{mode}"
 
 
 def run_rows(table: pa.Table) -> Iterable[tuple[str, str, int, float]]:
@@ -141,6 +148,29 @@ def json_run_members(table: pa.Table) -> tuple[list[str], int]:
 
 
 RUN_COLUMNS = ("query_id", "doc_id", "score")
+RANK_LLM_TEXT = ("query", "passage", "title")
+
+
+def rank_llm_lines(table: pa.Table) -> tuple[str, int]:
+    """rank_llm result JSONL of ``table``'s queries (``rank_llm.data.Result`` as its
+    ``DataWriter.write_in_jsonl_format`` writes it: ``{"query": {"text", "qid"},
+    "candidates": [{"docid", "score", "doc": {"text"[, "title"]}}]}``), candidates in
+    reranked order with the run's scores (error rows out, as in every run); and its rows."""
+    text: dict[tuple[str, str], tuple[str, str, str | None]] = {
+        (q, d): (qt, p, t)
+        for q, d, qt, p, t in zip(
+            *(table.column(c).to_pylist() for c in ("query_id", "doc_id", *RANK_LLM_TEXT)),
+            strict=True,
+        )
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for q, d, _, s in run_rows(table):
+        query, passage, title = text[(q, d)]
+        result = results.setdefault(q, {"query": {"text": query, "qid": q}, "candidates": []})
+        doc = {"text": passage, **({"title": title} if title else {})}
+        result["candidates"].append({"docid": d, "score": s, "doc": doc})
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results.values())
+    return lines, sum(len(r["candidates"]) for r in results.values())
 
 
 def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
@@ -151,9 +181,13 @@ def _write_run(committed: Committed, target: Target, fmt: str, tag: str) -> int:
     with streamed_file(target.parent, target.name) as fh:
         if fmt == "json-run":
             fh.write(b"{")
-        for marker, table in committed.tables(RUN_COLUMNS):
+        pair_columns = RANK_LLM_TEXT if fmt == "rank-llm" else ()
+        for marker, table in committed.tables(RUN_COLUMNS, pair_columns):
             guard.check_table(table, marker.shard)
-            if fmt == "trec":
+            if fmt == "rank-llm":
+                text, docs = rank_llm_lines(table)
+                rows += docs
+            elif fmt == "trec":
                 text = trec_text(table, tag)
                 rows += text.count("\n")
             else:
