@@ -34,22 +34,29 @@ GENERATOR = "python scripts/gen_docs.py"
 # Notes for fields the source does not comment (dotted path -> text). They are user-facing
 # and short; a field with a comment in spec.py gets the comment first, then its note.
 NOTES: dict[str, str] = {
-    "name": "A label for the job: the TREC tag's default stem and the submission id's stem.",
+    "name": "A label for the job: the submission id's stem (the TREC tag's default is the "
+    "model's name).",
     "input": "Where the candidates come from: see [Inputs and outputs](inputs-outputs.md).",
     "input.path": "A Parquet file, a folder of them (recursive) or a glob; local or `s3://`. "
-    "For `trec`/`json-run` the run file, for `hf` a dataset folder, data files or a hub id.",
+    "For `trec`/`msmarco-run`/`json-run` the run file, for `rank-llm` the request JSONL, for "
+    "`hf` a dataset folder, data files or a hub id.",
     "input.format": "`pairs`: one row per (query, passage); `candidates`: one row per query "
-    "with a list column; `trec`, `json-run`: a run plus `queries`/`corpus`; `hf`: a Hugging "
+    "with a list column; `trec`, `msmarco-run` (`qid<TAB>docid<TAB>rank`, pyserini's "
+    "`--output-format msmarco`), `json-run`: a run plus `queries`/`corpus`; `rank-llm`: "
+    "rank_llm's request JSONL (query and candidates' text in each line); `hf`: a Hugging "
     "Face dataset.",
     "input.columns": "Your column names for each field (see the next table).",
     "input.candidates_column": "`format: candidates`: the list column, "
     "`list<struct<doc_id, passage[, title]>>`.",
-    "input.queries": "`trec`/`json-run`: the queries file (BEIR `queries.jsonl` or MS MARCO "
+    "input.queries": "`trec`/`msmarco-run`/`json-run`: the queries file (BEIR "
+    "`queries.jsonl` or MS MARCO "
     "`queries.*.tsv`), when `corpus` is not a BEIR folder.",
-    "input.corpus": "`trec`/`json-run`: a BEIR folder (`corpus.jsonl` + `queries.jsonl`) or a "
+    "input.corpus": "`trec`/`msmarco-run`/`json-run`: a BEIR folder (`corpus.jsonl` + "
+    "`queries.jsonl`) or a "
     "`corpus.jsonl` / MS MARCO `collection.tsv`.",
-    "input.top_k": "`trec`/`json-run`: keep this many documents per query, in the run's order "
-    "(score descending, ties in file order); default: all.",
+    "input.top_k": "Converted inputs (`trec`, `msmarco-run`, `json-run`, `rank-llm`, `hf`): "
+    "keep this many documents per query, in the run's order (score descending, ties in file "
+    "order; a rank_llm request's candidate order); default: all.",
     "input.split": "`hf`: the split passed to `datasets.load_dataset`.",
     "input.hf_config": "`hf`: the configuration name passed to `datasets.load_dataset`.",
     "input.columns.query_id": "Query id column; string or integer ids (integers become strings).",
@@ -407,8 +414,9 @@ def reference_markdown() -> str:
         "`job.json`, and a resume with a changed one is refused naming it (see "
         "[Output layout and resume](output-and-resume.md)). `engine`, `device` and `dtype` "
         "are fingerprinted as resolved, never as `auto`; `reasoning.cascade` only in mode "
-        "`cascade`; `input.top_k`, `split` and `hf_config` only for `trec`, `json-run` and "
-        "`hf` inputs; `input.path` as the listing of the input files (names and sizes). "
+        "`cascade`; `input.top_k`, `split` and `hf_config` only for converted inputs "
+        "(`trec`, `msmarco-run`, `json-run`, `rank-llm`, `hf`); `input.path` as the "
+        "listing of the input files (names and sizes). "
         "Everything else is a tuning knob and may change between runs of one job.",
         "",
         "## Every field with its default",

@@ -71,7 +71,8 @@ def test_mode_runs_and_resumes_after_a_kill(tmp_path: Path, demo_subset: Path, m
         assert 0 < decided.count("think") < QUERIES * 30
     # exports say which mode produced the scores
     run_cli("export", str(out), "--format", "trec")
-    tag = {"think": "rank1", "direct": "rank1-direct", "cascade": "rank1-cascade-k3-m0.2"}[mode]
+    # The tag's stem is the model's name (the toy model here), its suffix the mode.
+    tag = {"think": "toy", "direct": "toy-direct", "cascade": "toy-cascade-k3-m0.2"}[mode]
     lines = (out / "exports" / "run.trec").read_text().splitlines()
     assert len(lines) == QUERIES * 30 and {line.split()[-1] for line in lines} == {tag}
     run_cli("export", str(out), "--format", "flagembedding")

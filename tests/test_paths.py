@@ -185,3 +185,6 @@ def test_manifest_names_prepare_writes_pass():
     )  # fmt: skip
     with pytest.raises(UnsafePath, match=r"rejected file '\.\./x\.parquet'"):
         check_manifest({"shards": [], "rejected_files": ["../x.parquet"]}, "m")
+    check_manifest({"shards": [], "duplicate_files": ["duplicates/unit-00001.parquet"]}, "m")
+    with pytest.raises(UnsafePath, match=r"duplicates file '\.\./y\.parquet'"):
+        check_manifest({"shards": [], "duplicate_files": ["../y.parquet"]}, "m")

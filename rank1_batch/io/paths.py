@@ -31,6 +31,7 @@ INPUT_SCHEMES = OUTPUT_SCHEMES | set(READ_ONLY_SCHEMES)
 # What prepare names shards and rejected-row files (rank1_batch.io.layout.shard_name, grouped).
 SHARD_NAME = re.compile(r"shard-[0-9]{5,}")
 REJECTED_FILE = re.compile(r"rejected/(shard|unit)-[0-9]{5,}\.parquet")
+DUPLICATE_FILE = re.compile(r"duplicates/(shard|unit)-[0-9]{5,}\.parquet")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -90,7 +91,11 @@ def check_manifest(manifest: dict[str, object], where: str) -> None:
             raise UnsafePath(
                 f"{where}: shard {name} path {entry['path']!r} is not pairs/{name}.parquet; refused"
             )
-    rejected = manifest.get("rejected_files", [])
-    for rel in rejected if isinstance(rejected, list) else [rejected]:
-        if not isinstance(rel, str) or not REJECTED_FILE.fullmatch(rel):
-            raise UnsafePath(f"{where}: rejected file {rel!r} is not a rejected/ name; refused")
+    for key, pattern, folder in (
+        ("rejected_files", REJECTED_FILE, "rejected"),
+        ("duplicate_files", DUPLICATE_FILE, "duplicates"),
+    ):
+        named = manifest.get(key, [])
+        for rel in named if isinstance(named, list) else [named]:
+            if not isinstance(rel, str) or not pattern.fullmatch(rel):
+                raise UnsafePath(f"{where}: {folder} file {rel!r} is not a {folder}/ name; refused")
