@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +34,9 @@ EPILOG = """examples:
 """
 
 
+QUIET_HELP = "only warnings and errors (before or after the command)"
+
+
 def _add_job_arguments(parser: argparse.ArgumentParser, job_help: str = "job file (YAML)") -> None:
     """The job file and its overrides, the same for run, plan and submit."""
     parser.add_argument("job", help=job_help)
@@ -54,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"rank1-batch {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -83,7 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 
     _plan_parser(sub)
 
-    st = sub.add_parser("status", help="progress of a job, read from its output folder")
+    st = sub.add_parser(
+        "status",
+        help="progress of a job, read from its output folder",
+        description="Progress of a job read from its output folder alone (works anywhere, "
+        "while it runs and after): state (preparing, scoring, stopped: no live run holds it, "
+        "the same run command resumes it; complete), shards and pairs committed, statuses, "
+        "reasoning tokens and the ETA of the live run.",
+    )
     st.add_argument("output", help="output folder (local path or URI)")
     st.add_argument("--json", action="store_true", help="print JSON")
     add_storage_arguments(st)
@@ -101,7 +113,22 @@ def _parser() -> argparse.ArgumentParser:
         "a reranker. Jobs naming model 'toy' use the copy shipped in the package.",
     )
     toy.add_argument("--out", required=True, help="folder to write the model to")
+    _everywhere(sub)
     return p
+
+
+def _everywhere(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand takes the global ``-q`` too (``rank1-batch run JOB -q`` as well as
+    ``rank1-batch -q run JOB``), and shows its one-line help as its description when it has
+    no longer one (the subparsers of ``cli.results``, ``report``, ``compare`` included)."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        # SUPPRESS: absent after the subcommand, the value given before it (or False) stays
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+        )
+        if not parser.description:
+            parser.description = helps.get(name)
 
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,9 +138,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         description="Everything run checks (job file, input schemas, output read/write, "
         "model and tokenizer, fingerprint against an existing output), then a streamed scan "
         "of the input, prompt lengths on a sample, reasoning tokens from a calibration run of "
-        "--sample pairs on the job's engine, and GPU-hours and cost per GPU type. Writes "
-        "plan.json; exits 1 naming why when run would fail. Scores nothing, writes nothing "
-        "under the output (a probe file is written and deleted).",
+        "--sample pairs on the job's engine, and GPU-hours and cost per GPU type, printed as "
+        "a table (--json: the JSON report; --out PATH: also written there). Exits 1 naming "
+        "why when run would fail. Scores nothing, writes nothing under the output (a probe "
+        "file is written and deleted).",
     )
     _add_job_arguments(pl)
     pl.add_argument(
@@ -156,9 +184,8 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     )
     pl.add_argument(
         "--out",
-        default="plan.json",
         metavar="PATH",
-        help="where to write the report (default: plan.json in the working dir)",
+        help="also write the JSON report to PATH (default: no file is written)",
     )
     pl.add_argument("--json", action="store_true", help="print the JSON report, not a table")
 
@@ -193,13 +220,28 @@ def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="CPUs reserved for the driver (default 1)",
     )
-    jl = sub.add_parser("jobs", help="list rank1-batch jobs submitted to a cluster")
+    jl = sub.add_parser(
+        "jobs",
+        help="list rank1-batch jobs submitted to a cluster",
+        description="List the rank1-batch jobs submitted to the Ray cluster: submission id, "
+        "state and output folder (then: logs ID, status OUTPUT).",
+    )
     jl.add_argument("--address", **address)
-    lg = sub.add_parser("logs", help="print a submitted job's logs")
+    lg = sub.add_parser(
+        "logs",
+        help="print a submitted job's logs",
+        description="Print the driver logs of a submitted job (--follow: until it ends; exit "
+        "0 only if it succeeded).",
+    )
     lg.add_argument("submission_id")
     lg.add_argument("--address", **address)
     lg.add_argument("--follow", action="store_true", help="follow until the job ends")
-    sp = sub.add_parser("stop", help="stop a submitted job (its output stays resumable)")
+    sp = sub.add_parser(
+        "stop",
+        help="stop a submitted job (its output stays resumable)",
+        description="Stop a submitted job. Committed shards are kept; submitting the same "
+        "job again resumes it from its output folder.",
+    )
     sp.add_argument("submission_id")
     sp.add_argument("--address", **address)
 
@@ -286,9 +328,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         throughput=args.throughput,
     )
     report = make_plan(spec, options)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps(report, indent=2, default=str) if args.json else format_plan(report))
-    print(f"plan written to {args.out}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"plan written to {args.out}", file=sys.stderr)
     for reason in report["would_fail"]:
         print(f"rank1-batch: error: {reason}", file=sys.stderr)
     return 0 if report["ok"] else 1
@@ -312,6 +355,18 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`rank1-batch status OUT | head -1`): what it read is what it
+        # asked for, so exit quietly. stdout goes to devnull first, or Python's flush at
+        # exit would raise the same error again, with a traceback.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -329,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rank1_batch.outputs.results import ResultsError
     from rank1_batch.outputs.throughput import ThroughputError
     from rank1_batch.pipeline.attempts import EXIT_QUARANTINED, ShardQuarantined
+    from rank1_batch.pipeline.pool import RayStartError
 
     commands = {"plan": _cmd_plan, "run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
     commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
@@ -349,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ThroughputError,
         UnsafePath,
         LayoutVersionError,
+        RayStartError,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2
