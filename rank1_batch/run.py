@@ -144,7 +144,8 @@ def this_run(
 ) -> dict[str, Any]:
     """What *this* run did, for the summary (not written to ``_SUCCESS.json``): the output's
     totals less what earlier runs had committed (``earlier``: shards and their summed stats;
-    None: the output was already complete, nothing was done). ``judged`` are pairs the engine
+    None: the output was already complete, nothing was done; a ``--join``ed run's commits
+    during this run count as this run's). ``judged`` are pairs the engine
     scored now, ``reused`` pairs copied from earlier outputs; the rate is ``judged`` over the
     score stage's wall time (actors starting and model loading included)."""
     shards, stats = earlier if earlier is not None else (int(done["shards"]), None)
