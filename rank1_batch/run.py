@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from rank1_batch.core.stats import ShardStats
 from rank1_batch.engines import model_cache
 from rank1_batch.engines.factory import model_path
 from rank1_batch.io import commit, layout, lease, paths
@@ -76,7 +77,7 @@ def run(
         require_files(store, commit.read_markers(store))
         log.info("%s is already complete; nothing to do", store.uri)
         done: dict[str, Any] = store.read_json(layout.SUCCESS)
-        return done
+        return {**done, "this_run": this_run(done, None, time.perf_counter() - start, 0.0)}
     with lease.Lease(store, join=join, take_over=take_over) as held:
         return _run_held(spec, store, files, held, start, quiet)
 
@@ -99,8 +100,10 @@ def _run_held(
     init_ray(spec)
     manifest = prepare(spec, store, files)
     _check_manifest(store, manifest)  # as prepare read it
-    done_shards = commit.committed_shards(store)
+    before = commit.read_markers(store)  # what earlier runs committed (digest-backed)
+    done_shards = {m.shard for m in before}
     pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
+    score_wall = 0.0
     log.info(
         "score: %d of %d shards pending (%d pairs)",
         len(pending),
@@ -113,15 +116,52 @@ def _run_held(
         elif not held.others_running():  # a live joiner's temp files are still being written
             for folder in ("scores", "traces", layout.COMMITS):
                 store.remove_temp_leftovers(folder)
-        console.ray_bars_during_score()
+        console.ray_progress_off()
         log.info(console.CONSTRUCTOR_NOTE)
         if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
             reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
-        settle(spec, store, score_pending(spec, store, pending, held.me.run_id))
-    return finalize(
+        score_start = time.perf_counter()
+        quarantined = score_pending(spec, store, pending, held.me.run_id)
+        score_wall = time.perf_counter() - score_start
+        settle(spec, store, quarantined)
+    done = finalize(
         store,
         manifest,
         time.perf_counter() - start,
         total_wall=held.total_seconds(),
         runs=len(lease.runs(store)),
     )
+    earlier = sum((m.stats for m in before), ShardStats())
+    wall = float(done["last_run_wall_seconds"])
+    return {**done, "this_run": this_run(done, (len(before), earlier), wall, score_wall)}
+
+
+def this_run(
+    done: dict[str, Any],
+    earlier: tuple[int, ShardStats] | None,
+    wall: float,
+    score_wall: float,
+) -> dict[str, Any]:
+    """What *this* run did, for the summary (not written to ``_SUCCESS.json``): the output's
+    totals less what earlier runs had committed (``earlier``: shards and their summed stats;
+    None: the output was already complete, nothing was done; a ``--join``ed run's commits
+    during this run count as this run's). ``judged`` are pairs the engine
+    scored now, ``reused`` pairs copied from earlier outputs; the rate is ``judged`` over the
+    score stage's wall time (actors starting and model loading included)."""
+    shards, stats = earlier if earlier is not None else (int(done["shards"]), None)
+    pairs = int(done["scored"]) - (stats.pairs if stats else int(done["scored"]))
+    reused = int(done["reused"]) - (stats.reused if stats else int(done["reused"]))
+    tokens = int(done["reasoning_tokens"]) - (
+        stats.reasoning_tokens if stats else int(done["reasoning_tokens"])
+    )
+    judged = pairs - reused
+    return {
+        "nothing_to_do": earlier is None,
+        "wall_seconds": round(wall, 3),
+        "shards": int(done["shards"]) - shards,
+        "judged": judged,
+        "reused": reused,
+        "reasoning_tokens": tokens,
+        "score_wall_seconds": round(score_wall, 3),
+        "pairs_per_second": round(judged / score_wall, 3) if judged and score_wall > 0 else None,
+    }

@@ -91,3 +91,67 @@ def test_unrelated_folder_check_allows_empty_and_own_folders(tmp_path):
     lease.check_adoptable(Store(str(tmp_path / "empty")), layout.JOB_FILE)
     with pytest.raises(lease.OutputBusy):
         lease.check_adoptable(Store(str(tmp_path)), layout.JOB_FILE)
+
+
+def test_quiet_is_accepted_before_and_after_the_command():
+    from rank1_batch.cli import _parser
+
+    parse = _parser().parse_args
+    assert parse(["run", "job.yaml", "-q"]).quiet is True
+    assert parse(["-q", "run", "job.yaml"]).quiet is True
+    assert parse(["status", "out", "--quiet"]).quiet is True
+    assert parse(["status", "out"]).quiet is False
+    assert parse(["-q", "export", "out", "--format", "trec"]).quiet is True
+
+
+def test_every_command_has_a_one_line_help_and_a_description():
+    import argparse
+
+    from rank1_batch.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {a.dest: a.help for a in sub._choices_actions}
+    assert set(listed) == set(sub.choices)
+    for name, command in sub.choices.items():
+        assert listed[name], f"{name}: no help line in `rank1-batch --help`"
+        assert command.description, f"{name}: `rank1-batch {name} --help` has no description"
+
+
+def test_plan_prints_a_table_and_writes_no_file_unless_asked(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "two.parquet"
+    pq.write_table(
+        pa.table({"query_id": ["q1", "q1"], "query": ["cats", "cats"], "doc_id": ["d1", None],
+                  "passage": ["cat", "dog"]}),
+        data,
+    )  # fmt: skip
+    job = tiny_job(tmp_path, str(data))
+    monkeypatch.chdir(tmp_path)
+    main(["-q", "plan", str(job), "--sample", "0", "--token-sample", "10"])
+    out = capsys.readouterr().out
+    assert out.startswith("plan     tiny -> ")
+    assert "{'" not in out and "'}" not in out, out  # no Python dict
+    assert "1 pairs" not in out
+    assert "1 rejected (" in out
+    assert not (tmp_path / "plan.json").exists()
+    main(["-q", "plan", str(job), "--sample", "0", "--token-sample", "10", "--out", "p.json"])
+    assert (tmp_path / "p.json").exists()
+
+
+def test_a_reader_that_stops_early_ends_no_traceback(tmp_path):
+    """`rank1-batch status OUT | head -c0`: the pipe closes before status writes."""
+    import subprocess
+    import sys
+
+    job = tiny_job(tmp_path)
+    spec = load_job(job)
+    claim_output(Store(spec.output.path), job_record(spec, listing(scan_inputs(spec.input))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rank1_batch.cli", "status", spec.output.path],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

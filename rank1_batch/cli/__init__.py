@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from rank1_batch import __version__
+from rank1_batch.cli.cluster import add_parsers as add_cluster_parsers
+from rank1_batch.cli.cluster import cmd_cluster
 from rank1_batch.cli.compare import add_parser as add_compare_parser
 from rank1_batch.cli.compare import cmd_compare
 from rank1_batch.cli.report import add_parser as add_report_parser
@@ -30,6 +34,9 @@ EPILOG = """examples:
   rank1-batch verify out/demo [--repair]   (checksums of every committed file)
   rank1-batch toy-model --out /tmp/toy   (rebuild the toy model from scratch)
 """
+
+
+QUIET_HELP = "only warnings and errors (before or after the command)"
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser, job_help: str = "job file (YAML)") -> None:
@@ -54,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"rank1-batch {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -83,12 +90,19 @@ def _parser() -> argparse.ArgumentParser:
 
     _plan_parser(sub)
 
-    st = sub.add_parser("status", help="progress of a job, read from its output folder")
+    st = sub.add_parser(
+        "status",
+        help="progress of a job, read from its output folder",
+        description="Progress of a job read from its output folder alone (works anywhere, "
+        "while it runs and after): state (preparing, scoring, stopped: no live run holds it, "
+        "the same run command resumes it; complete), shards and pairs committed, statuses, "
+        "reasoning tokens and the ETA of the live run.",
+    )
     st.add_argument("output", help="output folder (local path or URI)")
     st.add_argument("--json", action="store_true", help="print JSON")
     add_storage_arguments(st)
 
-    _cluster_parsers(sub)
+    add_cluster_parsers(sub, _add_job_arguments)
     add_io_parsers(sub)
     add_compare_parser(sub)
     add_report_parser(sub)
@@ -101,7 +115,22 @@ def _parser() -> argparse.ArgumentParser:
         "a reranker. Jobs naming model 'toy' use the copy shipped in the package.",
     )
     toy.add_argument("--out", required=True, help="folder to write the model to")
+    _everywhere(sub)
     return p
+
+
+def _everywhere(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand takes the global ``-q`` too (``rank1-batch run JOB -q`` as well as
+    ``rank1-batch -q run JOB``), and shows its one-line help as its description when it has
+    no longer one (the subparsers of ``cli.results``, ``report``, ``compare`` included)."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        # SUPPRESS: absent after the subcommand, the value given before it (or False) stays
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+        )
+        if not parser.description:
+            parser.description = helps.get(name)
 
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,9 +140,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         description="Everything run checks (job file, input schemas, output read/write, "
         "model and tokenizer, fingerprint against an existing output), then a streamed scan "
         "of the input, prompt lengths on a sample, reasoning tokens from a calibration run of "
-        "--sample pairs on the job's engine, and GPU-hours and cost per GPU type. Writes "
-        "plan.json; exits 1 naming why when run would fail. Scores nothing, writes nothing "
-        "under the output (a probe file is written and deleted).",
+        "--sample pairs on the job's engine, and GPU-hours and cost per GPU type, printed as "
+        "a table (--json: the JSON report; --out PATH: also written there). Exits 1 naming "
+        "why when run would fail. Scores nothing, writes nothing under the output (a probe "
+        "file is written and deleted).",
     )
     _add_job_arguments(pl)
     pl.add_argument(
@@ -156,97 +186,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     )
     pl.add_argument(
         "--out",
-        default="plan.json",
         metavar="PATH",
-        help="where to write the report (default: plan.json in the working dir)",
+        help="also write the JSON report to PATH (default: no file is written)",
     )
     pl.add_argument("--json", action="store_true", help="print the JSON report, not a table")
-
-
-def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
-    address = {
-        "metavar": "URL",
-        "help": "Ray dashboard/Jobs address, e.g. http://HEAD:8265 "
-        "(default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)",
-    }
-    sm = sub.add_parser(
-        "submit",
-        help="submit a job to a Ray cluster (Ray Jobs API, token auth)",
-        description="Submit JOB.yaml to a Ray cluster. The resolved job file travels with the "
-        "submission, the package as a runtime_env py_module; torch/vllm come from the cluster "
-        "image. The submission id is derived from the job and its output, so submitting a "
-        "running job again reports it instead of starting a twin; after a failure a new "
-        "submission resumes from the output folder. Token auth is on by default "
-        "(RAY_AUTH_MODE=token; token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
-        "~/.ray/auth_token). Flow: submit -> jobs/logs -> status OUTPUT -> results in OUTPUT.",
-    )
-    _add_job_arguments(sm)
-    sm.add_argument("--address", **address)
-    sm.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the logs to the end; exit 0 only if the job succeeded",
-    )
-    sm.add_argument(
-        "--entrypoint-num-cpus",
-        type=float,
-        default=1.0,
-        help="CPUs reserved for the driver (default 1)",
-    )
-    jl = sub.add_parser("jobs", help="list rank1-batch jobs submitted to a cluster")
-    jl.add_argument("--address", **address)
-    lg = sub.add_parser("logs", help="print a submitted job's logs")
-    lg.add_argument("submission_id")
-    lg.add_argument("--address", **address)
-    lg.add_argument("--follow", action="store_true", help="follow until the job ends")
-    sp = sub.add_parser("stop", help="stop a submitted job (its output stays resumable)")
-    sp.add_argument("submission_id")
-    sp.add_argument("--address", **address)
-
-
-def _cmd_cluster(args: argparse.Namespace) -> int:
-    from rank1_batch import submit
-
-    submit.default_auth()
-    try:
-        return _cluster_command(args)
-    except Exception as exc:
-        # What Ray's client raises for a refused, unreachable or failing cluster: one line,
-        # not a traceback (and never the token). Anything else is a bug: let it surface.
-        expected = (ConnectionError, RuntimeError, ValueError)
-        if not isinstance(exc, expected) and "Authentication" not in type(exc).__name__:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"rank1-batch: error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 2
-
-
-def _cluster_command(args: argparse.Namespace) -> int:
-    from rank1_batch import submit
-
-    if args.command == "jobs":
-        for job in submit.list_jobs(args.address):
-            print(f"{job['submission_id']}  {job['status']:<9}  {job['output']}")
-        return 0
-    if args.command == "logs":
-        if args.follow:
-            state = submit.follow(args.address, args.submission_id)
-            return 0 if state == "SUCCEEDED" else 1
-        print(submit.logs(args.address, args.submission_id), end="")
-        return 0
-    if args.command == "stop":
-        print("stopped" if submit.stop(args.address, args.submission_id) else "not running")
-        return 0
-    from rank1_batch.job.load import load_job
-
-    spec = load_job(args.job, overrides=args.overrides, output=args.output)
-    sid, new = submit.submit(spec, args.address, entrypoint_num_cpus=args.entrypoint_num_cpus)
-    print(f"{'submitted' if new else 'already running'}: {sid}")
-    if not args.wait:
-        return 0
-    state = submit.follow(args.address, sid)
-    print(f"job {sid}: {state}")
-    return 0 if state == "SUCCEEDED" else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -286,9 +229,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         throughput=args.throughput,
     )
     report = make_plan(spec, options)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps(report, indent=2, default=str) if args.json else format_plan(report))
-    print(f"plan written to {args.out}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"plan written to {args.out}", file=sys.stderr)
     for reason in report["would_fail"]:
         print(f"rank1-batch: error: {reason}", file=sys.stderr)
     return 0 if report["ok"] else 1
@@ -312,6 +256,18 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`rank1-batch status OUT | head -1`): what it read is what it
+        # asked for, so exit quietly. stdout goes to devnull first, or Python's flush at
+        # exit would raise the same error again, with a traceback.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -329,9 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rank1_batch.outputs.results import ResultsError
     from rank1_batch.outputs.throughput import ThroughputError
     from rank1_batch.pipeline.attempts import EXIT_QUARANTINED, ShardQuarantined
+    from rank1_batch.pipeline.pool import RayStartError
 
     commands = {"plan": _cmd_plan, "run": _cmd_run, "status": _cmd_status, "toy-model": _cmd_toy}
-    commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), _cmd_cluster))
+    commands.update(dict.fromkeys(("submit", "jobs", "logs", "stop"), cmd_cluster))
     commands.update(IO_COMMANDS)
     commands["report"] = cmd_report
     commands["compare"] = cmd_compare
@@ -349,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ThroughputError,
         UnsafePath,
         LayoutVersionError,
+        RayStartError,
     ) as exc:
         print(f"rank1-batch: error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,26 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def format_rate(rate: float) -> str:
+    """A rate to 3 significant figures, never in exponent form: 0.123, 12.3, 123, 12,345."""
+    if rate >= 100:
+        return f"{rate:,.0f}"
+    return f"{rate:.{2 if rate < 10 else 1}f}" if rate >= 1 else f"{rate:.3g}"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 shard``, ``2 shards``, ``1,000 pairs`` (thousands separated); ``many``: the plural
+    when it is not ``word + "s"`` (``plural(2, "query", "queries")``)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def reasoning_line(tokens: int, pairs: int) -> str:
+    """``61,234 reasoning tokens, 20.4 per pair``: tokens spent on the output's pairs (a
+    reused pair counts the tokens spent when it was first scored)."""
+    per = f", {format_rate(tokens / pairs)} per pair" if pairs else ""
+    return f"{plural(tokens, 'reasoning token')}{per}"
+
+
 class Progress:
     def __init__(self, shards: int, pairs: int, *, stream: Any = None) -> None:
         self.shards, self.pairs = shards, pairs
@@ -51,13 +71,14 @@ class Progress:
             self.bar.set_postfix_str(f"shards {self.shards_done}/{self.shards}")
             return
         log.info(
-            "score: %s committed; %d/%d shards, %d/%d pairs, %.1f pairs/s, ETA %s",
+            "score: %s committed; %d/%d shards, %d/%d pairs, %s pairs/s since scoring "
+            "started, ETA %s",
             shard,
             self.shards_done,
             self.shards,
             self.pairs_done,
             self.pairs,
-            self.rate(),
+            format_rate(self.rate()),
             format_eta(self.eta()),
         )
 

@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from rank1_batch.core.progress import plural
 from rank1_batch.io import commit, layout
 from rank1_batch.io.store import StorageError, Store
 from rank1_batch.job.record import _diff, job_record
@@ -300,6 +301,11 @@ def _money(x: float | None) -> str:
     return f"{x:,.2f}" if x >= 1 else f"{x:.3g}"
 
 
+def _counts(by_reason: dict[str, int]) -> str:
+    """``{"empty_query": 2, "bad_id": 1}`` as ``empty_query 2, bad_id 1``."""
+    return ", ".join(f"{k} {v:,}" for k, v in by_reason.items())
+
+
 def format_plan(r: dict[str, Any]) -> str:
     """The report as a table for the terminal."""
     lines = [f"plan     {r['job']} -> {r['output']}", ""]
@@ -309,9 +315,10 @@ def format_plan(r: dict[str, Any]) -> str:
     if "input_rows" in w:
         lines += [
             "",
-            f"input    {w['input_rows']:,} rows: {w['pairs']:,} pairs over {w['queries']:,} "
-            f"queries, {w['duplicates']:,} duplicates, {w['rejected']:,} rejected"
-            + (f" {w['rejected_by_reason']}" if w["rejected"] else ""),
+            f"input    {plural(w['input_rows'], 'row')}: {plural(w['pairs'], 'pair')} over "
+            f"{plural(w['queries'], 'query', 'queries')}, {w['duplicates']:,} duplicates, "
+            f"{w['rejected']:,} rejected"
+            + (f" ({_counts(w['rejected_by_reason'])})" if w["rejected"] else ""),
         ]
     p = r.get("prompts")
     if p and p["prompt_tokens"]:
@@ -345,7 +352,7 @@ def format_plan(r: dict[str, Any]) -> str:
     if tk:
         lines.append(
             f"tokens   {tk['prompt_tokens']:,} prompt + {tk['generated_tokens']:,} generated "
-            f"for the {tk['pairs_to_judge']:,} pairs to judge"
+            f"for the {plural(tk['pairs_to_judge'], 'pair')} to judge"
         )
     est = r.get("estimate")
     if est:
@@ -357,7 +364,9 @@ def format_plan(r: dict[str, Any]) -> str:
             )
         if est[0]["note"]:
             lines.append(f"  note: {est[0]['note']}")
-        lines.append("  sources: rank1_batch/data/throughput.yaml (see plan.json for each figure)")
+        lines.append(
+            "  sources: rank1_batch/data/throughput.yaml (`plan --json`: the source of each figure)"
+        )
     here = r.get("this_machine")
     if here:
         lines.append(

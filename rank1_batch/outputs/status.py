@@ -9,64 +9,76 @@ import time
 from typing import Any
 
 from rank1_batch.core import rank1
-from rank1_batch.core.progress import format_eta
+from rank1_batch.core.progress import format_eta, plural, reasoning_line
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout, lease
 from rank1_batch.io.store import Store
 
+FIELDS = (
+    "output", "job", "model", "state", "run", "shards_total", "shards_committed",
+    "pairs_total", "pairs_scored", "pairs_reused", "rejected", "duplicates", "statuses",
+    "truncated", "reasoning_tokens", "eta_seconds",
+)  # fmt: skip
+"""The keys of ``status --json``, in this order whatever the state (fields not known yet,
+before the manifest is written, are left out)."""
+
 
 def read_status(store: Store) -> dict[str, Any]:
+    """The state (``preparing``/``scoring`` while a live run holds the output; ``stopped``
+    when none does: it died or was stopped, even during start-up; ``complete``) and counts."""
     job = layout.read_job(store)
     out: dict[str, Any] = {
         "output": store.uri,
         "job": job["spec"].get("name"),
         "model": job["spec"]["model"]["name"],
     }
+    holder = None if store.exists(layout.SUCCESS) else lease.live_holder(store)
+    out["state"] = "preparing" if holder is not None else "stopped"
+    out["run"] = holder.who() if holder is not None else None
     if not store.exists(layout.MANIFEST):
-        out["state"] = "preparing"
-        return out
+        return _ordered(out)
     manifest = store.read_json(layout.MANIFEST)
+    counts = {
+        "shards_total": len(manifest["shards"]),
+        "pairs_total": int(manifest["pairs"]),
+        "rejected": manifest["rejected"],
+        "duplicates": manifest["duplicates"],
+    }
     if store.exists(layout.SUCCESS):
         # Complete: the totals are in _SUCCESS.json; no marker needs reading (at 50,000
         # shards that is one request instead of a listing and a digest).
         done = store.read_json(layout.SUCCESS)
         out.update(
-            shards_total=len(manifest["shards"]),
+            counts,
+            state="complete",
             shards_committed=int(done["shards"]),
-            pairs_total=int(manifest["pairs"]),
             pairs_scored=int(done["scored"]),
             pairs_reused=int(done["reused"]),
-            rejected=manifest["rejected"],
-            duplicates=manifest["duplicates"],
             statuses=done["statuses"],
             truncated=done["truncated"],
-            state="complete",
+            reasoning_tokens=int(done["reasoning_tokens"]),
             eta_seconds=0.0,
         )
-        return out
+        return _ordered(out)
     markers = commit.read_markers(store)
     stats = sum((m.stats for m in markers), ShardStats())
-    total_pairs = int(manifest["pairs"])
     out.update(
-        shards_total=len(manifest["shards"]),
+        counts,
         shards_committed=len(markers),
-        pairs_total=total_pairs,
         pairs_scored=stats.pairs,
         pairs_reused=stats.reused,
-        rejected=manifest["rejected"],
-        duplicates=manifest["duplicates"],
         statuses={s: getattr(stats, s) for s in rank1.STATUSES},
         truncated=stats.truncated,
+        reasoning_tokens=stats.reasoning_tokens,
+        eta_seconds=eta_seconds(markers, counts["pairs_total"] - stats.pairs, holder),
     )
-    if store.exists(layout.SUCCESS):
-        out["state"] = "complete"
-        out["eta_seconds"] = 0.0
-        return out
-    holder = lease.live_holder(store)
-    out["state"] = "scoring" if holder is not None else "stopped"
-    out["run"] = f"{holder.who()}" if holder is not None else None
-    out["eta_seconds"] = eta_seconds(markers, total_pairs - stats.pairs, holder)
-    return out
+    if holder is not None:
+        out["state"] = "scoring"
+    return _ordered(out)
+
+
+def _ordered(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: out[k] for k in FIELDS if k in out}
 
 
 def eta_seconds(
@@ -105,13 +117,14 @@ def format_status(s: dict[str, Any]) -> str:
     if "shards_total" in s:
         pct = 100.0 * s["pairs_scored"] / s["pairs_total"] if s["pairs_total"] else 100.0
         lines += [
-            f"shards   {s['shards_committed']}/{s['shards_total']} committed",
-            f"pairs    {s['pairs_scored']}/{s['pairs_total']} scored ({pct:.1f}%), "
-            f"{s['rejected']} rejected, {s['duplicates']} duplicates"
-            + (f"; {s['pairs_reused']} copied from earlier outputs" if s["pairs_reused"] else ""),
+            f"shards   {s['shards_committed']}/{plural(s['shards_total'], 'shard')} committed",
+            f"pairs    {s['pairs_scored']:,}/{s['pairs_total']:,} scored ({pct:.1f}%), "
+            f"{s['rejected']:,} rejected, {s['duplicates']:,} duplicates"
+            + (f"; {s['pairs_reused']:,} copied from earlier outputs" if s["pairs_reused"] else ""),
             "statuses "
-            + ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
-            + f"; truncated {s['truncated']}",
+            + ", ".join(f"{k} {v:,}" for k, v in s["statuses"].items())
+            + f"; truncated {s['truncated']:,}",
+            f"tokens   {reasoning_line(s['reasoning_tokens'], s['pairs_scored'])}",
             f"eta      {format_eta(s['eta_seconds'])}",
         ]
     return "\n".join(lines)

@@ -53,22 +53,36 @@ def shards_per_actor(spec: JobSpec) -> int:
     return spec.compute.shards_in_flight if streams(spec.model.engine) else 1
 
 
+class RayStartError(RuntimeError):
+    """Ray could not be started (or the cluster named by RAY_ADDRESS could not be joined)."""
+
+
 def init_ray(spec: JobSpec) -> None:
-    """Join the Ray cluster this runs in (RAY_ADDRESS, a Ray job) or start a local one."""
+    """Join the Ray cluster this runs in (RAY_ADDRESS, a Ray job) or start a local one.
+
+    A failure is one :class:`RayStartError` line (what failed and Ray's first line of why),
+    not Ray's traceback; the traceback is logged at DEBUG level.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    ray.data.DataContext.get_current().enable_progress_bars = True
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    ray.init(
-        num_cpus=spec.compute.num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+            return
+        ray.init(
+            num_cpus=spec.compute.num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        log.debug("ray.init failed", exc_info=True)
+        what = f"could not join the Ray cluster at {address}" if address else "Ray did not start"
+        why = str(exc).strip().splitlines()
+        raise RayStartError(f"{what}: {type(exc).__name__}: {why[0] if why else ''}") from None
 
 
 def vllm_placement_args(tensor_parallel_size: int, made: list[Any] | None = None) -> dict[str, Any]:
@@ -313,7 +327,14 @@ def _score_round(
             # An actor ending normally shuts its engine down (atexit) before its children go;
             # Ray would kill them first (vLLM's engine core under a live engine: a traceback).
             # A killed actor's engine processes are reaped (rank1_batch.engines.reaper).
-            runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}},
+            # No tqdm from the actors (transformers' "Loading weights" bar, forwarded to the
+            # driver's stderr a line per update on a pipe): our progress is the driver's.
+            runtime_env={
+                "env_vars": {
+                    "RAY_kill_child_processes_on_worker_exit": "0",
+                    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                }
+            },
             **placement,
         )
     try:
