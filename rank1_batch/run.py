@@ -18,7 +18,7 @@ from rank1_batch.io import commit, layout, lease, paths
 from rank1_batch.io.store import StorageError, Store
 from rank1_batch.io.verify import require_files
 from rank1_batch.job.convert import CONVERTED
-from rank1_batch.job.inputs import InputError, InputFile, listing, scan_inputs
+from rank1_batch.job.inputs import InputFile, listing, scan_inputs
 from rank1_batch.job.prepare import prepare
 from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.job.resolve import resolve_spec
@@ -64,11 +64,6 @@ def run(
             files = scan_inputs(spec.input, spec.storage)
         except PermissionError as exc:
             raise StorageError(f"input {spec.input.path}: access denied ({exc})") from exc
-        if not any(f.rows for f in files):
-            # Refused before anything is written: an empty input is almost always a mistake.
-            raise InputError(
-                f"input {spec.input.path}: {len(files)} Parquet file(s), 0 rows; nothing to rerank"
-            )
         claim_output(store, job_record(spec, listing(files)))
     if store.exists(layout.MANIFEST):  # a resume: its names are joined into paths below
         _check_manifest(store, store.read_json(layout.MANIFEST))

@@ -130,7 +130,10 @@ def test_status_of_a_complete_output_counts_reused_pairs(tmp_path):
         layout.MANIFEST,
         {"shards": [{"id": "shard-00000", "rows": 3}], "pairs": 3, "rejected": 0, "duplicates": 0},
     )
-    success = {"shards": 1, "scored": 3, "statuses": {"complete": 3}, "truncated": 0}
+    success = {
+        "shards": 1, "scored": 3, "statuses": {"complete": 3}, "truncated": 0,
+        "reasoning_tokens": 0,
+    }  # fmt: skip
     store.write_json(layout.SUCCESS, success | {"reused": 2})
     status = read_status(store)
     assert status["state"] == "complete" and status["pairs_reused"] == 2

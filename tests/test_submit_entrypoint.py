@@ -48,3 +48,14 @@ def test_submit_python_runs_the_cli_with_the_interpreter_given(tmp_path):
     proc = head_shell(entrypoint(sys.executable, command="--help"), bin_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "usage: rank1-batch" in proc.stdout
+
+
+def test_submit_takes_the_interpreter_on_its_command_line():
+    from rank1_batch.cli import _parser
+
+    args = _parser().parse_args(["submit", "jobs/demo.yaml", "--address", "http://h:8265"])
+    assert args.python == "python"
+    args = _parser().parse_args(
+        ["submit", "jobs/demo.yaml", "--address", "http://h:8265", "--python", "/env/bin/python"]
+    )
+    assert args.python == "/env/bin/python"

@@ -15,6 +15,8 @@ from rank1_batch.cli.cluster import add_parsers as add_cluster_parsers
 from rank1_batch.cli.cluster import cmd_cluster
 from rank1_batch.cli.compare import add_parser as add_compare_parser
 from rank1_batch.cli.compare import cmd_compare
+from rank1_batch.cli.rejects import add_parser as add_rejects_parser
+from rank1_batch.cli.rejects import cmd_rejects
 from rank1_batch.cli.report import add_parser as add_report_parser
 from rank1_batch.cli.report import cmd_report
 from rank1_batch.cli.results import COMMANDS as IO_COMMANDS
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     add_cluster_parsers(sub, _add_job_arguments)
     add_io_parsers(sub)
     add_compare_parser(sub)
+    add_rejects_parser(sub)
     add_report_parser(sub)
 
     toy = sub.add_parser(
@@ -292,6 +295,7 @@ def _main(argv: Sequence[str] | None) -> int:
     commands.update(IO_COMMANDS)
     commands["report"] = cmd_report
     commands["compare"] = cmd_compare
+    commands["rejects"] = cmd_rejects
     try:
         return commands[args.command](args)
     except (

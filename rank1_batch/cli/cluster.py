@@ -42,6 +42,13 @@ def add_parsers(
         default=1.0,
         help="CPUs reserved for the driver (default 1)",
     )
+    sm.add_argument(
+        "--python",
+        default="python",
+        help="the interpreter the head runs the job with (default: the first python on the "
+        "PATH the head was started with); a head started from an unactivated virtualenv needs "
+        "/path/to/that/env/bin/python",
+    )
     jl = sub.add_parser(
         "jobs",
         help="list rank1-batch jobs submitted to a cluster",
@@ -104,7 +111,9 @@ def _cluster_command(args: argparse.Namespace) -> int:
     from rank1_batch.job.load import load_job
 
     spec = load_job(args.job, overrides=args.overrides, output=args.output)
-    sid, new = submit.submit(spec, args.address, entrypoint_num_cpus=args.entrypoint_num_cpus)
+    sid, new = submit.submit(
+        spec, args.address, entrypoint_num_cpus=args.entrypoint_num_cpus, python=args.python
+    )
     print(f"{'submitted' if new else 'already running'}: {sid}")
     if not args.wait:
         return 0

@@ -235,8 +235,6 @@ def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> di
 
     work = units(files)
     items = [{"file": u.file, "row_group": u.row_group, "ordinal": u.ordinal} for u in work]
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     normal = (
         ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         .map_batches(
