@@ -2,7 +2,8 @@
 
 The driver holds no data: it lists inputs, reads the manifest and the commit markers, and
 sums shard stats. Scoring runs in the Ray executor (:mod:`rank1_batch.pipeline.pool`) over
-the shards not yet committed.
+the shards not yet committed, or with ``compute.executor: local`` in this process
+(:func:`rank1_batch.pipeline.local.run_local`), with the same shard body and commit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rank1_batch.job.spec import JobSpec
 from rank1_batch.pipeline import console, reuse_ready
 from rank1_batch.pipeline.attempts import settle
 from rank1_batch.pipeline.finalize import finalize
+from rank1_batch.pipeline.local import run_local
 from rank1_batch.pipeline.pool import init_ray, score_pending
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,10 @@ def _run_held(
 ) -> dict[str, Any]:
     if model_cache.kind(spec.model.name) == "toy":
         model_path(spec)  # a toy model that is not built yet is built once, here, before Ray
+    local = spec.compute.executor == "local"
     console.tame_ray(quiet)
-    init_ray(spec)
+    if not local:  # the local executor starts no Ray (an ungrouped input's shuffle still does)
+        init_ray(spec)
     manifest = prepare(spec, store, files)
     _check_manifest(store, manifest)  # as prepare read it
     before = commit.read_markers(store)  # what earlier runs committed (digest-backed)
@@ -111,12 +115,17 @@ def _run_held(
         elif not held.others_running():  # a live joiner's temp files are still being written
             for folder in ("scores", "traces", layout.COMMITS):
                 store.remove_temp_leftovers(folder)
-        console.ray_progress_off()
-        log.info(console.CONSTRUCTOR_NOTE)
+        if not local:
+            console.ray_progress_off()
+            log.info(console.CONSTRUCTOR_NOTE)
         if spec.reuse:  # built once, by the holder; a joiner waits for it and only reads
             reuse_ready.ensure_built(spec, store, [s["id"] for s in pending], held)
         score_start = time.perf_counter()
-        quarantined = score_pending(spec, store, pending, held.me.run_id)
+        if local:  # a failing shard ends the run here (no rounds to retry it in)
+            run_local(spec, store, pending)
+            quarantined = []
+        else:
+            quarantined = score_pending(spec, store, pending, held.me.run_id)
         score_wall = time.perf_counter() - score_start
         settle(spec, store, quarantined)
     done = finalize(

@@ -111,6 +111,10 @@ NOTES: dict[str, str] = {
     "reasoning.cascade.top_k": "Each query's best `top_k` pairs by direct score (0: off).",
     "reasoning.cascade.margin": "And pairs with `|P(true) - 0.5| < margin` (0: off).",
     "compute": "Tuning knobs: never part of the fingerprint.",
+    "compute.executor": "With `local`, `workers`, "
+    "`cpus_per_worker` and `shards_in_flight` do not apply, a failing shard ends the run (no "
+    "retry rounds), and an input not grouped by query (the shuffle) or `reuse:` still starts "
+    "a local Ray for that step.",
     "compute.workers": "Scoring actors, one engine each.",
     "compute.cpus_per_worker": "Default: share the CPUs, leaving room for Ray Data "
     "(fractional on small machines).",

@@ -255,6 +255,10 @@ class ReasoningSpec(_Section):
 class ComputeSpec(_Section):
     """Tuning knobs: never part of the fingerprint."""
 
+    # Where shards are scored: Ray actors (the default; on a cluster, its nodes), or ``local``:
+    # one engine in the driver process, shard after shard, with the same shard body, commit
+    # protocol and resume, and no Ray start-up (quick experiments on a laptop).
+    executor: Literal["ray", "local"] = "ray"
     workers: int = Field(default=1, ge=1)
     cpus_per_worker: float | None = Field(default=None, gt=0)
     gpus_per_worker: float = Field(default=0, ge=0)

@@ -265,13 +265,17 @@ def _not_quarantined(
     return keep
 
 
-def torch_threads(spec: JobSpec) -> int:
+def torch_threads(spec: JobSpec, cluster_cpus: float | None = None) -> int:
     """Threads per CPU actor, from the cluster's total CPUs when the job starts, not the
     momentarily free ones: torch's CPU results depend on the thread count, so every round
-    (and a resumed run) must use the same count, even after a node is lost."""
-    import ray
+    (and a resumed run) must use the same count, even after a node is lost. ``cluster_cpus``
+    (default: Ray's count) is the CPUs local Ray would get, for the local executor, so both
+    executors give one job the same count and the same rows."""
+    if cluster_cpus is None:
+        import ray
 
-    total_cpus = worker_cpus(spec, float(ray.cluster_resources().get("CPU", 1)))
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
+    total_cpus = worker_cpus(spec, cluster_cpus)
     return spec.compute.torch_threads or max(1, math.ceil(total_cpus - 1e-9))
 
 
