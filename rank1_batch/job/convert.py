@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -200,17 +200,29 @@ def iter_run_pairs(
     queries = read_queries(queries_uri, storage)
     corpus = read_corpus(corpus_uri, wanted, storage)
     del wanted
+
+    def rows() -> Iterator[list[tuple[Any, ...]]]:
+        for block in _run_blocks(spec, storage):
+            out = []
+            for q, d, _, line in block[: spec.top_k]:
+                query = queries.get(q)
+                title, passage = corpus.get(d, (None, None))
+                reason = (
+                    MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
+                )
+                out.append((q, query, d, passage, title, reason, line, None))
+            yield out
+
+    yield from _tables(rows(), chunk_rows)
+
+
+def _tables(queries: Iterable[list[tuple[Any, ...]]], chunk_rows: int) -> Iterator[pa.Table]:
+    """:data:`CONVERTED_SCHEMA` rows, one query's at a time, as tables of whole queries of
+    about ``chunk_rows`` rows (a table ends after the query that reaches it)."""
     cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
-    for block in _run_blocks(spec, storage):
-        for q, d, _, line in block[: spec.top_k]:
-            query = queries.get(q)
-            title, passage = corpus.get(d, (None, None))
-            reason = MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
-            for name, value in zip(
-                CONVERTED_SCHEMA.names,
-                (q, query, d, passage, title, reason, line, None),
-                strict=True,
-            ):
+    for block in queries:
+        for row in block:
+            for name, value in zip(CONVERTED_SCHEMA.names, row, strict=True):
                 cols[name].append(value)
         if len(cols["query_id"]) >= chunk_rows:
             yield pa.table(cols, schema=CONVERTED_SCHEMA)
@@ -225,7 +237,13 @@ def rank_llm_pairs(
     """rank_llm request JSONL → :data:`CONVERTED_SCHEMA` tables of whole requests (at most
     about ``chunk_rows`` rows), each row with its request's line; a candidate without text is
     a ``missing_doc`` row, a query given on two lines is refused."""
-    cols: dict[str, list[Any]] = {name: [] for name in CONVERTED_SCHEMA.names}
+    yield from _tables(_rank_llm_requests(spec, storage), chunk_rows)
+
+
+def _rank_llm_requests(
+    spec: InputSpec, storage: StorageSpec | None
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Each request's :data:`CONVERTED_SCHEMA` rows, in file order."""
     seen: set[str] = set()
     for n, line in enumerate(lines(spec.path, storage), 1):
         if not line.strip():
@@ -245,19 +263,14 @@ def rank_llm_pairs(
         if qid in seen:
             raise FormatError(f"{spec.path}: line {n}: query {qid!r} is given twice")
         seen.add(qid)
+        out = []
         for position, (docid, doc) in enumerate(docs):
             passage = next((doc[k] for k in RANK_LLM_TEXT if isinstance(doc.get(k), str)), None)
             title = doc.get("title") if isinstance(doc.get("title"), str) else None
             reason = MISSING_DOC if passage is None and docid is not None else None
             did = None if docid is None else str(docid)
-            row = (qid, query, did, passage, title or None, reason, n, position)
-            for name, value in zip(CONVERTED_SCHEMA.names, row, strict=True):
-                cols[name].append(value)
-        if len(cols["query_id"]) >= chunk_rows:
-            yield pa.table(cols, schema=CONVERTED_SCHEMA)
-            cols = {name: [] for name in CONVERTED_SCHEMA.names}
-    if cols["query_id"]:
-        yield pa.table(cols, schema=CONVERTED_SCHEMA)
+            out.append((qid, query, did, passage, title or None, reason, n, position))
+        yield out
 
 
 def _load_hf(spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
