@@ -132,6 +132,9 @@ def write_shards(store: Store, settings: DrainSettings, shard_size: int) -> list
                 "instruction": [None] * n,
                 "input_order": list(range(start, start + n)),
                 "reason": [None] * n,
+                "source_row": list(range(start, start + n)),  # a Parquet input's own row
+                "source_line": [None] * n,
+                "candidate": [None] * n,
             },
             schema=NORMALISED,
         )
