@@ -28,6 +28,7 @@ import common as c
 DEMO = c.ROOT / "jobs" / "demo.yaml"
 DEMO_PAIRS = c.ROOT / "jobs" / "data" / "demo-pairs.parquet"
 EXECUTORS = ("ray", "local")
+INPUTS = ("demo_3000_pairs", "one_query_30_pairs")
 
 
 def first_query(work: Path) -> Path:
@@ -78,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--repeats", type=int, default=3, help="runs per executor (alternating)")
     p.add_argument("--out", help="also write the JSON document here")
+    p.add_argument("--only", choices=INPUTS, help="one input only (default: both)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rank1-executors-"))
     inputs = {"demo_3000_pairs": None, "one_query_30_pairs": first_query(work)}
+    if args.only:
+        inputs = {args.only: inputs[args.only]}
     doc: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/executor_cases.py", *(argv or sys.argv[1:])]),
         "machine": c.machine(),
