@@ -17,7 +17,6 @@ Prints one JSON document (``settings``: one row per setting) and a Markdown tabl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -171,11 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         doc = demo(min(args.queries, 100), work)
     doc |= {"machine": c.machine(), "started_at": started, "work": str(work)}
-    text = json.dumps(doc, indent=2, default=str)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
     print(doc["markdown"], file=sys.stderr)
-    print(text)
+    c.emit(doc, args.out)
     return 0
 
 

@@ -313,6 +313,14 @@ def run_cli(
     return {"wall_s": round(wall, 3), "killed": killed, "rss_peak_mib": peaks}
 
 
+def emit(doc: dict[str, Any], out: str | None) -> None:
+    """Print a benchmark's JSON document on stdout, and write it to ``out`` too if given."""
+    text = json.dumps(doc, indent=2, default=str)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
 def read_success(out: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((out / "_SUCCESS.json").read_text())
     data.pop("commits", None)

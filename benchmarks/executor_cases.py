@@ -13,7 +13,6 @@ ratio, every run, and whether both executors' scores are identical.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -113,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             == scores(work / f"{label}-local-0"),
             "runs": runs,
         }
-    text = json.dumps(doc, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    c.emit(doc, args.out)
     return 0
 
 
