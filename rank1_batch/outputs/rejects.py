@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 from rank1_batch.io import layout
 from rank1_batch.io.paths import check_manifest
 from rank1_batch.io.store import Store
+from rank1_batch.job.convert import CONVERTED_MARKER
 
 DUPLICATE = "duplicate"
-CONVERTED_MARKER = "input/_converted.json"  # as rank1_batch.job.convert writes it
 
 
 def where(row: dict[str, Any], prefix: str = "") -> str:
