@@ -13,7 +13,7 @@ from rank1_batch.engines.factory import build_engine, model_path
 from rank1_batch.io import commit
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
-from rank1_batch.pipeline.pool import torch_threads
+from rank1_batch.pipeline.pool import local_cpus, torch_threads
 from rank1_batch.pipeline.score import process_shard
 
 
@@ -41,7 +41,7 @@ def run_local(spec: JobSpec, store: Store, pending: list[dict[str, Any]]) -> lis
 
     torch gets the thread count a Ray actor of this job would get on this machine (the CPUs
     local Ray would start with), so both executors give one job the same rows."""
-    threads = torch_threads(spec, float(spec.compute.num_cpus or os.cpu_count() or 1))
+    threads = torch_threads(spec, float(local_cpus(spec)))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         import torch

@@ -73,7 +73,7 @@ def init_ray(spec: JobSpec) -> None:
             ray.init(address=address, log_to_driver=True)
             return
         ray.init(
-            num_cpus=spec.compute.num_cpus or os.cpu_count() or 1,
+            num_cpus=local_cpus(spec),
             include_dashboard=False,
             log_to_driver=True,
             configure_logging=False,
@@ -263,6 +263,12 @@ def _not_quarantined(
             log.error("quarantined %s", q.line())
             out.append(q)
     return keep
+
+
+def local_cpus(spec: JobSpec) -> int:
+    """The CPUs a local Ray starts with (``compute.num_cpus``, else this machine's): also what
+    the local executor sizes torch by, so both executors give one job the same rows."""
+    return spec.compute.num_cpus or os.cpu_count() or 1
 
 
 def torch_threads(spec: JobSpec, cluster_cpus: float | None = None) -> int:
