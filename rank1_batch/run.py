@@ -18,7 +18,7 @@ from rank1_batch.engines.factory import model_path
 from rank1_batch.io import commit, layout, lease, paths
 from rank1_batch.io.store import StorageError, Store
 from rank1_batch.io.verify import require_files
-from rank1_batch.job.convert import CONVERTED
+from rank1_batch.job.convert import CONVERTED, convert, source_listing
 from rank1_batch.job.inputs import InputFile, listing, scan_inputs
 from rank1_batch.job.prepare import prepare
 from rank1_batch.job.record import claim_output, job_record
@@ -33,13 +33,15 @@ from rank1_batch.pipeline.pool import init_ray, score_pending
 log = logging.getLogger(__name__)
 
 
-def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
-    """Run/corpus and HF inputs: claim the output with the *original* files' listing, then
-    convert them once to Parquet pairs in the output folder and read those as ``pairs``."""
-    from rank1_batch.job import convert as formats
+def claim_converted(spec: JobSpec, store: Store) -> None:
+    """Run/corpus and HF inputs: claim the output with the *original* files' listing."""
+    claim_output(store, job_record(spec, source_listing(spec.input, spec.storage)))
 
-    claim_output(store, job_record(spec, formats.source_listing(spec.input, spec.storage)))
-    converted = spec.model_copy(update={"input": formats.convert(spec, store)})
+
+def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
+    """Run/corpus and HF inputs, once claimed (:func:`claim_converted`): convert them once to
+    Parquet pairs in the output folder and read those as ``pairs``."""
+    converted = spec.model_copy(update={"input": convert(spec, store)})
     return converted, scan_inputs(converted.input, spec.storage)
 
 
@@ -59,8 +61,9 @@ def run(
     store.check_access()  # no such bucket / access denied: fail now, before input or model
     store.verify_exclusive_create()  # the commit protocol needs it: refuse a backend without
     lease.check_adoptable(store, layout.JOB_FILE)
-    if spec.input.format in CONVERTED:
-        spec, files = convert_input(spec, store)
+    converted = spec.input.format in CONVERTED
+    if converted:  # claimed now; converted under the lease, below
+        claim_converted(spec, store)
     else:
         try:
             files = scan_inputs(spec.input, spec.storage)
@@ -76,6 +79,9 @@ def run(
         done: dict[str, Any] = store.read_json(layout.SUCCESS)
         return {**done, "this_run": this_run(done, None, time.perf_counter() - start, 0.0)}
     with lease.Lease(store, join=join, take_over=take_over) as held:
+        # Conversion can take minutes: under the lease, so ``status`` sees a live run.
+        if converted:
+            spec, files = convert_input(spec, store)
         return _run_held(spec, store, files, held, start, quiet)
 
 

@@ -192,3 +192,36 @@ def test_status_of_a_stopped_job_says_how_to_resume(tmp_path):
     status = read_status(store)
     assert status["state"] == "stopped" and status["eta_seconds"] is None
     assert "`rank1-batch run` with the same job resumes it" in format_status(status)
+
+
+def test_status_during_a_conversion_names_a_live_run(tmp_path, monkeypatch):
+    """A TREC run + corpus is converted under the lease: while it converts, ``status`` sees a
+    live run (``preparing``), not ``stopped`` (conversion took no lease before)."""
+    from rank1_batch import run as run_mod
+    from rank1_batch.job.load import spec_from_mapping
+
+    (tmp_path / "collection.tsv").write_text("p1\tfirst passage\np2\tsecond passage\n")
+    (tmp_path / "queries.tsv").write_text("1\twhat is first\n")
+    (tmp_path / "run.txt").write_text("1 p1 9.0\n1 p2 8.0\n")
+    spec = spec_from_mapping(
+        {"input": {"path": str(tmp_path / "run.txt"), "format": "trec",
+                   "queries": str(tmp_path / "queries.tsv"),
+                   "corpus": str(tmp_path / "collection.tsv")},
+         "output": {"path": str(tmp_path / "out")}, "model": {"name": "toy", "device": "cpu"},
+         "compute": {"executor": "local"}}
+    )  # fmt: skip
+    seen: list[str] = []
+
+    class Seen(Exception):
+        pass
+
+    def converting(spec, store, *args, **kwargs):
+        seen.append(read_status(store)["state"])
+        raise Seen  # the state during conversion is all this test needs
+
+    monkeypatch.setattr(run_mod, "convert", converting)
+    monkeypatch.setattr("rank1_batch.job.convert.convert", converting)
+    with pytest.raises(Seen):
+        run_mod.run(spec)
+    assert seen == ["preparing"]
+    assert read_status(Store(str(tmp_path / "out")))["state"] == "stopped"  # lease released

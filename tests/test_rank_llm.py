@@ -58,11 +58,12 @@ def run_locally(spec_map: dict) -> Store:
     from rank1_batch.job.resolve import resolve_spec
     from rank1_batch.pipeline.finalize import finalize
     from rank1_batch.pipeline.local import score_local
-    from rank1_batch.run import convert_input
+    from rank1_batch.run import claim_converted, convert_input
 
     start = time.perf_counter()
     spec = resolve_spec(spec_from_mapping(spec_map))
     store = Store(spec.output.path)
+    claim_converted(spec, store)
     spec, files = convert_input(spec, store)
     manifest = prepare(spec, store, files)
     engine = build_engine(spec, model_path(spec))

@@ -192,7 +192,7 @@ def test_a_header_only_csv_says_so(tmp_path):
 
 
 def test_rows_of_a_converted_trec_run_name_the_run_file_and_line(tmp_path):
-    from rank1_batch.run import convert_input
+    from rank1_batch.run import claim_converted, convert_input
 
     (tmp_path / "collection.tsv").write_text("p1\tfirst passage\np2\tsecond passage\n")
     (tmp_path / "queries.tsv").write_text("1\twhat is first\n")
@@ -204,6 +204,7 @@ def test_rows_of_a_converted_trec_run_name_the_run_file_and_line(tmp_path):
          "output": {"path": str(tmp_path / "out")}, "model": {"name": "toy", "device": "cpu"}}
     )  # fmt: skip
     store = Store(spec.output.path)
+    claim_converted(spec, store)
     converted, files = convert_input(spec, store)
     prepare(converted, store, files)
     by = {b["reason"]: b["rows"] for b in read_rejects(store)["reasons"]}
