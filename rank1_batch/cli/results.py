@@ -190,10 +190,6 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="AWS profile name (default: the AWS environment)")
 
 
-def storage_given(args: argparse.Namespace) -> bool:
-    return any((args.endpoint_url, args.region, args.profile))
-
-
 def storage_of(args: argparse.Namespace) -> StorageSpec:
     """The storage section :func:`add_storage_arguments`' flags describe."""
     from rank1_batch.io.fs import StorageSpec
