@@ -92,3 +92,12 @@ def test_a_header_only_csv_is_refused_as_such_not_as_parquet(tmp_path):
 def test_bytes_that_are_not_utf8_are_refused_naming_the_column_and_line(tmp_path):
     (tmp_path / "in.csv").write_bytes(b"query_id,query,doc_id,passage\nq1,caf\xe9,d1,a cat\n")
     refused(tmp_path, tmp_path / "in.csv", r"in\.csv: line 2, column 'query': byte 0xe9")
+
+
+def test_jsonl_bytes_that_are_not_utf8_are_refused_naming_the_column_and_line(tmp_path):
+    """Arrow's JSON reader does not check UTF-8 (before, the run ended in a
+    UnicodeDecodeError traceback); the JSONL message matches the CSV one."""
+    good_line = b'{"query_id": "q1", "query": "tea", "doc_id": "d1", "passage": "a cat"}\n'
+    bad_line = b'{"query_id": "q1", "query": "caf\xe9", "doc_id": "d2", "passage": "a dog"}\n'
+    (tmp_path / "in.jsonl").write_bytes(good_line + bad_line)
+    refused(tmp_path, tmp_path / "in.jsonl", r"in\.jsonl: line 2, column 'query': byte 0xe9")

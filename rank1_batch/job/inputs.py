@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,23 +170,32 @@ def _open_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> Any:
         raise InputError(text_error(path, kind, storage, exc)) from None
 
 
+def _batches(
+    reader: Any, path: str, spec: InputSpec, storage: StorageSpec | None
+) -> Iterator[pa.RecordBatch]:
+    """The record batches of ``reader`` (:func:`_open_text`). Arrow's CSV reader checks UTF-8
+    and its JSON reader does not (a byte that is not UTF-8 surfaced later, as a
+    ``UnicodeDecodeError`` traceback): JSONL batches get Arrow's full validation, so both fail
+    here, naming the file and the line."""
+    kind = file_type(path, spec.file_type)
+    try:
+        for batch in reader:
+            if kind == "jsonl":
+                batch.validate(full=True)
+            yield batch
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(text_error(path, kind, storage, exc, reader.schema.names)) from None
+
+
 def read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
     reader = _open_text(path, spec, storage)
-    try:
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(text_error(path, file_type(path, spec.file_type), storage, exc)) from None
+    return pa.Table.from_batches(list(_batches(reader, path, spec, storage)), schema=reader.schema)
 
 
 def _scan_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> tuple[pa.Schema, int]:
     """Schema and row count of a text file, streamed (never held whole on the driver)."""
     reader = _open_text(path, spec, storage)
-    rows = 0
-    try:
-        for batch in reader:
-            rows += batch.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(text_error(path, file_type(path, spec.file_type), storage, exc)) from None
+    rows = sum(batch.num_rows for batch in _batches(reader, path, spec, storage))
     return reader.schema, rows
 
 

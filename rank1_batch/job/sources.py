@@ -171,21 +171,33 @@ def empty_input(path: str, kinds: list[str]) -> str:
     return f"input {path}: 0 rows in {' and '.join(names)}; nothing to rerank"
 
 
-_COLUMN_INDEX = re.compile(r"column #(\d+)")
+_COLUMN_INDEX = re.compile(r"column #(\d+)")  # Arrow's CSV reader
+_JSON_COLUMN_INDEX = re.compile(r"\b[Cc]olumn (\d+):")  # RecordBatch.validate(full=True)
 
 
-def text_error(path: str, kind: str, storage: StorageSpec | None, exc: Exception) -> str:
+def text_error(
+    path: str,
+    kind: str,
+    storage: StorageSpec | None,
+    exc: Exception,
+    names: list[str] | None = None,
+) -> str:
     """One line saying why Arrow could not read text file ``path``. Bytes that are not UTF-8
-    are named by file, column name and line (Arrow gives only the column's index)."""
+    are named by file, column name and line (Arrow gives only the column's index: CSV/TSV
+    columns are named from the header, JSONL ones from ``names``, the batch's columns)."""
     message = str(exc)
     if "UTF8" in message or "UTF-8" in message:
         where = first_bad_utf8(path, storage)
         if where is not None:
             line, offset, byte = where
+            header: list[str] = []
             found = _COLUMN_INDEX.search(message)
-            column = ""
             if found and kind in ("csv", "tsv"):
                 header = _header(path, kind, storage)
+            elif kind == "jsonl":
+                found, header = _JSON_COLUMN_INDEX.search(message), names or []
+            column = ""
+            if found and header:
                 index = int(found.group(1))
                 name = header[index] if index < len(header) else f"#{index}"
                 column = f", column {name!r}"
