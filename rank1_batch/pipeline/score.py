@@ -30,7 +30,7 @@ from rank1_batch.io import commit, layout
 from rank1_batch.io.fs import parquet_bytes
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
-from rank1_batch.pipeline import reuse
+from rank1_batch.pipeline import metrics, reuse
 from rank1_batch.pipeline.judged import JudgedRows
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ def _commit(
     seconds: float,
     attempt: str,
 ) -> commit.Marker:
+    began = time.perf_counter()
     attempt = attempt or layout.new_attempt_id()
     pairs = work.pairs
     if rows.n != work.to_judge.num_rows:
@@ -261,6 +262,7 @@ def _commit(
             except Exception as exc:  # finalize removes what is left
                 log.warning("%s: could not remove %s: %s", store.uri, rel, exc)
         return commit.read_marker(store, shard)
+    metrics.shard_committed(spec.name, time.perf_counter() - began)
     return marker
 
 
@@ -299,6 +301,7 @@ def process_shard(
     requests = requests_for(work.to_judge, spec.reasoning)
     query_ids = work.to_judge.column("query_id").to_pylist()
     judgements = judge_shard(engine, requests, query_ids, spec) if requests else []
+    metrics.judged(spec.name, judgements)
     seconds = time.perf_counter() - start
     if may_commit is not None and not may_commit():  # the attempt was abandoned (timed out)
         raise TimeoutError(f"{shard}: attempt {attempt} abandoned before its commit")

@@ -53,6 +53,7 @@ from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.io import commit
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline import metrics
 from rank1_batch.pipeline.judged import JudgedRows
 from rank1_batch.pipeline.score import commit_shard, committed_marker, read_work
 
@@ -116,6 +117,7 @@ class ShardStreamer:
                     raise
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                metrics.in_flight(self.spec.name, self.in_flight)
                 task = group.create_task(self._one(judge, request, i, done))
                 # A callback, not a ``finally`` in the task: a task cancelled before it
                 # first runs never enters its body.
@@ -134,6 +136,7 @@ class ShardStreamer:
 
     def _release(self, _task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
+        metrics.in_flight(self.spec.name, self.in_flight)
         assert self._slots is not None
         self._slots.release()
 
@@ -143,10 +146,15 @@ class ShardStreamer:
         final judgement put into ``rows`` (spilled) the moment it exists."""
         mode = self.spec.reasoning_mode
         n = len(requests)
+
+        def put(i: int, j: rank1.Judgement) -> None:
+            rows.put(i, j)
+            metrics.judged(self.spec.name, (j,))
+
         if mode.mode == rank1.THINK:
 
             def reasoned_only(i: int, j: rank1.Judgement) -> None:
-                rows.put(i, modes.combine(None, j))
+                put(i, modes.combine(None, j))
 
             await self._stream(self.engine.judge_one, requests, range(n), reasoned_only, last=True)
             return
@@ -162,10 +170,10 @@ class ShardStreamer:
         picked = set(chosen)
         for i in range(n):
             if i not in picked:
-                rows.put(i, modes.combine(direct[i], None))
+                put(i, modes.combine(direct[i], None))
 
         def both(i: int, j: rank1.Judgement) -> None:
-            rows.put(i, modes.combine(direct[i], j))
+            put(i, modes.combine(direct[i], j))
 
         await self._stream(self.engine.judge_one, requests, chosen, both, last=True)
 
