@@ -547,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--pairs-per-slot", type=int, help="the slots part's job size (default 96; --quick 24)"
     )
+    p.add_argument(
+        "--slots-shards-in-flight",
+        type=int,
+        help="the slots part's shards in flight (default: the job default)",
+    )
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     p.add_argument("--stream-child", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -587,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                     slots=tuple(int(x) for x in args.slots.split(",")),
                     requests_per_pair=tuple(args.requests_per_pair.split(",")),
                     pairs_per_slot=per_slot,
+                    shards_in_flight=args.slots_shards_in_flight,
                 ),
             )
         elif args.rss_only:
