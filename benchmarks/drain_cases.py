@@ -32,6 +32,8 @@ this tree's, and its peak RSS alternating with this tree's.
     python benchmarks/drain_cases.py --rss-only                    # peak RSS only (~1 min)
     python benchmarks/drain_cases.py --rss-only --baseline DIR     # ... and DIR's code beside it
     python benchmarks/drain_cases.py --baseline DIR                # everything, DIR's code beside
+    python benchmarks/drain_cases.py --slots 128,256,1024 --requests-per-pair single,stepped \
+        --out benchmarks/results/drain-slots.json   # the slots part (drain_slots.py) alone
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,11 @@ from rank1_batch.job.spec import JobSpec
 TARGET = 0.95
 RSS_REPEATS = 3
 ENGINE = "SimulatedContinuousBatchingEngine: a test double (no model, simulated steps)"
+# The engine this case was published with (docs/performance.md): one request per pair, free
+# requests, no KV limit. The slots part (drain_slots.py) runs the fuller model.
+CASE9_SIM = SimParams(
+    requests_per_pair="single", request_overhead_s=0.0, prefill_token_s=0.0, kv_tokens=None
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class DrainSettings:
     shards_in_flight: tuple[int, ...] = (2, 3, 4, 8)
     candidates_per_query: int = 20
     passage_chars: int = 600
-    sim: SimParams = field(default_factory=SimParams)
+    sim: SimParams = CASE9_SIM
     rss: bool = True
     rss_shards_in_flight: int | None = None  # None: the job default, compute.shards_in_flight
 
@@ -252,7 +259,8 @@ def measure_in_tree(
     child process: ``PYTHONPATH=code``, this script and its simulated engine)."""
     env = {**os.environ, "PYTHONPATH": str(code.resolve())}
     script = Path(__file__).resolve()
-    return _child(script, "--stream-child", prepared, scratch, settings, shards_in_flight, env)
+    sent = settings.as_dict()
+    return _child(script, "--stream-child", prepared, scratch, sent, shards_in_flight, env)
 
 
 def _child(
@@ -260,11 +268,12 @@ def _child(
     mode: str,
     prepared: Path,
     scratch: Path,
-    settings: DrainSettings,
+    settings: dict[str, Any],
     shards_in_flight: int,
     env: dict[str, str] | None,
 ) -> dict[str, Any]:
-    """Run ``script mode …`` in a child process; its last stdout line is its JSON result."""
+    """Run ``script mode …`` in a child process (``settings``: a :class:`DrainSettings` as
+    that script reads it); its last stdout line is its JSON result."""
     cmd = [
         sys.executable,
         str(script),
@@ -273,7 +282,7 @@ def _child(
         "--scratch",
         str(scratch),
         "--settings",
-        json.dumps(settings.as_dict()),
+        json.dumps(settings),
         "--shards-in-flight",
         str(shards_in_flight),
     ]
@@ -340,10 +349,25 @@ def rss_in_subprocess(
     ``rank1_batch`` and ``benchmarks``) to measure instead of this one, e.g. an older commit."""
     env = None
     script = Path(__file__).resolve()
+    sent = settings.as_dict()
     if code is not None:
         env = {**os.environ, "PYTHONPATH": str(code.resolve())}
         script = code.resolve() / "benchmarks" / "drain_cases.py"
-    return _child(script, "--rss-child", prepared, scratch, settings, shards_in_flight, env)
+        sent = _for_tree(settings, script.with_name("sim_engine.py"))
+    return _child(script, "--rss-child", prepared, scratch, sent, shards_in_flight, env)
+
+
+def _for_tree(settings: DrainSettings, sim_engine: Path) -> dict[str, Any]:
+    """``settings`` as the source tree of ``sim_engine`` (its simulated engine) reads them:
+    without the :class:`SimParams` fields it lacks, which an older tree models as
+    :data:`CASE9_SIM` does (one free request per pair, no KV limit)."""
+    source = sim_engine.read_text()
+    sim = settings.sim.as_dict()
+    legacy = CASE9_SIM.as_dict()
+    for key in [k for k in sim if f"\n    {k}:" not in source]:
+        if sim.pop(key) != legacy[key]:
+            raise ValueError(f"{sim_engine} has no SimParams.{key}; it cannot simulate {key}")
+    return {**settings.as_dict(), "sim": sim}
 
 
 # -- the case -------------------------------------------------------------------------------
@@ -512,6 +536,22 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the code of this source tree (e.g. an older commit:\n"
         "git archive COMMIT rank1_batch benchmarks | tar -x -C DIR)",
     )
+    p.add_argument(
+        "--slots", help="the slots part alone (drain_slots.py): slot counts, e.g. 128,256,1024"
+    )
+    p.add_argument(
+        "--requests-per-pair",
+        default="single,stepped",
+        help="the slots part's request models (default: single,stepped)",
+    )
+    p.add_argument(
+        "--pairs-per-slot", type=int, help="the slots part's job size (default 96; --quick 24)"
+    )
+    p.add_argument(
+        "--slots-shards-in-flight",
+        type=int,
+        help="the slots part's shards in flight (default: the job default)",
+    )
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     p.add_argument("--stream-child", help=argparse.SUPPRESS)
     p.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -537,12 +577,25 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rank1-drain-"))
     start = time.perf_counter()
     try:
-        doc = {
+        doc: dict[str, Any] = {
             "command": " ".join(["python", "benchmarks/drain_cases.py", *(argv or sys.argv[1:])]),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         settings = QUICK if args.quick else FULL
-        if args.rss_only:
+        if args.slots:
+            import drain_slots
+
+            per_slot = args.pairs_per_slot or (24 if args.quick else 96)
+            doc["case"] = drain_slots.slots_case(
+                work,
+                drain_slots.SlotsSettings(
+                    slots=tuple(int(x) for x in args.slots.split(",")),
+                    requests_per_pair=tuple(args.requests_per_pair.split(",")),
+                    pairs_per_slot=per_slot,
+                    shards_in_flight=args.slots_shards_in_flight,
+                ),
+            )
+        elif args.rss_only:
             doc["case"] = {
                 "engine": ENGINE,
                 "settings": settings.as_dict(),
