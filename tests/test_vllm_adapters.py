@@ -436,6 +436,49 @@ def test_stream_pass1_finds_the_stop_in_a_long_segment_with_few_decodes() -> Non
     assert decodes <= 20
 
 
+async def single_pass1(script: list[str], budget: int) -> tuple[Generation, list[Any]]:
+    """``request_mode: single`` over the scripted model: the engine's own driver."""
+    tok = WordTokenizer()
+    prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
+    seen: list[Any] = []
+
+    async def submit(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        seen.append(sp)
+        return scripted_response(script, ids, tok.decode(ids), sp, tok)
+
+    return await vp.single_pass1(submit, prompt, budget), seen
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_single_pass1_equals_the_reference_and_the_stepped_driver(name: str) -> None:
+    script = SCRIPTS[name]
+    for budget in range(1, len(script) + 3):
+        single, requests = asyncio.run(single_pass1(script, budget))
+        assert single == asyncio.run(reference_pass1(script, budget)), (name, budget)
+        assert single == asyncio.run(streamed_pass1(script, budget))[0], (name, budget)
+        [sp] = requests  # one request, the reference's
+        assert sp == {
+            "temperature": 0.0,
+            "max_tokens": budget,
+            "stop": ["</think> true", "</think> false"],
+            "logprobs": 20,
+            "skip_special_tokens": False,
+            "flat_logprobs": True,
+        }
+
+
+def test_single_pass1_refused_or_empty_is_a_failed_generation() -> None:
+    async def refuse(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        raise vp.RequestRefused("no")
+
+    async def empty(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        return completion("", [], [], "length", flat=True)
+
+    for submit in (refuse, empty):
+        gen = asyncio.run(vp.single_pass1(submit, [1, 2], 8))
+        assert (gen.error, gen.finish_reason) == (rank1.ENGINE_ERROR, ve.FINISH_ENGINE_ERROR)
+
+
 def test_stream_pass1_reads_the_answer_position_of_a_complete_pair() -> None:
     gen, requests = asyncio.run(streamed_pass1(SCRIPTS["complete"], 64))
     assert gen == Generation(
@@ -473,6 +516,7 @@ def fake_engine(max_model_len: int = 200, **opts: Any) -> ve.VLLMEngine:
     engine.exit_on_fatal = True
     engine.max_in_flight = 4
     engine.prompt_tokens_submitted = engine.prompt_tokens_cached = 0
+    engine.requests_submitted = 0
     options = EngineOptions(max_model_len=max_model_len, max_tokens=16, min_reserve=8, **opts)
     Rank1Engine.__init__(engine, options, model_id="fake", model_revision="r1")
     return engine
@@ -494,6 +538,34 @@ def test_engine_statuses_through_the_shared_protocol() -> None:
     assert all(sp["output_kind"] == "final" for sp in engine.llm.requests)
     assert not [sp for sp in engine.llm.requests if sp.get("logprobs") and sp["max_tokens"] > 1]
     engine.close()
+
+
+def test_single_request_mode_gives_the_stepped_judgements_in_fewer_requests() -> None:
+    requests = [
+        JudgeRequest("GOOD one", "a passage"),
+        JudgeRequest("other", "a passage"),
+        JudgeRequest("GOOD ramble", "a passage"),
+    ]
+    stepped, single = fake_engine(), fake_engine(request_mode="single")
+    assert single.judge(requests) == stepped.judge(requests)
+    # Stepped: pass 1 + answer step per answered pair, pass 1 + last-position step + forced
+    # pass for the rambler; single: one request per answered pair, two for the rambler.
+    assert (stepped.requests_submitted, single.requests_submitted) == (7, 4)
+    assert len(single.llm.requests) == 4
+    stepped.close()
+    single.close()
+
+
+def test_an_unknown_request_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="request_mode"):
+        ve.VLLMEngine("/nonexistent", EngineOptions(request_mode="double"))
+    with pytest.raises(JobError, match=r"model\.request_mode"):
+        spec_from_mapping(with_model(request_mode="double"))
+    spec = spec_from_mapping(with_model(engine="vllm", request_mode="single"))
+    from rank1_batch.engines import factory
+
+    assert factory.engine_options(spec).request_mode == "single"
+    assert spec.result_settings() == spec_from_mapping(with_model(engine="vllm")).result_settings()
 
 
 def test_forced_answer_missing_an_id_falls_back() -> None:

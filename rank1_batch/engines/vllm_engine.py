@@ -62,6 +62,7 @@ from rank1_batch.engines.stream_engine import StreamEngine
 from rank1_batch.engines.vllm_protocol import (
     FINISH_ENGINE_ERROR,
     FINISH_EOS,
+    REQUEST_MODES,
     RequestRefused,
     answer_from_output,
     failed_generation,
@@ -72,6 +73,8 @@ from rank1_batch.engines.vllm_protocol import (
     last_position_logprobs,
     pass1_sampling,
     position_logprobs,
+    single_pass1,
+    single_sampling,
     step_sampling,
     stream_pass1,
 )
@@ -91,6 +94,7 @@ __all__ = [
     "last_position_logprobs",
     "pass1_sampling",
     "position_logprobs",
+    "single_sampling",
     "step_sampling",
 ]
 
@@ -197,6 +201,8 @@ class VLLMEngine(StreamEngine):
     """Rank1 through one ``AsyncLLM``; see the module docstring."""
 
     name = "vllm"
+    requests_submitted: int = 0
+    """Requests sent to the ``AsyncLLM`` so far (every pass; read by the benchmarks)."""
 
     def __init__(
         self,
@@ -216,6 +222,10 @@ class VLLMEngine(StreamEngine):
         cpu_kv_cache_gib: int | None = None,
         exit_on_fatal: bool = True,
     ) -> None:
+        if options.request_mode not in REQUEST_MODES:
+            raise ValueError(
+                f"model.request_mode: {options.request_mode!r}; choose one of {REQUEST_MODES}"
+            )
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -271,6 +281,7 @@ class VLLMEngine(StreamEngine):
         self.max_in_flight = int(self.llm.vllm_config.scheduler_config.max_num_seqs)
         self.prompt_tokens_submitted = 0
         self.prompt_tokens_cached = 0
+        self.requests_submitted = 0
         if revision is None:
             revision = self._resolve_revision(model_path)
         super().__init__(options, model_id=model_id or model_path, model_revision=revision)
@@ -320,6 +331,7 @@ class VLLMEngine(StreamEngine):
     async def _request(self, prompt: list[int], sampling: dict[str, Any]) -> Any:
         """One request; only the final output comes back."""
         params = self._sampling_params(**sampling, output_kind=self._final_only)
+        self.requests_submitted += 1
         final = None
         async for out in self.llm.generate(
             {"prompt_token_ids": prompt}, params, request_id=f"rank1-{next(self._ids)}"
@@ -348,6 +360,8 @@ class VLLMEngine(StreamEngine):
             raise
 
     async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
+        if self.options.request_mode == "single":
+            return await single_pass1(self.submit, prompt, budget)
         return await stream_pass1(self.submit, prompt, budget, self.decode)
 
     async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:

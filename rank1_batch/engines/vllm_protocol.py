@@ -35,6 +35,9 @@ FATAL_ERROR_NAMES = frozenset({"EngineDeadError", "OutOfMemoryError", "MemoryErr
 # EngineGenerateError is one request failing inside a live engine.
 REQUEST_ERROR_NAMES = frozenset({"VLLMClientError", "EngineGenerateError"})
 
+# ``model.request_mode``: how pass 1 talks to vLLM (see the module docstring).
+REQUEST_MODES = ("stepped", "single")
+
 Submit = Callable[[list[int], dict[str, Any]], Awaitable[Any]]
 Decode = Callable[[Sequence[int]], str]
 
@@ -160,6 +163,19 @@ def step_sampling() -> dict[str, Any]:
     }
 
 
+def single_sampling(budget: int) -> dict[str, Any]:
+    """The reference's pass 1 (``request_mode: single``): greedy, this pair's budget, its
+    stop strings, the top 20 logprobs of every token (flat: no dict per position)."""
+    return {
+        "temperature": 0.0,
+        "max_tokens": budget,
+        "stop": list(rank1.STOP_STRINGS),
+        "logprobs": rank1.TOP_LOGPROBS,
+        "skip_special_tokens": False,
+        "flat_logprobs": True,
+    }
+
+
 def forced_sampling(true_id: int, false_id: int) -> dict[str, Any]:
     """Forced pass: one greedy token restricted to the two answer ids."""
     return {
@@ -171,7 +187,23 @@ def forced_sampling(true_id: int, false_id: int) -> dict[str, Any]:
     }
 
 
-# -- the pass-1 driver ---------------------------------------------------------------------------
+# -- the pass-1 drivers --------------------------------------------------------------------------
+
+
+async def single_pass1(submit: Submit, prompt: Sequence[int], budget: int) -> Generation:
+    """Pass 1 as the reference runs it: one request (:func:`single_sampling`); the answer
+    position is the last one, and the text is vLLM's own (its incremental detokenizer, with
+    the matched stop string cut, an EOS left out), so nothing is decoded here."""
+    try:
+        comp = _completion(await submit(list(prompt), single_sampling(budget)))
+    except RequestRefused:
+        return failed_generation()
+    tokens = comp.token_ids or ()
+    if not tokens:
+        return failed_generation()  # as the stepped driver: a request that generated nothing
+    finish, stopped = finish_of(comp.finish_reason, comp.stop_reason)
+    last = last_position_logprobs(comp.logprobs)
+    return Generation(comp.text or "", len(tokens), last, stopped=stopped, finish_reason=finish)
 
 
 def reference_stop(text: str) -> int | None:
