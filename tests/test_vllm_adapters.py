@@ -817,3 +817,46 @@ def test_batch_invariant_enters_the_fingerprint() -> None:
     assert base.result_settings()["model"]["batch_invariant"] is False
     assert on.result_settings()["model"]["batch_invariant"] is True
     assert base.result_settings() != on.result_settings()
+
+
+def test_inside_ray_vllm_stats_go_to_ray_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside Ray the engine is built with vLLM's Ray stat logger (and no default loggers:
+    ``disable_log_stats`` stays on); outside Ray with none, as before."""
+    pytest.importorskip("vllm")
+    import ray
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics import loggers, ray_wrappers
+
+    seen: dict[str, Any] = {}
+
+    class Built:
+        class vllm_config:
+            class scheduler_config:
+                max_num_seqs, max_num_batched_tokens = 8, 64
+
+    def from_engine_args(engine_args: Any, **kwargs: Any) -> Built:
+        seen.update(kwargs, disable_log_stats=engine_args.disable_log_stats)
+        return Built()
+
+    monkeypatch.setattr(AsyncLLM, "from_engine_args", from_engine_args)
+    kwargs = ve.engine_kwargs(str(ROOT / "rank1_batch/toy/model_files"), max_model_len=64)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    ve.VLLMEngine._start(kwargs)
+    assert seen["stat_loggers"] is None and seen["disable_log_stats"] is True
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray_wrappers, "ray_metrics", None)  # no Ray Serve installed
+    ve.VLLMEngine._start(kwargs)
+    assert seen["stat_loggers"] == [ray_wrappers.RayPrometheusStatLogger]
+    assert seen["disable_log_stats"] is True
+    assert ray_wrappers.ray_metrics is not None  # the logger can build its Ray metrics
+    # What AsyncLLM makes of it (its log_stats is ``not disable_log_stats``): the Ray
+    # logger, and neither vLLM's periodic logging one nor a second Prometheus one.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # no Ray needed for the config
+    config = AsyncEngineArgs(**kwargs).create_engine_config(UsageContext.LLM_CLASS)
+    manager = loggers.StatLoggerManager(
+        config, custom_stat_loggers=seen["stat_loggers"], enable_default_loggers=False
+    )
+    assert [type(x) for x in manager.stat_loggers] == [ray_wrappers.RayPrometheusStatLogger]
