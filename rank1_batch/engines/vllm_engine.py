@@ -56,9 +56,9 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from rank1_batch.engines.base import EngineOptions, Generation
 from rank1_batch.engines.reaper import start_reaper
@@ -103,6 +103,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SHUTDOWN_SECONDS = 10.0
 """Bound on shutting an engine down; past it the reaper kills what is left."""
@@ -294,7 +296,7 @@ class VLLMEngine(StreamEngine):
     async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
         if self.options.request_mode == "single":
             return await single_pass1(self.submit, prompt, budget)
-        return await stream_pass1(self.submit, prompt, budget, self.decode)
+        return await stream_pass1(self.submit, prompt, budget, self.decode, off_loop=self.off_loop)
 
     async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
         try:
@@ -302,6 +304,19 @@ class VLLMEngine(StreamEngine):
         except RequestRefused:
             return None  # the pair falls back (flagged), as when an answer id is missing
         return answer_from_output(out, self.true_id, self.false_id)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread: a pair's host work (fitting and tokenising its
+        prompt, the forced prompt, decoding the reasoning) kept off the loop that feeds the
+        engine, where it would hold the GIL against vLLM's own output processing (the output
+        handler runs on that loop). The loop's default executor (``asyncio.to_thread``) is
+        enough: a pair's host work is a few short calls, and HF fast tokenizers release the
+        GIL in their Rust code, so more threads would not run it faster. A thread pool rather
+        than a Ray Data CPU stage before the actor (``ray.data.llm`` tokenises in a stage of
+        its own) keeps the shard body and its commit protocol as they are: a pair is fitted
+        where it is judged. The tokenizer is only read (no truncation or padding is set), so
+        threads may share it."""
+        return await asyncio.to_thread(fn, *args)
 
     def close(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Shut the engine core down (frees GPU memory) within ``timeout`` seconds, from any
