@@ -7,7 +7,10 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   pass 1 at once (:meth:`StreamEngine.judge_one`); the executor keeps more requests in flight
   than the engine runs (``max_num_seqs``), from several shards, so continuous batching never
   drains between shards or passes. Prefix caching on; a query's candidates are adjacent.
-* **Logprobs only where read**: pass 1 asks none; see :mod:`rank1_batch.engines.vllm_protocol`.
+* **Pass 1** (``model.request_mode``): ``stepped`` asks logprobs only where they are read,
+  ``single`` is the reference's one request; see :mod:`rank1_batch.engines.vllm_protocol`.
+* **Host work off the loop**: a pair's tokenising and decoding run in worker threads
+  (:meth:`VLLMEngine.off_loop`); the loop only sends requests and takes their outputs.
   Forced pass: ``logprobs_mode="processed_logprobs"`` makes its logprobs a log-softmax over
   the two allowed ids, as in the reference's vLLM 0.7.2 (V1 computes them *before*
   ``allowed_token_ids`` masking by default).

@@ -1,4 +1,4 @@
-"""Rank1 on vLLM's request primitives: pure adapters and the per-pair pass-1 driver.
+"""Rank1 on vLLM's request primitives: pure adapters and the per-pair pass-1 drivers.
 
 Nothing here imports vllm: the functions work on objects shaped like vLLM 0.32's
 ``RequestOutput``/``CompletionOutput``/``Logprob``/``FlatLogprobs`` (``vllm/outputs.py``,
@@ -15,7 +15,14 @@ otherwise it is appended and generation goes on, exactly as the reference would 
 after ``</think>`` was not an answer). When the budget or EOS ends the reasoning, one step
 over the prompt and all but the last token gives the last position's top-20 (prefix-cached,
 one token of work). Greedy decoding makes the tokens the reference's; the text and the
-stopping point are decided on the decoded text, as vLLM's stop strings are.
+stopping point are decided on the decoded text, as vLLM's stop strings are. That text is
+decoded incrementally (:class:`~rank1_batch.engines.decoding.IncrementalText`: only each
+segment's new tokens), and the decoding runs through ``off_loop`` (a worker thread).
+
+**The reference's one request** (``model.request_mode: single``, :func:`single_pass1`): its
+stop strings, top-20 logprobs for every token (flat), the final output only; the last
+position is the answer position and the text is vLLM's own. Fewer requests, more logprobs:
+which is faster is measured, not assumed (docs/gpu.md).
 """
 
 from __future__ import annotations
