@@ -34,6 +34,8 @@ class EngineOptions:
     min_reserve: int = 1024
     require_stop: bool = False
     batch_size: int = 16
+    # vLLM's pass-1 requests (``model.request_mode``): "stepped" or "single"; others ignore it.
+    request_mode: str = "stepped"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ def engine_options(spec: JobSpec) -> EngineOptions:
         min_reserve=min(r.min_reserve, spec.model.max_model_len - 1),
         require_stop=r.require_stop,
         batch_size=spec.compute.batch_size,
+        request_mode=spec.model.request_mode,
     )
 
 

@@ -143,8 +143,9 @@ class ModelSpec(_Section):
     """The model and how to load it. ``name: toy`` is the built-in toy model (demos, tests).
 
     ``dtype``, ``quantization``, ``revision`` and ``max_model_len`` decide results and enter the
-    fingerprint; ``tensor_parallel_size``, ``gpu_memory_utilization``, ``enforce_eager`` and
-    ``engine_args`` (extra ``vllm.LLM`` arguments) are tuning knobs of the vLLM engine.
+    fingerprint; ``tensor_parallel_size``, ``gpu_memory_utilization``, ``enforce_eager``,
+    ``request_mode`` and ``engine_args`` (extra ``vllm.LLM`` arguments) are tuning knobs of the
+    vLLM engine.
     """
 
     name: str
@@ -163,6 +164,11 @@ class ModelSpec(_Section):
     batch_invariant: bool = False
     # vllm-cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; unset: vLLM's own default).
     cpu_kv_cache_gib: int | None = Field(default=None, ge=1)
+    # vLLM: engine requests per pair's pass 1 (docs/gpu.md "How the engine uses vLLM"):
+    # ``stepped`` (no logprobs while reasoning, one-token steps for the answer position) or
+    # ``single`` (the reference's one request: its stop strings, top-20 logprobs per token).
+    # Both give the reference's results, so it is a tuning knob, not in the fingerprint.
+    request_mode: Literal["stepped", "single"] = "stepped"
 
     @field_validator("engine")
     @classmethod
