@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,10 @@ import pytest
 
 from rank1_batch.core import rank1
 from rank1_batch.engines import EngineOptions, Generation, JudgeRequest, Rank1Engine, make_engine
+from rank1_batch.engines import decoding as vd
 from rank1_batch.engines import vllm_engine as ve
 from rank1_batch.engines import vllm_protocol as vp
+from rank1_batch.engines.decoding import IncrementalText
 from rank1_batch.job import resolve
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.spec import JobError
@@ -238,6 +242,7 @@ class WordTokenizer:
     PATTERN = re.compile(r"<\|endoftext\|>|</?think>|\s?[^\s<]+|\s")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # encode adds words, from the engine's worker threads
         self.vocab: dict[str, int] = {}
         for text in (*self.SPECIAL, " other", "\n", " x", " y", " z", " true", " false"):
             self.vocab.setdefault(text, len(self.vocab))
@@ -245,11 +250,12 @@ class WordTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = []
-        for piece in self.PATTERN.findall(text):
-            if piece not in self.vocab:
-                self.vocab[piece] = len(self.vocab)
-                self.inverse[self.vocab[piece]] = piece
-            ids.append(self.vocab[piece])
+        with self.lock:
+            for piece in self.PATTERN.findall(text):
+                if piece not in self.vocab:
+                    self.vocab[piece] = len(self.vocab)
+                    self.inverse[self.vocab[piece]] = piece
+                ids.append(self.vocab[piece])
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -363,6 +369,10 @@ SCRIPTS = {
     "eos": [" a", " b.", "<|endoftext|>"],
     "ramble": [" other"] * 12,
     "double-close": ["</think>", "</think>", " false"],
+    # Several segments: </think> followed by a non-answer, reasoning on, three times.
+    "segments": [" w", " v.", "</think>", " other"] * 3 + ["</think>", " true"],
+    # The answer spelled in two tokens, the second starting the next segment.
+    "split-answer": [" a.", "</think>", " t", "rue", " z."],
 }
 
 
@@ -408,7 +418,8 @@ def test_stream_pass1_equals_the_reference_at_every_budget(name: str) -> None:
         # Reasoning asks no logprobs; only one-token steps do.
         for sp in requests:
             assert sp.get("logprobs") is None or sp["max_tokens"] == 1
-        assert sum(1 for sp in requests if sp.get("logprobs")) <= max(1, script.count("</think>"))
+        # One per </think> (the answer step), one more for the last position.
+        assert sum(1 for sp in requests if sp.get("logprobs")) <= script.count("</think>") + 1
 
 
 def test_stream_pass1_finds_the_stop_in_a_long_segment_with_few_decodes() -> None:
@@ -477,6 +488,73 @@ def test_single_pass1_refused_or_empty_is_a_failed_generation() -> None:
     for submit in (refuse, empty):
         gen = asyncio.run(vp.single_pass1(submit, [1, 2], 8))
         assert (gen.error, gen.finish_reason) == (rank1.ENGINE_ERROR, ve.FINISH_ENGINE_ERROR)
+
+
+def test_stream_pass1_decodes_only_the_new_tokens_of_each_segment() -> None:
+    """Many segments (``</think>`` followed by a non-answer, reasoning on): the tokens
+    decoded add up to about the generation's length, not its length per segment (the whole
+    generation was decoded after every segment: quadratic)."""
+    script = ([" w"] * 40 + ["</think>", " other"]) * 20 + ["</think>", " true"]
+    tok = WordTokenizer()
+    prompt = tok.encode(rank1.prompt_from_parts("q", "p"))
+    decoded = 0
+
+    def counting_decode(ids: Any) -> str:
+        nonlocal decoded
+        decoded += len(ids)
+        return tok.decode(ids)
+
+    async def submit(ids: list[int], sp: dict[str, Any]) -> RequestOutput:
+        return scripted_response(script, ids, tok.decode(ids), sp, tok)
+
+    ours = asyncio.run(vp.stream_pass1(submit, prompt, 5000, counting_decode))
+    assert ours == asyncio.run(reference_pass1(script, 5000))
+    assert ours.token_count == len(script) and ours.stopped
+    assert decoded <= 2 * len(script) + 20 * 4 * vd.DECODE_OVERLAP
+
+
+def toy_tokenizer() -> Any:
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_file(str(ROOT / "rank1_batch/toy/model_files/tokenizer.json"))
+
+
+def test_incremental_text_equals_whole_decoding_on_the_toy_tokenizer() -> None:
+    """IncrementalText gives ``decode(tokens[:n])`` exactly, special tokens kept, for
+    generations with characters whose bytes span tokens, marked at random points."""
+    tok = toy_tokenizer()
+
+    def decode(ids: Sequence[int]) -> str:
+        return str(tok.decode(list(ids), skip_special_tokens=False))
+
+    rng = random.Random(7)
+    words = [
+        "The",
+        " passage",
+        " é",
+        "中文",
+        " 🙂",
+        "ü",
+        "</think>",
+        " true",
+        "<think>",
+        "\n",
+        ".",
+        "ß",
+        " 👩‍🔬",
+    ]
+    vocab = tok.get_vocab_size()
+    for trial in range(300):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if trial % 3 == 0:  # arbitrary ids too: byte tokens that split characters anywhere
+            ids = [rng.randrange(vocab) if rng.random() < 0.3 else i for i in ids]
+        inc = IncrementalText(decode)
+        inc.tokens.extend(ids)
+        for _ in range(6):
+            n = rng.randint(0, len(ids))
+            assert inc.upto(n) == decode(ids[:n]), (ids, n)
+            if rng.random() < 0.5:
+                inc.mark(n)
 
 
 def test_stream_pass1_reads_the_answer_position_of_a_complete_pair() -> None:
@@ -566,6 +644,44 @@ def test_an_unknown_request_mode_is_refused() -> None:
 
     assert factory.engine_options(spec).request_mode == "single"
     assert spec.result_settings() == spec_from_mapping(with_model(engine="vllm")).result_settings()
+
+
+@pytest.mark.parametrize("path", ["async", "sync"])
+def test_host_work_runs_off_the_engine_loop(path: str) -> None:
+    """Fitting, the forced prompt and every decode run in worker threads, never on the loop
+    that feeds the engine: through the async path (a caller's loop) and the synchronous
+    adapters (the engine's own loop, in the calling thread)."""
+    requests = [JudgeRequest("GOOD one", "a passage " * 30), JudgeRequest("GOOD ramble", "p")]
+    engine = fake_engine()
+    calls: list[tuple[str, bool]] = []
+    loop_thread: list[int] = []
+
+    class Spy:  # the engine's tokenizer (the fake AsyncLLM keeps the plain one)
+        def __init__(self, inner: WordTokenizer) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            def spy(*args: Any, **kw: Any) -> Any:
+                calls.append((name, threading.get_ident() in loop_thread))
+                return getattr(self.inner, name)(*args, **kw)
+
+            return spy
+
+    engine.tokenizer = Spy(engine.tokenizer)
+
+    async def judge_all() -> list[rank1.Judgement]:
+        loop_thread.append(threading.get_ident())
+        return list(await asyncio.gather(*(engine.judge_one(r) for r in requests)))
+
+    if path == "async":
+        complete, forced = asyncio.run(judge_all())
+    else:
+        loop_thread.append(threading.get_ident())
+        complete, forced = engine.judge(requests)
+    assert (complete.status, forced.status) == (rank1.COMPLETE, rank1.FORCED)
+    assert {name for name, _ in calls} == {"encode", "decode"}
+    assert not [c for c in calls if c[1]], "host work ran on the engine's loop"
+    engine.close()
 
 
 def test_forced_answer_missing_an_id_falls_back() -> None:
@@ -817,3 +933,46 @@ def test_batch_invariant_enters_the_fingerprint() -> None:
     assert base.result_settings()["model"]["batch_invariant"] is False
     assert on.result_settings()["model"]["batch_invariant"] is True
     assert base.result_settings() != on.result_settings()
+
+
+def test_inside_ray_vllm_stats_go_to_ray_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside Ray the engine is built with vLLM's Ray stat logger (and no default loggers:
+    ``disable_log_stats`` stays on); outside Ray with none, as before."""
+    pytest.importorskip("vllm")
+    import ray
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics import loggers, ray_wrappers
+
+    seen: dict[str, Any] = {}
+
+    class Built:
+        class vllm_config:
+            class scheduler_config:
+                max_num_seqs, max_num_batched_tokens = 8, 64
+
+    def from_engine_args(engine_args: Any, **kwargs: Any) -> Built:
+        seen.update(kwargs, disable_log_stats=engine_args.disable_log_stats)
+        return Built()
+
+    monkeypatch.setattr(AsyncLLM, "from_engine_args", from_engine_args)
+    kwargs = ve.engine_kwargs(str(ROOT / "rank1_batch/toy/model_files"), max_model_len=64)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    ve.VLLMEngine._start(kwargs)
+    assert seen["stat_loggers"] is None and seen["disable_log_stats"] is True
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray_wrappers, "ray_metrics", None)  # no Ray Serve installed
+    ve.VLLMEngine._start(kwargs)
+    assert seen["stat_loggers"] == [ray_wrappers.RayPrometheusStatLogger]
+    assert seen["disable_log_stats"] is True
+    assert ray_wrappers.ray_metrics is not None  # the logger can build its Ray metrics
+    # What AsyncLLM makes of it (its log_stats is ``not disable_log_stats``): the Ray
+    # logger, and neither vLLM's periodic logging one nor a second Prometheus one.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # no Ray needed for the config
+    config = AsyncEngineArgs(**kwargs).create_engine_config(UsageContext.LLM_CLASS)
+    manager = loggers.StatLoggerManager(
+        config, custom_stat_loggers=seen["stat_loggers"], enable_default_loggers=False
+    )
+    assert [type(x) for x in manager.stat_loggers] == [ray_wrappers.RayPrometheusStatLogger]

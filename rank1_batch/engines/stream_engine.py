@@ -5,8 +5,11 @@ A :class:`StreamEngine` takes one request at a time (vLLM's ``AsyncLLM``): the e
 :meth:`StreamEngine.judge_one`, the shared Rank1 steps of :mod:`rank1_batch.engines.base` per
 pair, so a pair's forced pass starts as soon as its pass 1 ends.
 
-Its async methods run on the caller's loop, with no thread hop; the synchronous adapters
-drive the engine on a loop of its own, in the calling thread. See :class:`StreamEngine`.
+Its async methods run on the caller's loop, with no thread hop for the requests; a pair's
+host work (tokenising, decoding) goes through :meth:`StreamEngine.off_loop` (vLLM's engine:
+the loop's worker threads).
+The synchronous adapters drive the engine on a loop of its own, in the calling thread. See
+:class:`StreamEngine`.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ class StreamEngine(Rank1Engine):
         """Forced pass of one prompt: one token restricted to the two answer ids."""
 
     async def judge_one(self, request: JudgeRequest) -> rank1.Judgement:
-        """One pair through the shared protocol: fit, pass 1, its forced pass at once."""
+        """One pair through the shared protocol: fit, pass 1, its forced pass at once; the
+        tokenizer work (fitting, the forced prompt) through :meth:`off_loop`."""
         self.bind_loop()
-        fp = self.fit(request)
+        fp = await self.off_loop(self.fit, request)
         if isinstance(fp, rank1.Judgement):
             return fp
         budget = self.budget(fp)
@@ -71,15 +75,25 @@ class StreamEngine(Rank1Engine):
         done = self.after_pass1(fp, gen)
         if done is not None:
             return done
-        return self.after_forced(fp, gen, await self.answer_one(self.forced_prompt(fp, gen)))
+        forced = await self.off_loop(self.forced_prompt, fp, gen)
+        return self.after_forced(fp, gen, await self.answer_one(forced))
 
     async def judge_direct_one(self, request: JudgeRequest) -> rank1.Judgement:
         """One pair without reasoning: fit, then its one-token answer pass."""
         self.bind_loop()
-        fp = self.fit(request)
+        fp = await self.off_loop(self.fit, request)
         if isinstance(fp, rank1.Judgement):
             return fp
-        return self.after_direct(fp, await self.answer_one(self.direct_prompt(fp)))
+        return self.after_direct(
+            fp, await self.answer_one(await self.off_loop(self.direct_prompt, fp))
+        )
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: a pair's host work (tokenising, decoding). Here it runs inline;
+        an engine whose tokenizer may run in threads and whose loop must stay free runs it
+        in a worker thread instead (vLLM: :meth:`VLLMEngine.off_loop
+        <rank1_batch.engines.vllm_engine.VLLMEngine.off_loop>`)."""
+        return fn(*args)
 
     # -- the engine's one loop ---------------------------------------------------------------
     def bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -135,6 +149,7 @@ class StreamEngine(Rank1Engine):
             if left:
                 loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())  # off_loop's threads
         finally:
             loop.close()
 

@@ -7,7 +7,10 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   pass 1 at once (:meth:`StreamEngine.judge_one`); the executor keeps more requests in flight
   than the engine runs (``max_num_seqs``), from several shards, so continuous batching never
   drains between shards or passes. Prefix caching on; a query's candidates are adjacent.
-* **Logprobs only where read**: pass 1 asks none; see :mod:`rank1_batch.engines.vllm_protocol`.
+* **Pass 1** (``model.request_mode``): ``stepped`` asks logprobs only where they are read,
+  ``single`` is the reference's one request; see :mod:`rank1_batch.engines.vllm_protocol`.
+* **Host work off the loop**: a pair's tokenising and decoding run in worker threads
+  (:meth:`VLLMEngine.off_loop`); the loop only sends requests and takes their outputs.
   Forced pass: ``logprobs_mode="processed_logprobs"`` makes its logprobs a log-softmax over
   the two allowed ids, as in the reference's vLLM 0.7.2 (V1 computes them *before*
   ``allowed_token_ids`` masking by default).
@@ -37,7 +40,11 @@ One ``vllm.v1.engine.async_llm.AsyncLLM`` per Ray actor, coded against vLLM 0.32
   of ``cpu_kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``). vLLM starts its engine core in a
   child process; scripts that build the engine at import time need a ``__main__`` guard.
 
-vllm is imported inside :class:`VLLMEngine` only.
+* **Stats**: inside Ray, vLLM's own metrics go through Ray's metrics API
+  (:func:`~rank1_batch.engines.vllm_config.ray_stat_loggers`); outside Ray vLLM keeps none.
+
+vllm is imported inside :class:`VLLMEngine` only (and :mod:`~rank1_batch.engines.vllm_config`
+when it builds one); the pure configuration lives in that module.
 """
 
 from __future__ import annotations
@@ -52,13 +59,14 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from rank1_batch.engines.base import EngineOptions, Generation
 from rank1_batch.engines.reaper import start_reaper
 from rank1_batch.engines.stream_engine import StreamEngine
+from rank1_batch.engines.vllm_config import configure_environment, engine_kwargs, ray_stat_loggers
 from rank1_batch.engines.vllm_protocol import (
     FINISH_ENGINE_ERROR,
     FINISH_EOS,
@@ -78,7 +86,6 @@ from rank1_batch.engines.vllm_protocol import (
     step_sampling,
     stream_pass1,
 )
-from rank1_batch.job.spec import RESERVED_ENGINE_ARGS
 
 __all__ = [
     "FINISH_ENGINE_ERROR",
@@ -100,80 +107,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LONG_MAX_MODEL_LEN_ENV = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
-CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
-BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
-OBJECT_STORE_SCHEMES = ("s3://", "gs://")
-
-
-# -- pure configuration ----------------------------------------------------------------------
-
-
-def vllm_dtype(dtype: str, *, cpu: bool = False) -> str:
-    """``auto`` is float16 on GPUs, as the reference runs every Rank1 model (and AWQ
-    requires); float32 on CPU, where vLLM's CPU kernels take float32 or bfloat16."""
-    if dtype != "auto":
-        return dtype
-    return "float32" if cpu else "float16"
-
-
-def engine_kwargs(
-    model_path: str,
-    *,
-    max_model_len: int,
-    revision: str | None = None,
-    dtype: str = "auto",
-    quantization: str | None = None,
-    tensor_parallel_size: int = 1,
-    gpu_memory_utilization: float = 0.9,
-    enforce_eager: bool = False,
-    engine_args: Mapping[str, Any] | None = None,
-    cpu: bool = False,
-) -> dict[str, Any]:
-    """Arguments for ``AsyncEngineArgs``; ``engine_args`` add to them but may not override
-    the first-class options nor the settings the scoring depends on."""
-    extra = dict(engine_args or {})
-    for key in extra:
-        if key in RESERVED_ENGINE_ARGS:
-            raise ValueError(
-                f"model.engine_args: {key!r} cannot be set here; use {RESERVED_ENGINE_ARGS[key]}"
-            )
-    kwargs: dict[str, Any] = {
-        "model": model_path,
-        "revision": revision,
-        "dtype": vllm_dtype(dtype, cpu=cpu),
-        "quantization": quantization,
-        "max_model_len": max_model_len,
-        "tensor_parallel_size": tensor_parallel_size,
-        "enforce_eager": enforce_eager or cpu,  # no graph capture on CPU: starts in seconds
-        "enable_prefix_caching": True,
-        "logprobs_mode": "processed_logprobs",
-        "disable_log_stats": True,
-    }
-    if cpu:
-        if tensor_parallel_size == 1:
-            # The model runs inside the engine-core process: one process fewer to start.
-            kwargs["distributed_executor_backend"] = "uni"
-    else:
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-    if model_path.startswith(OBJECT_STORE_SCHEMES):
-        # vLLM streams s3:// and gs:// checkpoints with the Run:ai streamer (vllm[runai]).
-        kwargs["load_format"] = "runai_streamer"
-    kwargs.update(extra)
-    return kwargs
-
-
-def configure_environment(
-    *, cpu: bool, batch_invariant: bool, cpu_kv_cache_gib: int | None
-) -> None:
-    """Process environment vLLM reads when its engine starts (the engine core inherits it)."""
-    # 16000 exceeds some models' positions (Llama-3-8B: 8192); the reference allows it too.
-    os.environ.setdefault(LONG_MAX_MODEL_LEN_ENV, "1")
-    if cpu and cpu_kv_cache_gib is not None:
-        os.environ[CPU_KV_CACHE_ENV] = str(cpu_kv_cache_gib)
-    if batch_invariant:
-        os.environ[BATCH_INVARIANT_ENV] = "1"
-
+T = TypeVar("T")
 
 SHUTDOWN_SECONDS = 10.0
 """Bound on shutting an engine down; past it the reaper kills what is left."""
@@ -293,13 +227,16 @@ class VLLMEngine(StreamEngine):
         With the offline ``vllm.LLM`` class's usage context, so ``max_num_seqs`` and
         ``max_num_batched_tokens`` take vLLM's batch defaults for this hardware (1,024 /
         16,384 on H100 and H200, 256 / 8,192 on most GPUs, 256 / 4,096 on CPU) instead of the
-        engine context's 128 / 2,048; ``engine_args`` may still set either."""
+        engine context's 128 / 2,048; ``engine_args`` may still set either. Inside Ray,
+        vLLM's stats go to Ray's metrics (:func:`ray_stat_loggers`)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), usage_context=UsageContext.LLM_CLASS
+            AsyncEngineArgs(**kwargs),
+            usage_context=UsageContext.LLM_CLASS,
+            stat_loggers=ray_stat_loggers(),
         )
         scheduler = llm.vllm_config.scheduler_config
         log.info(
@@ -362,7 +299,7 @@ class VLLMEngine(StreamEngine):
     async def generate_one(self, prompt: Sequence[int], budget: int) -> Generation:
         if self.options.request_mode == "single":
             return await single_pass1(self.submit, prompt, budget)
-        return await stream_pass1(self.submit, prompt, budget, self.decode)
+        return await stream_pass1(self.submit, prompt, budget, self.decode, off_loop=self.off_loop)
 
     async def answer_one(self, prompt: Sequence[int]) -> Mapping[int, float] | None:
         try:
@@ -370,6 +307,19 @@ class VLLMEngine(StreamEngine):
         except RequestRefused:
             return None  # the pair falls back (flagged), as when an answer id is missing
         return answer_from_output(out, self.true_id, self.false_id)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread: a pair's host work (fitting and tokenising its
+        prompt, the forced prompt, decoding the reasoning) kept off the loop that feeds the
+        engine, where it would hold the GIL against vLLM's own output processing (the output
+        handler runs on that loop). The loop's default executor (``asyncio.to_thread``) is
+        enough: a pair's host work is a few short calls, and HF fast tokenizers release the
+        GIL in their Rust code, so more threads would not run it faster. A thread pool rather
+        than a Ray Data CPU stage before the actor (``ray.data.llm`` tokenises in a stage of
+        its own) keeps the shard body and its commit protocol as they are: a pair is fitted
+        where it is judged. The tokenizer is only read (no truncation or padding is set), so
+        threads may share it."""
+        return await asyncio.to_thread(fn, *args)
 
     def close(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Shut the engine core down (frees GPU memory) within ``timeout`` seconds, from any

@@ -1,4 +1,4 @@
-"""Rank1 on vLLM's request primitives: pure adapters and the per-pair pass-1 driver.
+"""Rank1 on vLLM's request primitives: pure adapters and the per-pair pass-1 drivers.
 
 Nothing here imports vllm: the functions work on objects shaped like vLLM 0.32's
 ``RequestOutput``/``CompletionOutput``/``Logprob``/``FlatLogprobs`` (``vllm/outputs.py``,
@@ -15,17 +15,26 @@ otherwise it is appended and generation goes on, exactly as the reference would 
 after ``</think>`` was not an answer). When the budget or EOS ends the reasoning, one step
 over the prompt and all but the last token gives the last position's top-20 (prefix-cached,
 one token of work). Greedy decoding makes the tokens the reference's; the text and the
-stopping point are decided on the decoded text, as vLLM's stop strings are.
+stopping point are decided on the decoded text, as vLLM's stop strings are. That text is
+decoded incrementally (:class:`~rank1_batch.engines.decoding.IncrementalText`: only each
+segment's new tokens), and the decoding runs through ``off_loop`` (a worker thread).
+
+**The reference's one request** (``model.request_mode: single``, :func:`single_pass1`): its
+stop strings, top-20 logprobs for every token (flat), the final output only; the last
+position is the answer position and the text is vLLM's own. Fewer requests, more logprobs:
+which is faster is measured, not assumed (docs/gpu.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from rank1_batch.core import rank1
 from rank1_batch.engines.base import Generation
+from rank1_batch.engines.decoding import IncrementalText
 
 FINISH_EOS = "eos"  # finish_reason "stop" without a stop string: EOS or a stop token id
 FINISH_ENGINE_ERROR = "engine_error"  # marks a prompt vLLM refused or aborted
@@ -40,6 +49,7 @@ REQUEST_MODES = ("stepped", "single")
 
 Submit = Callable[[list[int], dict[str, Any]], Awaitable[Any]]
 Decode = Callable[[Sequence[int]], str]
+OffLoop = Callable[..., Awaitable[Any]]  # asyncio.to_thread's shape: run fn(*args) elsewhere
 
 
 class RequestRefused(Exception):
@@ -229,49 +239,71 @@ async def _last_top(submit: Submit, prompt: list[int], gen: list[int]) -> dict[i
     return last_position_logprobs(comp.logprobs)
 
 
-async def _stopped_within(
-    submit: Submit, prompt: list[int], gen: list[int], start: int, decode: Decode
-) -> Generation | None:
-    """If a reference stop string completes at a token ``>= start``, the reference's result:
-    cut at the first such token (greedy: the reference produced the same tokens)."""
-    if reference_stop(decode(gen)) is None:
+# The host work of the stepped driver, run off the event loop (``off_loop``): each reads the
+# generation's text through an IncrementalText, which decodes only what is new.
+
+
+def _stop_in_segment(text: IncrementalText, start: int) -> tuple[int, str] | None:
+    """``(tokens kept, reasoning)`` where a reference stop string first completes at a token
+    ``>= start`` (the segment just generated), or None. The stop strings are ASCII, so once a
+    decoded prefix holds one every longer prefix does: the token is found by bisection over
+    the segment's prefixes, each decoded from the segment's start."""
+    n = len(text.tokens)
+    if reference_stop(text.upto(n)) is None:
         return None
-    # The first token count whose decoded prefix holds a stop string, by bisection: the stop
-    # strings are ASCII, so once a decoded prefix holds one every longer prefix does (a linear
-    # scan decoded up to ``len(gen)`` prefixes, quadratic in the segment's length).
-    lo, hi = max(start, 1), len(gen)
+    lo, hi = max(start, 1), n
     while lo < hi:
         mid = (lo + hi) // 2
-        if reference_stop(decode(gen[:mid])) is None:
+        if reference_stop(text.upto(mid)) is None:
             lo = mid + 1
         else:
             hi = mid
-    gen = gen[:lo]
-    text = decode(gen)
-    cut = reference_stop(text)
+    kept = text.upto(lo)
+    cut = reference_stop(kept)
     assert cut is not None
-    top = await _last_top(submit, prompt, gen)
-    return Generation(text[:cut], len(gen), top, stopped=True, finish_reason="stop")
+    return lo, kept[:cut]
 
 
-def _unstopped(
-    gen: list[int], top: dict[int, float] | None, finish: str, decode: Decode
-) -> Generation:
-    """Reasoning ended by the budget or EOS (whose text vLLM leaves out, its token counted)."""
-    text = decode(gen[:-1] if finish == FINISH_EOS else gen)
-    return Generation(text, len(gen), top, stopped=False, finish_reason=finish)
+def _end_text(text: IncrementalText, finish: str) -> str:
+    """The reasoning of a generation ended by the budget or EOS (whose text vLLM leaves out,
+    its token counted)."""
+    n = len(text.tokens)
+    return text.upto(n - 1 if finish == FINISH_EOS else n)
+
+
+def _after_step(text: IncrementalText, step_finish: str, budget: int) -> tuple[str, str]:
+    """After the one-token step that followed ``</think>``: ``("stop", reasoning)`` if it
+    completed a reference stop string, ``("end", reasoning)`` if EOS or the budget ended the
+    generation, else ``("more", "")`` with the text so far marked (reasoning goes on)."""
+    n = len(text.tokens)
+    full = text.upto(n)
+    cut = reference_stop(full)
+    if cut is not None:
+        return "stop", full[:cut]
+    if step_finish == FINISH_EOS or n >= budget:
+        return "end", _end_text(text, step_finish)
+    text.mark(n, full)
+    return "more", ""
 
 
 async def stream_pass1(
-    submit: Submit, prompt: Sequence[int], budget: int, decode: Decode
+    submit: Submit,
+    prompt: Sequence[int],
+    budget: int,
+    decode: Decode,
+    *,
+    off_loop: OffLoop = asyncio.to_thread,
 ) -> Generation:
     """Pass 1 of one prompt, equal to the reference's (see the module docstring).
 
     ``budget`` ≥ 1. Never keeps more than one position's logprobs. A refused request gives a
-    failed generation (an ``error`` row); engine-fatal errors propagate from ``submit``.
+    failed generation (an ``error`` row); engine-fatal errors propagate from ``submit``. The
+    decoding and stop-string search run through ``off_loop`` (a worker thread), so the
+    caller's loop only sends requests and takes their outputs.
     """
     ids = list(prompt)
-    gen: list[int] = []
+    text = IncrementalText(decode)
+    gen = text.tokens
     try:
         while True:
             start = len(gen)
@@ -280,23 +312,28 @@ async def stream_pass1(
             gen.extend(comp.token_ids or ())
             if not gen:
                 raise RequestRefused("vLLM generated no token")
-            done = await _stopped_within(submit, ids, gen, start, decode)
-            if done is not None:
-                return done
+            stop = await off_loop(_stop_in_segment, text, start)
+            if stop is not None:  # greedy: the reference produced the same tokens, cut here
+                kept, reasoning = stop
+                top = await _last_top(submit, ids, gen[:kept])
+                return Generation(reasoning, kept, top, stopped=True, finish_reason="stop")
             if not closed or len(gen) >= budget:  # EOS or budget: the last position is read
+                finish = finish if not closed else "length"
+                reasoning = await off_loop(_end_text, text, finish)
                 top = await _last_top(submit, ids, gen)
-                return _unstopped(gen, top, finish if not closed else "length", decode)
+                return Generation(reasoning, len(gen), top, stopped=False, finish_reason=finish)
             # Stopped on </think> with budget left: the answer position, with its logprobs.
             step = _completion(await submit(ids + gen, step_sampling()))
             step_finish = finish_of(step.finish_reason, step.stop_reason)[0]
             gen.extend(step.token_ids or ())
             top = last_position_logprobs(step.logprobs)
-            text = decode(gen)
-            cut = reference_stop(text)
-            if cut is not None:
-                return Generation(text[:cut], len(gen), top, stopped=True, finish_reason="stop")
-            if step_finish == FINISH_EOS or len(gen) >= budget:
-                return _unstopped(gen, top, step_finish, decode)
+            kind, reasoning = await off_loop(_after_step, text, step_finish, budget)
+            if kind == "stop":
+                return Generation(reasoning, len(gen), top, stopped=True, finish_reason="stop")
+            if kind == "end":
+                return Generation(
+                    reasoning, len(gen), top, stopped=False, finish_reason=step_finish
+                )
             # Not an answer token: the reference reasons on; so do we.
     except RequestRefused:
         return failed_generation()
