@@ -44,7 +44,7 @@ import common as c
 import vllm_wall_proto as proto
 
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"queries": 8, "candidates": 16, "long_queries": 3, "rounds": 3, "warmup_pairs": 16},
+    "quick": {"queries": 16, "candidates": 16, "long_queries": 4, "rounds": 3, "warmup_pairs": 16},
     "tiny": {"queries": 1, "candidates": 4, "long_queries": 1, "rounds": 1, "warmup_pairs": 2},
 }
 ENGINE = {
