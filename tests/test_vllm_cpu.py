@@ -5,6 +5,8 @@
   statuses on at least 99% of pairs, scores within 1e-3.
 * The forced pass, exercised with a budget of 2 tokens on a slice of the demo pairs, agrees
   with the transformers engine the same way.
+* ``model.request_mode: single`` (the reference's one request) does the same on the demo and
+  at a budget of 2, and its reasoning texts (vLLM's detokenizer) are the stepped mode's.
 * A run SIGKILLed mid-score (budget 2, 50-pair shards) resumes to the same rows: shards
   committed before the kill are kept byte for byte, no pair twice, every pair once, statuses
   and scores as the transformers engine's.
@@ -84,6 +86,41 @@ def demo_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def reasoning(out: Path) -> dict[tuple[str, str], str]:
+    """(query_id, doc_id) -> the pair's reasoning text, over committed shards."""
+    store = Store(str(out))
+    shards = sorted(commit.committed_shards(store))
+    table = pa.concat_tables(shard_table(store, s, "traces") for s in shards)
+    cols = [table.column(c).to_pylist() for c in ("query_id", "doc_id", "reasoning")]
+    return {(q, d): r for q, d, r in zip(*cols, strict=True)}
+
+
+SINGLE = "--set=model.request_mode=single"  # the reference's one request per pass 1
+
+
+@pytest.fixture(scope="module")
+def vllm_demo_single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vllm-demo-single") / "out"
+    run_cli("run", str(VLLM_DEMO), "--output", str(out), SINGLE, timeout=1800)
+    return out
+
+
+def test_single_request_demo_matches_the_transformers_engine(
+    vllm_demo_single: Path, vllm_demo: Path, demo_reference: Path
+) -> None:
+    """``request_mode: single`` agrees with the transformers engine as the stepped mode does,
+    and its reasoning (vLLM's own detokenized text) is the stepped mode's (decoded here,
+    incrementally), special tokens kept."""
+    equal, diff = agreement(vllm_demo_single, demo_reference)
+    print(f"single vs transformers demo: statuses equal {equal:.4f}, max score diff {diff:.2e}")
+    assert equal >= 0.99 and diff <= 1e-3
+    single, stepped = reasoning(vllm_demo_single), reasoning(vllm_demo)
+    assert set(single) == set(stepped)
+    same = sum(single[k] == stepped[k] for k in single) / len(single)
+    print(f"single vs stepped demo: reasoning equal {same:.4f}")
+    assert same >= 0.99
+
+
 def test_vllm_demo_matches_the_transformers_engine(vllm_demo: Path, demo_reference: Path):
     assert (vllm_demo / layout.SUCCESS).exists()
     equal, diff = agreement(vllm_demo, demo_reference)
@@ -105,11 +142,15 @@ def budget2(demo_slice: Path) -> list[str]:
     return [f"--set=input.path={demo_slice}", "--set=reasoning.max_tokens=2"]
 
 
+@pytest.mark.parametrize("mode", ["stepped", "single"])
 def test_forced_pass_with_a_two_token_budget(
-    tmp_path: Path, demo_slice: Path, slice_reference: Path
+    tmp_path: Path, demo_slice: Path, slice_reference: Path, mode: str
 ) -> None:
     out = tmp_path / "v"
-    run_cli("run", str(VLLM_DEMO), "--output", str(out), *budget2(demo_slice), timeout=1200)
+    mode_arg = f"--set=model.request_mode={mode}"
+    run_cli(
+        "run", str(VLLM_DEMO), "--output", str(out), *budget2(demo_slice), mode_arg, timeout=1200
+    )
     equal, diff = agreement(out, slice_reference)
     print(f"budget 2: statuses equal {equal:.4f}, max score diff {diff:.2e}")
     assert equal >= 0.99 and diff <= 1e-3
