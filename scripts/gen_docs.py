@@ -53,6 +53,10 @@ def lookup(source: str, path: str, cache: dict[str, Any]) -> Any:
     parts = [p for p in TOKEN.split(path) if p]
     if len(parts) == 1:
         return _walk(root, path)
+    try:  # a key that holds an operator character (``project-stepped``)
+        return _walk(root, path)
+    except (KeyError, IndexError, TypeError):
+        pass
     expr = []
     for part in parts:
         if TOKEN.fullmatch(part) or re.fullmatch(r"\d+(\.\d+)?", part):
