@@ -139,7 +139,10 @@ def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, in
         targets.union(found)
         .groupby("bucket", num_partitions=min(reuse_join.BUCKETS, 16))
         .map_groups(reuse_join.join_bucket, batch_format="pyarrow", num_cpus=0.5)
-        .groupby(["source", "source_shard"], num_partitions=min(len(items), 16))
+        # One partition: Ray Data 2.60's hash shuffle fails on the next groupby when a
+        # partition here is empty (an empty block without columns comes first in a
+        # mapper's input); with one, phase 2's source shards are read by one task in turn.
+        .groupby(["source", "source_shard"], num_partitions=1)
         .map_groups(functools.partial(reuse_join.fetch_rows, storage=spec.storage),
                     batch_format="pyarrow", num_cpus=0.5)
         .groupby("shard", num_partitions=min(len(pending), 16))
