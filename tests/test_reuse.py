@@ -212,6 +212,7 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
 
 def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
     def row(**kw: object) -> dict:
+        kw["key"] = str(kw["key"]).encode().ljust(16, b".")
         return {**{f.name: None for f in reuse_join.JOIN_SCHEMA}, **kw}
 
     t = pa.Table.from_pylist(
@@ -234,8 +235,9 @@ def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
         {"shard": "s1", "query_id": "q", "doc_id": "d1", "source": "A", "source_shard": "a3",
          "row": 2}
     ]  # fmt: skip
-    # Phase 1 moves keys and pointers only: no result or trace column in the join.
+    # Phase 1 moves keys and pointers only: no result or trace column in the join, no text.
     assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse.PAYLOAD.names)
+    assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse_join.TEXTS)
     assert reuse_join.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
 
 
@@ -529,6 +531,22 @@ def test_keys_first_reuse_equals_todays_and_never_reads_unmatched_results(tmp_pa
                 (Path(src.uri) / marker.file(kind)[0]).mkdir()
                 probed[kind] += 1
     assert probed["scores"] >= 1 and probed["traces"] > probed["scores"], probed
+    # The first source as prepared before pairs stored their text key (no column: its keys
+    # come from its texts); the second with its texts replaced, its stored keys kept: it
+    # matches only if its texts are never read.
+    from rank1_batch.core import text_key
+    from rank1_batch.io.fs import parquet_bytes
+
+    for src, src_shards in ((a_store, a_shards), (b_store, b_shards)):
+        for s in src_shards:
+            table = src.read_parquet(layout.pairs_path(s))
+            if src is a_store:
+                table = table.drop_columns([text_key.COLUMN])
+            else:
+                for c in ("query", "passage"):
+                    i = table.schema.get_field_index(c)
+                    table = table.set_column(i, c, pa.array(["unread"] * table.num_rows))
+            src.write_atomic(layout.pairs_path(s), parquet_bytes(table, plain=True))
 
     matched = reuse_ready.build_reuse(spec, store, shards)
     assert matched == {s: len(e) for s, e in expected.items() if e}
@@ -542,3 +560,51 @@ def test_keys_first_reuse_equals_todays_and_never_reads_unmatched_results(tmp_pa
         got = store.read_parquet(reuse.reuse_path(s))
         assert got.schema == reuse.MATCH_SCHEMA.remove(0)
         assert got.to_pylist() == e, s
+
+
+# -- the stored text key: prepare writes it, reuse joins on it ------------------------------
+@pytest.mark.ray
+@pytest.mark.parametrize("plan", ["grouped", "shuffle"])
+def test_prepare_stores_each_pair_text_key(tmp_path, plan):
+    """Both prepare plans write ``text_key``: the key of the pair's texts as the job composes
+    them (its instruction applied), the same on both, 16 bytes a pair."""
+    from test_prepare_plans import grouped_input
+
+    from rank1_batch.core import text_key
+    from rank1_batch.job.inputs import scan_inputs
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray
+
+    grouped_input(tmp_path / "in.parquet")
+    spec = spec_from_mapping(
+        {"input": {"path": str(tmp_path / "in.parquet"), "grouped": plan == "grouped"},
+         "output": {"path": str(tmp_path / "out"), "shard_size": 6},
+         "model": {"name": "toy", "device": "cpu"},
+         "reasoning": {"instruction": "answer carefully"}}
+    )  # fmt: skip
+    store = Store(spec.output.path)
+    init_ray(spec)
+    manifest = prepare(spec, store, scan_inputs(spec.input))
+    assert manifest["plan"] == plan
+    bare = spec_from_mapping(demo_mapping())  # no job instruction
+    for s in manifest["shards"]:
+        pairs = store.read_parquet(s["path"])
+        assert pairs.schema.field(text_key.COLUMN).type == pa.binary(16)
+        stored = pairs.column(text_key.COLUMN).to_pylist()
+        assert stored == text_key.text_keys(pairs, spec.reasoning).to_pylist()
+        assert stored != text_key.text_keys(pairs, bare.reasoning).to_pylist()
+        assert reuse_join.pair_keys(store, s["id"], bare.reasoning).to_pylist() == stored
+
+
+def test_pair_keys_of_a_shard_without_the_column_are_computed_from_its_texts(tmp_path):
+    """An output prepared before ``text_key`` existed: its keys come from its texts."""
+    from rank1_batch.core import text_key
+    from rank1_batch.io.fs import parquet_bytes
+
+    spec = spec_from_mapping(demo_mapping())
+    store = Store(str(tmp_path / "old"))
+    store.write_atomic(layout.pairs_path("shard-00000"), parquet_bytes(pairs(), plain=True))
+    keys = reuse_join.pair_keys(store, "shard-00000", spec.reasoning)
+    assert keys.type == text_key.TYPE
+    head = reuse.settings_key(reuse.key_settings(spec))
+    assert [head + k.hex() for k in keys.to_pylist()] == reuse.keys_for(pairs(), spec)

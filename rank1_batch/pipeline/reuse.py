@@ -12,6 +12,12 @@ result and nothing else:
 * the composed query text and passage text the engine sees (instruction, template and title
   applied), not the query or doc ids: the same text under other ids is reused.
 
+The key has two halves: the settings (the list above less the texts, one per job:
+:func:`settings_key`) and the texts (:mod:`rank1_batch.core.text_key`, 16 bytes a pair, which
+prepare stores in ``pairs/``). The settings half is compared once per source
+(:func:`usable_sources`: a source with other settings is skipped unread), so the join matches
+on text keys alone.
+
 Tuning knobs (workers, batch sizes, device, tensor parallelism) are left out, as in the
 fingerprint. A copied row must also carry the ``model_revision`` the scoring engine reports
 (checked where the engine runs), so ``revision: null`` never reuses results of another
@@ -44,7 +50,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch.core import modes
+from rank1_batch.core import modes, text_key
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
@@ -94,18 +100,21 @@ def key_settings(spec: JobSpec) -> dict[str, Any]:
     }
 
 
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """The settings half of the result key (:func:`key_settings`), one per job."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def result_key(settings: Mapping[str, Any], query_text: str, passage_text: str) -> str:
-    """The result key of one pair: settings (:func:`key_settings`) + composed texts."""
-    blob = json.dumps([settings, query_text, passage_text], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """The result key of one pair: its settings half and its text half
+    (:func:`rank1_batch.core.text_key.text_key`, stored per pair in ``pairs/``)."""
+    return settings_key(settings) + text_key.text_key(query_text, passage_text).hex()
 
 
 def keys_for(pairs: pa.Table, spec: JobSpec) -> list[str]:
     """Result keys of a table of pairs (columns as in ``pairs/``) under ``spec``."""
-    from rank1_batch.core.rows import requests_for
-
-    settings = key_settings(spec)
-    return [result_key(settings, r.query, r.passage) for r in requests_for(pairs, spec.reasoning)]
+    head = settings_key(key_settings(spec))
+    return [head + k.hex() for k in text_key.text_keys(pairs, spec.reasoning).to_pylist()]
 
 
 @functools.lru_cache(maxsize=64)
