@@ -139,12 +139,14 @@ def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, in
         targets.union(found)
         .groupby("bucket", num_partitions=min(reuse_join.BUCKETS, 16))
         .map_groups(reuse_join.join_bucket, batch_format="pyarrow", num_cpus=0.5)
-        # One partition: Ray Data 2.60's hash shuffle fails on the next groupby when a
-        # partition here is empty (an empty block without columns comes first in a
-        # mapper's input); with one, phase 2's source shards are read by one task in turn.
-        .groupby(["source", "source_shard"], num_partitions=1)
+        # Phase 2 in parallel, one group a matched source shard. Its map_groups asks no CPUs of
+        # its own so that Ray Data fuses it into the shuffle's reduce tasks, which drop empty
+        # output blocks: unfused (num_cpus=0.5), an empty partition here comes out as a block
+        # without columns, and the next hash shuffle (Ray Data 2.60) fails on it when it comes
+        # first in a mapper's input ("Schema at index 1 was different").
+        .groupby(["source", "source_shard"], num_partitions=min(len(items), 16))
         .map_groups(functools.partial(reuse_join.fetch_rows, storage=spec.storage),
-                    batch_format="pyarrow", num_cpus=0.5)
+                    batch_format="pyarrow")
         .groupby("shard", num_partitions=min(len(pending), 16))
         .map_groups(functools.partial(reuse_join.write_shard, store=store),
                     batch_format="pyarrow", num_cpus=0.5)
