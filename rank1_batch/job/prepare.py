@@ -10,8 +10,9 @@ never decide anything), both keeping each query whole in one shard:
   hash, not Python's) through a Ray Data groupby; inside a shard rows are ordered by
   (query_id, input order).
 
-Re-running prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is
-not re-run.
+Each pair is written with its ``text_key`` (:mod:`rank1_batch.core.text_key`), which reuse
+matches on. Re-running prepare rewrites identical files, and once ``pairs/_manifest.json``
+exists it is not re-run.
 """
 
 from __future__ import annotations
