@@ -18,7 +18,7 @@ from rank1_batch.io.store import Store
 from rank1_batch.job.load import spec_from_mapping
 from rank1_batch.job.record import claim_output, job_record
 from rank1_batch.outputs.results import shard_table
-from rank1_batch.pipeline import reuse, reuse_ready
+from rank1_batch.pipeline import reuse, reuse_join, reuse_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "demo.yaml"
@@ -212,25 +212,33 @@ def test_split_and_merge_copy_matched_rows_and_rank_the_whole_shard():
 
 def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
     def row(**kw: object) -> dict:
-        return {**{f.name: None for f in reuse.JOIN_SCHEMA}, **kw}
+        kw["key"] = str(kw["key"]).encode().ljust(16, b".")
+        return {**{f.name: None for f in reuse_join.JOIN_SCHEMA}, **kw}
 
     t = pa.Table.from_pylist(
         [
             row(key="k1", bucket=0, side="target", shard="s1", query_id="q", doc_id="d1"),
             row(key="k2", bucket=0, side="target", shard="s1", query_id="q", doc_id="d2"),
-            row(key="k1", bucket=0, side="source", priority=(1 << 32), score=0.1,
-                reasoning="second source", reused_from="B"),
-            row(key="k1", bucket=0, side="source", priority=3, score=0.9,
-                reasoning="first source", reused_from="A"),
-            row(key="k3", bucket=0, side="source", priority=0, score=0.5, reused_from="A"),
+            row(key="k1", bucket=0, side="source", priority=(1 << 32), source="B",
+                source_shard="b0", row=0),
+            row(key="k1", bucket=0, side="source", priority=3, source="A", source_shard="a3",
+                row=7),
+            row(key="k1", bucket=0, side="source", priority=3, source="A", source_shard="a3",
+                row=2),
+            row(key="k3", bucket=0, side="source", priority=0, source="A", source_shard="a0",
+                row=0),
         ],
-        schema=reuse.JOIN_SCHEMA,
+        schema=reuse_join.JOIN_SCHEMA,
     )  # fmt: skip
-    out = reuse.join_bucket(t).to_pylist()
-    assert [(r["doc_id"], r["score"], r["reasoning"], r["reused_from"]) for r in out] == [
-        ("d1", 0.9, "first source", "A")
-    ]
-    assert reuse.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
+    out = reuse_join.join_bucket(t).to_pylist()
+    assert out == [
+        {"shard": "s1", "query_id": "q", "doc_id": "d1", "source": "A", "source_shard": "a3",
+         "row": 2}
+    ]  # fmt: skip
+    # Phase 1 moves keys and pointers only: no result or trace column in the join, no text.
+    assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse.PAYLOAD.names)
+    assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse_join.TEXTS)
+    assert reuse_join.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
 
 
 # -- end to end -----------------------------------------------------------------------------
@@ -390,3 +398,213 @@ def test_reuse_from_and_into_s3(tmp_path, s3, demo_reference, monkeypatch):
     assert all(same(new[p], row) for p, row in old.items())
     assert set(new_scores.column("reused_from").to_pylist()) == {f"s3://{s3.bucket}/old"}
     json.dumps(done)
+
+
+# -- keys first: the join reads results only of matched source shards -------------------------
+class ErrorsSometimes:
+    """Engine double: a deterministic judgement per passage, an error row for the passages
+    in ``errors``, and a reasoning text that varies in length (traces are a shard's bulk)."""
+
+    model_id = "toy"
+    model_revision = "0"
+
+    def __init__(self, errors: frozenset[str] = frozenset()) -> None:
+        self.errors = errors
+
+    def judge(self, requests):
+        import zlib
+
+        from rank1_batch.core import rank1
+
+        out = []
+        for r in requests:
+            h = zlib.crc32(r.passage.encode())
+            if r.passage in self.errors:
+                out.append(rank1.error_judgement("prompt_too_long", prompt_tokens=h % 90))
+                continue
+            out.append(
+                rank1.Judgement(
+                    score=(h % 997) / 997, logit=(h % 13) - 6.0, status="complete",
+                    prompt_tokens=h % 300, reasoning_tokens=h % 40, truncated=h % 3 == 0,
+                    reasoning=f"because {r.passage} " * (1 + h % 9), finish_reason="stop",
+                )
+            )  # fmt: skip
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def texts_table(rows: list[tuple[str, str, str, str]]) -> pa.Table:
+    names = ("query_id", "query", "doc_id", "passage")
+    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+
+def prepared_output(tmp_path: Path, name: str, rows: list[tuple[str, str, str, str]], **job):
+    """A prepared output of ``rows`` (shards of about 20 pairs): its spec, store and shards."""
+    from rank1_batch.job.inputs import listing, scan_inputs
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray
+
+    pq.write_table(texts_table(rows), tmp_path / f"{name}.parquet")
+    spec = spec_from_mapping(
+        demo_mapping(input={"path": str(tmp_path / f"{name}.parquet")},
+                     output={"path": str(tmp_path / name), "shard_size": 20}, **job)
+    )  # fmt: skip
+    store = Store(spec.output.path)
+    files = scan_inputs(spec.input)
+    claim_output(store, job_record(spec, listing(files)))
+    init_ray(spec)
+    shards = [s["id"] for s in prepare(spec, store, files)["shards"]]
+    return spec, store, shards
+
+
+def todays_reuse(spec, store: Store, shard: str) -> list[dict]:
+    """The oracle: reuse as it was before keys came first, in plain pyarrow: every source
+    shard's pairs + scores + traces joined, error rows dropped, the first-listed source's row
+    of each key kept; the target shard's matches in (query_id, doc_id) order."""
+    ids, best = ["query_id", "doc_id"], {}
+    for uri in spec.reuse:
+        src = Store(uri)
+        src_spec = reuse._source_spec(uri, None)
+        for s in sorted(commit.committed_shards(src)):
+            scores = shard_table(src, s, "scores").drop_columns(["model", "prompt_id", "rank"])
+            traces = shard_table(src, s, "traces")
+            rows = src.read_parquet(layout.pairs_path(s)).join(scores, ids).join(traces, ids)
+            rows = rows.filter(pc.field("status") != "error")
+            for key, row in zip(reuse.keys_for(rows, src_spec), rows.to_pylist(), strict=True):
+                best.setdefault(key, {**row, "reused_from": uri})
+    pairs = store.read_parquet(layout.pairs_path(shard))
+    keys = reuse.keys_for(pairs, spec)
+    qids, dids = pairs["query_id"].to_pylist(), pairs["doc_id"].to_pylist()
+    got = [
+        {**best[k], "query_id": q, "doc_id": d}
+        for k, q, d in zip(keys, qids, dids, strict=True)
+        if k in best
+    ]
+    got.sort(key=lambda r: (r["query_id"], r["doc_id"]))
+    return [{n: r[n] for n in reuse.MATCH_SCHEMA.names[1:]} for r in got]
+
+
+# Error rows of the first source: two the target wants (the second source has their texts),
+# one in a shard the target does not match.
+A_ERRORS = frozenset({"passage 1-3", "passage 1-7", "passage 7-2"})
+
+
+@pytest.mark.ray
+def test_keys_first_reuse_equals_todays_and_never_reads_unmatched_results(tmp_path):
+    """Two sources (the first listed wins a shared key, its error rows fall through to the
+    second), a target matching part of them: the reuse files equal today's join row for row,
+    and the traces of source shards without matches are never read (they are directories
+    here, which any read fails on), nor their scores unless they hold error rows."""
+    from rank1_batch.pipeline.local import score_local
+
+    def rows(q: int, docs: range, tag: str = "") -> list[tuple[str, str, str, str]]:
+        return [(f"q{q}", f"query {q}", f"{tag}d{d}", f"passage {q}-{d}{tag}") for d in docs]
+
+    a_rows = [r for q in range(8) for r in rows(q, range(10))]
+    b_rows = [r for q in range(3) for r in rows(q, range(5, 15), "b")]
+    # The same texts as the first source's under other doc ids.
+    b_rows += [
+        (f"q{q}", f"query {q}", f"bd{d}", f"passage {q}-{d}") for q in (0, 1) for d in range(10)
+    ]
+    a_spec, a_store, a_shards = prepared_output(tmp_path, "a", a_rows)
+    score_local(a_spec, a_store, a_shards, ErrorsSometimes(A_ERRORS))
+    b_spec, b_store, b_shards = prepared_output(tmp_path, "b", b_rows)
+    score_local(b_spec, b_store, b_shards, ErrorsSometimes())
+    target = [r for q in (0, 1, 2) for r in rows(q, range(12))] + rows(2, range(5, 9), "b")
+    spec, store, shards = prepared_output(
+        tmp_path, "t", target, reuse=[str(tmp_path / "a"), str(tmp_path / "b")]
+    )
+    wanted = {
+        k for s in shards for k in reuse.keys_for(store.read_parquet(layout.pairs_path(s)), spec)
+    }
+    expected = {s: todays_reuse(spec, store, s) for s in shards}  # before any file is probed
+    probed = {"traces": 0, "scores": 0}
+    for src, src_shards in ((a_store, a_shards), (b_store, b_shards)):
+        for s in src_shards:
+            if wanted.intersection(reuse.keys_for(src.read_parquet(layout.pairs_path(s)), spec)):
+                continue
+            marker = commit.read_marker(src, s)
+            for kind in ("traces", "scores") if marker.stats.error == 0 else ("traces",):
+                (Path(src.uri) / marker.file(kind)[0]).unlink()
+                (Path(src.uri) / marker.file(kind)[0]).mkdir()
+                probed[kind] += 1
+    assert probed["scores"] >= 1 and probed["traces"] > probed["scores"], probed
+    # The first source as prepared before pairs stored their text key (no column: its keys
+    # come from its texts); the second with its texts replaced, its stored keys kept: it
+    # matches only if its texts are never read.
+    from rank1_batch.core import text_key
+    from rank1_batch.io.fs import parquet_bytes
+
+    for src, src_shards in ((a_store, a_shards), (b_store, b_shards)):
+        for s in src_shards:
+            table = src.read_parquet(layout.pairs_path(s))
+            if src is a_store:
+                table = table.drop_columns([text_key.COLUMN])
+            else:
+                for c in ("query", "passage"):
+                    i = table.schema.get_field_index(c)
+                    table = table.set_column(i, c, pa.array(["unread"] * table.num_rows))
+            src.write_atomic(layout.pairs_path(s), parquet_bytes(table, plain=True))
+
+    matched = reuse_ready.build_reuse(spec, store, shards)
+    assert matched == {s: len(e) for s, e in expected.items() if e}
+    origins = [r["reused_from"] for e in expected.values() for r in e]
+    assert set(origins) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    assert sum(matched.values()) > 20
+    for s, e in expected.items():
+        if not e:
+            assert not store.exists(reuse.reuse_path(s))
+            continue
+        got = store.read_parquet(reuse.reuse_path(s))
+        assert got.schema == reuse.MATCH_SCHEMA.remove(0)
+        assert got.to_pylist() == e, s
+
+
+# -- the stored text key: prepare writes it, reuse joins on it ------------------------------
+@pytest.mark.ray
+@pytest.mark.parametrize("plan", ["grouped", "shuffle"])
+def test_prepare_stores_each_pair_text_key(tmp_path, plan):
+    """Both prepare plans write ``text_key``: the key of the pair's texts as the job composes
+    them (its instruction applied), the same on both, 16 bytes a pair."""
+    from test_prepare_plans import grouped_input
+
+    from rank1_batch.core import text_key
+    from rank1_batch.job.inputs import scan_inputs
+    from rank1_batch.job.prepare import prepare
+    from rank1_batch.pipeline.pool import init_ray
+
+    grouped_input(tmp_path / "in.parquet")
+    spec = spec_from_mapping(
+        {"input": {"path": str(tmp_path / "in.parquet"), "grouped": plan == "grouped"},
+         "output": {"path": str(tmp_path / "out"), "shard_size": 6},
+         "model": {"name": "toy", "device": "cpu"},
+         "reasoning": {"instruction": "answer carefully"}}
+    )  # fmt: skip
+    store = Store(spec.output.path)
+    init_ray(spec)
+    manifest = prepare(spec, store, scan_inputs(spec.input))
+    assert manifest["plan"] == plan
+    bare = spec_from_mapping(demo_mapping())  # no job instruction
+    for s in manifest["shards"]:
+        pairs = store.read_parquet(s["path"])
+        assert pairs.schema.field(text_key.COLUMN).type == pa.binary(16)
+        stored = pairs.column(text_key.COLUMN).to_pylist()
+        assert stored == text_key.text_keys(pairs, spec.reasoning).to_pylist()
+        assert stored != text_key.text_keys(pairs, bare.reasoning).to_pylist()
+        assert reuse_join.pair_keys(store, s["id"], bare.reasoning).to_pylist() == stored
+
+
+def test_pair_keys_of_a_shard_without_the_column_are_computed_from_its_texts(tmp_path):
+    """An output prepared before ``text_key`` existed: its keys come from its texts."""
+    from rank1_batch.core import text_key
+    from rank1_batch.io.fs import parquet_bytes
+
+    spec = spec_from_mapping(demo_mapping())
+    store = Store(str(tmp_path / "old"))
+    store.write_atomic(layout.pairs_path("shard-00000"), parquet_bytes(pairs(), plain=True))
+    keys = reuse_join.pair_keys(store, "shard-00000", spec.reasoning)
+    assert keys.type == text_key.TYPE
+    head = reuse.settings_key(reuse.key_settings(spec))
+    assert [head + k.hex() for k in keys.to_pylist()] == reuse.keys_for(pairs(), spec)

@@ -10,8 +10,9 @@ never decide anything), both keeping each query whole in one shard:
   hash, not Python's) through a Ray Data groupby; inside a shard rows are ordered by
   (query_id, input order).
 
-Re-running prepare rewrites identical files, and once ``pairs/_manifest.json`` exists it is
-not re-run.
+Each pair is written with its ``text_key`` (:mod:`rank1_batch.core.text_key`), which reuse
+matches on. Re-running prepare rewrites identical files, and once ``pairs/_manifest.json``
+exists it is not re-run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rank1_batch.core import text_key
+from rank1_batch.core.rows import TextSettings
 from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import commit, layout
 from rank1_batch.io.fs import parquet_bytes, sha256
@@ -99,11 +102,15 @@ def _write_shard(
     n_shards: int,
     files: tuple[str, ...] = (),
     input_spec: InputSpec | None = None,
+    reasoning: TextSettings | None = None,
 ) -> pa.Table:
-    """Write one shard's pairs, rejected and duplicate rows (``files``: each unit's file, by
-    ordinal, to name where rows came from); return its stats row."""
+    """Write one shard's pairs (with their text keys under ``reasoning``,
+    :mod:`rank1_batch.core.text_key`), rejected and duplicate rows (``files``: each unit's file,
+    by ordinal, to name where rows came from); return its stats row."""
     name = layout.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = shard_tables(rows.drop_columns(["shard"]))
+    if reasoning is not None:
+        pairs = text_key.with_text_keys(pairs, reasoning)
     data = parquet_bytes(pairs, plain=True)
     if pairs.num_rows:
         store.write_atomic(layout.pairs_path(name), data)
@@ -262,6 +269,7 @@ def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> di
                 n_shards=n_shards,
                 files=tuple(u.file for u in work),
                 input_spec=spec.input,
+                reasoning=spec.reasoning,
             ),
             batch_format="pyarrow",
             num_cpus=0.5,

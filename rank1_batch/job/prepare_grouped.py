@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rank1_batch.core import text_key
 from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import layout
 from rank1_batch.io.fs import StorageSpec, filesystem, parquet_bytes, sha256
@@ -271,6 +272,7 @@ def run_unit(
     """Prepare one unit: write its shards and rejected rows, then its marker; return the marker."""
     rows = unit_rows(task, spec)
     pairs, rejected, duplicates = split_unit(rows)
+    pairs = text_key.with_text_keys(pairs, spec.reasoning)  # reuse matches on it, not texts
     files = {task.ordinal: task.file, **{o: f for f, _, o in task.continued}}
     slices = cut(pairs, spec.output.shard_size)
     if len(slices) > task.bound:

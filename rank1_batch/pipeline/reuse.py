@@ -12,18 +12,25 @@ result and nothing else:
 * the composed query text and passage text the engine sees (instruction, template and title
   applied), not the query or doc ids: the same text under other ids is reused.
 
+The key has two halves: the settings (the list above less the texts, one per job:
+:func:`settings_key`) and the texts (:mod:`rank1_batch.core.text_key`, 16 bytes a pair, which
+prepare stores in ``pairs/``). The settings half is compared once per source
+(:func:`usable_sources`: a source with other settings is skipped unread), so the join matches
+on text keys alone.
+
 Tuning knobs (workers, batch sizes, device, tensor parallelism) are left out, as in the
 fingerprint. A copied row must also carry the ``model_revision`` the scoring engine reports
 (checked where the engine runs), so ``revision: null`` never reuses results of another
 snapshot. ``error`` rows are never reused; they are scored again.
 
 **The reuse stage** (:func:`.reuse_ready.build_reuse`, after prepare, over pending
-shards only, run once by the run holding the output) is a Ray
-Data hash join, not a driver dictionary: the pending shards' keys and the earlier outputs'
-committed rows (scores + traces + pairs of each committed shard, the scores checked against
-their commit marker's checksum) are shuffled together by key hash; each bucket joins on its
-own; the matches are grouped by target shard and written to ``reuse/<shard>.parquet``.
-Sources whose key settings differ from the job's are skipped without reading them.
+shards only, run once by the run holding the output) is a Ray Data hash join on keys first,
+not a driver dictionary (:mod:`.reuse_join`): the pending shards' keys and the earlier
+outputs' keys with a pointer (source, shard, row) are shuffled together by key hash and
+joined per bucket; then only source shards with matches read their committed scores and
+traces (checksums verified), take the matched rows, and the rows are grouped by target shard
+and written to ``reuse/<shard>.parquet``. Sources whose key settings differ from the job's
+are skipped without reading them.
 
 **Scoring** (:func:`split_reused`, :func:`merge_results`) copies matched rows (score, logit,
 status, error, token counts, truncated, trace) with a ``reused_from`` column naming the
@@ -43,11 +50,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rank1_batch.core import modes
+from rank1_batch.core import modes, text_key
 from rank1_batch.core.schemas import SCORES_SCHEMA, TRACES_SCHEMA
 from rank1_batch.core.stats import ShardStats
 from rank1_batch.io import commit, layout
-from rank1_batch.io.fs import StorageSpec, parquet_bytes, table_from_bytes
+from rank1_batch.io.fs import StorageSpec
 from rank1_batch.io.paths import check_shard_name
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
@@ -57,7 +64,6 @@ log = logging.getLogger(__name__)
 REUSE = "reuse"
 KEY_MODEL_FIELDS = ("name", "revision", "engine", "dtype", "quantization", "max_model_len")
 KEY_REASONING_FIELDS = ("max_tokens", "min_reserve", "require_stop")
-BUCKETS = 64
 RESULT_COLUMNS = (
     "score", "logit", "status", "error", "prompt_tokens", "reasoning_tokens", "truncated",
     "model_revision", "engine",
@@ -72,11 +78,6 @@ PAYLOAD = pa.schema(
 )
 IDS = pa.schema([("shard", pa.string()), ("query_id", pa.string()), ("doc_id", pa.string())])
 MATCH_SCHEMA = pa.schema(list(IDS) + list(PAYLOAD))
-# Both sides of the join in one schema (a source row has no target ids, a target no payload).
-JOIN_SCHEMA = pa.schema(
-    [("key", pa.string()), ("bucket", pa.int32()), ("side", pa.string()),
-     ("priority", pa.int64()), *MATCH_SCHEMA]
-)  # fmt: skip
 
 
 def reuse_path(shard: str) -> str:
@@ -99,22 +100,21 @@ def key_settings(spec: JobSpec) -> dict[str, Any]:
     }
 
 
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """The settings half of the result key (:func:`key_settings`), one per job."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def result_key(settings: Mapping[str, Any], query_text: str, passage_text: str) -> str:
-    """The result key of one pair: settings (:func:`key_settings`) + composed texts."""
-    blob = json.dumps([settings, query_text, passage_text], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    """The result key of one pair: its settings half and its text half
+    (:func:`rank1_batch.core.text_key.text_key`, stored per pair in ``pairs/``)."""
+    return settings_key(settings) + text_key.text_key(query_text, passage_text).hex()
 
 
 def keys_for(pairs: pa.Table, spec: JobSpec) -> list[str]:
     """Result keys of a table of pairs (columns as in ``pairs/``) under ``spec``."""
-    from rank1_batch.core.rows import requests_for
-
-    settings = key_settings(spec)
-    return [result_key(settings, r.query, r.passage) for r in requests_for(pairs, spec.reasoning)]
-
-
-def _bucket(keys: list[str]) -> pa.Array:
-    return pa.array([int(k[:8], 16) % BUCKETS for k in keys], pa.int32())
+    head = settings_key(key_settings(spec))
+    return [head + k.hex() for k in text_key.text_keys(pairs, spec.reasoning).to_pylist()]
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,95 +122,6 @@ def _source_spec(uri: str, storage: StorageSpec | None) -> JobSpec:
     """The job of reuse source ``uri`` (its layout version checked)."""
     record = layout.read_job(Store(uri, storage))
     return JobSpec.model_validate(record["spec"])
-
-
-def target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
-    parts = []
-    for shard in batch.column("shard").to_pylist():
-        pairs = store.read_parquet(layout.pairs_path(shard))
-        keys = keys_for(pairs, spec)
-        n = pairs.num_rows
-        cols: dict[str, Any] = {
-            "key": keys,
-            "bucket": _bucket(keys),
-            "side": ["target"] * n,
-            "priority": pa.nulls(n, pa.int64()),
-            "shard": [shard] * n,
-            "query_id": pairs.column("query_id"),
-            "doc_id": pairs.column("doc_id"),
-        }
-        cols.update({f.name: pa.nulls(n, f.type) for f in PAYLOAD})
-        parts.append(pa.table(cols, schema=JOIN_SCHEMA))
-    return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
-
-
-def source_rows(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
-    """A committed shard of an earlier output -> its reusable rows with their keys."""
-    parts = []
-    for uri, shard, priority in zip(
-        *(batch.column(c).to_pylist() for c in ("uri", "shard", "priority")), strict=True
-    ):
-        src = Store(uri, storage)
-
-        # The files the marker names (whole-attempt commits), checksums verified.
-        marker = commit.read_marker(src, shard)
-        try:
-            data = commit.read_committed(src, marker, "scores")
-            trace_data = commit.read_committed(src, marker, "traces")
-        except commit.CommitError as exc:
-            log.warning("reuse: %s %s: %s; skipped", uri, shard, exc)
-            continue
-        scores = table_from_bytes(data)
-        traces = table_from_bytes(trace_data).select(
-            ["query_id", "doc_id", "reasoning", "finish_reason"]
-        )
-        pairs = src.read_parquet(layout.pairs_path(shard))
-        ids = ["query_id", "doc_id"]
-        rows = (
-            pairs.join(scores.drop_columns(["model", "prompt_id", "rank"]), ids, join_type="inner")
-            .join(traces, ids, join_type="inner")
-            .filter(pc.field("status") != "error")
-        )
-        if not rows.num_rows:
-            continue
-        keys = keys_for(rows, _source_spec(uri, storage))
-        n = rows.num_rows
-        cols: dict[str, Any] = {
-            "key": keys,
-            "bucket": _bucket(keys),
-            "side": ["source"] * n,
-            "priority": [priority] * n,
-            "shard": pa.nulls(n, pa.string()),
-            "query_id": pa.nulls(n, pa.string()),
-            "doc_id": pa.nulls(n, pa.string()),
-        }
-        for f in PAYLOAD:
-            cols[f.name] = [uri] * n if f.name == "reused_from" else rows.column(f.name)
-        parts.append(pa.table(cols, schema=JOIN_SCHEMA))
-    return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
-
-
-def join_bucket(group: pa.Table) -> pa.Table:
-    """One key bucket: each target row with the first-priority source row of its key."""
-    targets = group.filter(pc.field("side") == "target").select(["key", *IDS.names])
-    sources = group.filter(pc.field("side") == "source")
-    if not targets.num_rows or not sources.num_rows:
-        return MATCH_SCHEMA.empty_table()
-    sources = sources.take(
-        pc.sort_indices(sources, [("key", "ascending"), ("priority", "ascending")])
-    )
-    keys = sources.column("key").to_pylist()
-    first = [i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))]
-    sources = sources.filter(pa.array(first)).select(["key", *PAYLOAD.names])
-    matched = targets.join(sources, "key", join_type="inner")
-    return matched.select(MATCH_SCHEMA.names).cast(MATCH_SCHEMA)
-
-
-def write_shard(group: pa.Table, *, store: Store) -> pa.Table:
-    shard = group.column("shard")[0].as_py()
-    rows = group.take(pc.sort_indices(group, [("query_id", "ascending"), ("doc_id", "ascending")]))
-    store.write_atomic(reuse_path(shard), parquet_bytes(rows.drop_columns(["shard"])))
-    return pa.table({"shard": [shard], "rows": [rows.num_rows]})
 
 
 def usable_sources(spec: JobSpec) -> list[tuple[str, list[str]]]:

@@ -25,7 +25,7 @@ from typing import Any
 from rank1_batch.io import lease
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
-from rank1_batch.pipeline import reuse
+from rank1_batch.pipeline import reuse, reuse_join
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +127,29 @@ def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, in
     targets = ray.data.from_items(
         [{"shard": s} for s in pending], override_num_blocks=min(len(pending), 64)
     ).map_batches(
-        functools.partial(reuse.target_rows, spec=spec, store=store),
+        functools.partial(reuse_join.target_rows, spec=spec, store=store),
         batch_size=1, batch_format="pyarrow", num_cpus=0.5,
     )  # fmt: skip
     found = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
-        functools.partial(reuse.source_rows, storage=spec.storage),
+        functools.partial(reuse_join.source_keys, storage=spec.storage),
         batch_size=1, batch_format="pyarrow", num_cpus=0.5,
     )  # fmt: skip
+    # Phase 1 moves keys and pointers only; phase 2 reads results of matched shards only.
     written = (
         targets.union(found)
-        .groupby("bucket", num_partitions=min(reuse.BUCKETS, 16))
-        .map_groups(reuse.join_bucket, batch_format="pyarrow", num_cpus=0.5)
+        .groupby("bucket", num_partitions=min(reuse_join.BUCKETS, 16))
+        .map_groups(reuse_join.join_bucket, batch_format="pyarrow", num_cpus=0.5)
+        # Phase 2 in parallel, one group a matched source shard. Its map_groups asks no CPUs of
+        # its own so that Ray Data fuses it into the shuffle's reduce tasks, which drop empty
+        # output blocks: unfused (num_cpus=0.5), an empty partition here comes out as a block
+        # without columns, and the next hash shuffle (Ray Data 2.60) fails on it when it comes
+        # first in a mapper's input ("Schema at index 1 was different").
+        .groupby(["source", "source_shard"], num_partitions=min(len(items), 16))
+        .map_groups(functools.partial(reuse_join.fetch_rows, storage=spec.storage),
+                    batch_format="pyarrow")
         .groupby("shard", num_partitions=min(len(pending), 16))
-        .map_groups(functools.partial(reuse.write_shard, store=store), batch_format="pyarrow",
-                    num_cpus=0.5)
+        .map_groups(functools.partial(reuse_join.write_shard, store=store),
+                    batch_format="pyarrow", num_cpus=0.5)
         .take_all()
     )  # fmt: skip
     counts = {str(r["shard"]): int(r["rows"]) for r in written}

@@ -1,0 +1,188 @@
+"""The reuse join, key first: match on result keys alone, then fetch only the matched rows.
+
+Phase 1 (:func:`target_rows`, :func:`source_keys`, :func:`join_bucket`): each pending shard
+gives ``(key, shard, query_id, doc_id)`` per pair; each committed source shard gives
+``(key, source, source_shard, row)`` per reusable pair, ``row`` its position in the source's
+``pairs/`` file. Every usable source has the job's key settings (:func:`reuse.usable_sources`),
+so the key joined on is the text key (:mod:`rank1_batch.core.text_key`): read from the
+``text_key`` column of ``pairs/`` (16 bytes a pair), or, for a shard prepared before that
+column existed, computed from its text columns (``query``, ``passage``, ``title``,
+``instruction``), as :func:`pair_keys` does on both sides. A source shard's scores and traces
+are not read, unless its marker counts error rows (which are never reused) or a row count
+other than its pairs', and then only its scores' ids and status. Both sides are shuffled by
+key hash and joined per bucket: each target pair gets the first-listed source's row of its
+key (earlier source, then earlier shard, then earlier row).
+
+Phase 2 (:func:`fetch_rows`): the matches are grouped by source shard; each source shard
+with matches reads its committed scores and traces (checksums verified against the marker,
+so each is read whole: a committed file is never decoded unverified) and its pairs' ids, and
+takes the matched rows. A source shard without matches is never read past its pairs' keys.
+A committed file that is missing or fails its checksum here is logged and its matches
+dropped: those pairs are scored, not copied from a later source.
+
+The matched rows are then grouped by target shard and written (:func:`write_shard`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rank1_batch.core import text_key
+from rank1_batch.core.rows import TextSettings
+from rank1_batch.io import commit, layout
+from rank1_batch.io.fs import StorageSpec, parquet_bytes, table_from_bytes
+from rank1_batch.io.store import Store
+from rank1_batch.job.spec import JobSpec
+from rank1_batch.pipeline import reuse
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 64
+TEXTS = ["query", "passage", "title", "instruction"]  # what a text key is composed of
+ID_COLUMNS = ["query_id", "doc_id"]
+# A matched pair: its target shard and ids, and where its result lies (source, shard, row).
+POINTER = pa.schema(
+    [*reuse.IDS, ("source", pa.string()), ("source_shard", pa.string()), ("row", pa.int64())]
+)
+# Both sides of the key join in one schema (a source row has no target ids, a target no
+# pointer): keys and pointers only, no result payload.
+JOIN_SCHEMA = pa.schema(
+    [("key", text_key.TYPE), ("bucket", pa.int32()), ("side", pa.string()),
+     ("priority", pa.int64()), *POINTER]
+)  # fmt: skip
+
+
+def _bucket(keys: pa.Array) -> pa.Array:
+    """A key's bucket: its first byte (keys are hashes), modulo :data:`BUCKETS`."""
+    if not len(keys):
+        return pa.array([], pa.int32())
+    w = text_key.WIDTH
+    raw = np.frombuffer(keys.buffers()[1], np.uint8, len(keys) * w, keys.offset * w)
+    return pa.array(raw[::w].astype(np.int32) % BUCKETS)
+
+
+def pair_keys(store: Store, shard: str, reasoning: TextSettings) -> pa.Array:
+    """Text keys of ``pairs/<shard>``: its ``text_key`` column, or for a shard prepared before
+    that column existed, the keys of its texts composed under ``reasoning``."""
+    rel = layout.pairs_path(shard)
+    try:
+        stored = store.read_parquet(rel, columns=[text_key.COLUMN])
+    except pa.ArrowInvalid:  # a local file without the column (remote reads leave it out)
+        stored = None
+    if stored is not None and text_key.COLUMN in stored.column_names:
+        return stored.column(text_key.COLUMN).combine_chunks()
+    return text_key.text_keys(store.read_parquet(rel, columns=TEXTS), reasoning)
+
+
+def _side(keys: pa.Array, side: str, cols: dict[str, Any]) -> pa.Table:
+    n = len(keys)
+    full = {f.name: pa.nulls(n, f.type) for f in JOIN_SCHEMA}
+    full.update(key=keys, bucket=_bucket(keys), side=[side] * n, **cols)
+    return pa.table(full, schema=JOIN_SCHEMA)
+
+
+def target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
+    """Pending shards -> ``(key, shard, query_id, doc_id)`` of each of their pairs."""
+    parts = []
+    for shard in batch.column("shard").to_pylist():
+        pairs = store.read_parquet(layout.pairs_path(shard), columns=ID_COLUMNS)
+        cols = {"shard": [shard] * pairs.num_rows, **{c: pairs.column(c) for c in ID_COLUMNS}}
+        parts.append(_side(pair_keys(store, shard, spec.reasoning), "target", cols))
+    return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
+
+
+def _reusable_rows(src: Store, shard: str, marker: commit.Marker, n: int) -> pa.Array | None:
+    """Positions in ``pairs/<shard>`` of the rows that may be copied (no error rows, a row in
+    the scores), or None to skip the shard. Reads the scores' ids and status only when the
+    marker does not already say that every pair has a non-error row."""
+    if marker.stats.error == 0 and marker.rows == n:
+        return pa.array(range(n), pa.int64())
+    try:
+        scores = commit.committed_table(src, shard, "scores", [*ID_COLUMNS, "status"])
+    except commit.CommitError as exc:
+        log.warning("reuse: %s %s: %s; skipped", src.uri, shard, exc)
+        return None
+    ids = src.read_parquet(layout.pairs_path(shard), columns=ID_COLUMNS)
+    ids = ids.append_column("row", pa.array(range(n), pa.int64()))
+    ok = ids.join(scores, ID_COLUMNS, join_type="inner").filter(pc.field("status") != "error")
+    row = ok.column("row")
+    return row.take(pc.sort_indices(row)).combine_chunks()
+
+
+def source_keys(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
+    """Committed shards of earlier outputs -> ``(key, source, source_shard, row)`` of each
+    reusable pair (phase 1: the pairs' keys, no scores payload, no traces)."""
+    parts = []
+    for uri, shard, priority in zip(
+        *(batch.column(c).to_pylist() for c in ("uri", "shard", "priority")), strict=True
+    ):
+        src = Store(uri, storage)
+        marker = commit.read_marker(src, shard)
+        keys = pair_keys(src, shard, reuse._source_spec(uri, storage).reasoning)
+        rows = _reusable_rows(src, shard, marker, len(keys))
+        if rows is None or not len(rows):
+            continue
+        keys = keys.take(rows)
+        n = len(keys)
+        cols = {"priority": [priority] * n, "source": [uri] * n, "source_shard": [shard] * n}
+        parts.append(_side(keys, "source", {**cols, "row": rows}))
+    return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
+
+
+def join_bucket(group: pa.Table) -> pa.Table:
+    """One key bucket: each target pair with the pointer of the first-listed source row of
+    its key (lowest priority, then lowest row)."""
+    targets = group.filter(pc.field("side") == "target").select(["key", *reuse.IDS.names])
+    sources = group.filter(pc.field("side") == "source")
+    if not targets.num_rows or not sources.num_rows:
+        return POINTER.empty_table()
+    order = [("key", "ascending"), ("priority", "ascending"), ("row", "ascending")]
+    sources = sources.take(pc.sort_indices(sources, order))
+    keys = sources.column("key").to_pylist()  # bytes
+    first = [i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))]
+    sources = sources.filter(pa.array(first)).select(["key", "source", "source_shard", "row"])
+    matched = targets.join(sources, "key", join_type="inner")
+    return matched.select(POINTER.names).cast(POINTER)
+
+
+def fetch_rows(group: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
+    """Phase 2, one source shard's matches -> the matched rows with their results and traces
+    (:data:`reuse.MATCH_SCHEMA`). Reads the shard's committed scores and traces (verified,
+    whole) and its pairs' ids; nothing else."""
+    uri, shard = group.column("source")[0].as_py(), group.column("source_shard")[0].as_py()
+    src = Store(uri, storage)
+    marker = commit.read_marker(src, shard)
+    try:
+        scores_data = commit.read_committed(src, marker, "scores")
+        traces_data = commit.read_committed(src, marker, "traces")
+    except commit.CommitError as exc:
+        log.warning("reuse: %s %s: %s; its %d matches are scored", uri, shard, exc, len(group))
+        return reuse.MATCH_SCHEMA.empty_table()
+    scores = table_from_bytes(scores_data, columns=[*ID_COLUMNS, *reuse.RESULT_COLUMNS])
+    traces = table_from_bytes(traces_data, columns=[*ID_COLUMNS, "reasoning", "finish_reason"])
+    ids = src.read_parquet(layout.pairs_path(shard), columns=ID_COLUMNS).take(group["row"])
+    src_ids = ["src_query_id", "src_doc_id"]
+    wanted = group.select(reuse.IDS.names).append_column(src_ids[0], ids["query_id"])
+    wanted = wanted.append_column(src_ids[1], ids["doc_id"])
+    rename = {"query_id": src_ids[0], "doc_id": src_ids[1]}
+    rows = (
+        wanted.join(scores.rename_columns(rename), src_ids, join_type="inner")
+        .join(traces.rename_columns(rename), src_ids, join_type="inner")
+        .filter(pc.field("status") != "error")
+    )
+    rows = rows.append_column("reused_from", pa.array([uri] * rows.num_rows, pa.string()))
+    return rows.select(reuse.MATCH_SCHEMA.names).cast(reuse.MATCH_SCHEMA)
+
+
+def write_shard(group: pa.Table, *, store: Store) -> pa.Table:
+    """One target shard's matched rows -> ``reuse/<shard>.parquet``, in (query_id, doc_id)
+    order."""
+    shard = group.column("shard")[0].as_py()
+    rows = group.take(pc.sort_indices(group, [("query_id", "ascending"), ("doc_id", "ascending")]))
+    store.write_atomic(reuse.reuse_path(shard), parquet_bytes(rows.drop_columns(["shard"])))
+    return pa.table({"shard": [shard], "rows": [rows.num_rows]})
