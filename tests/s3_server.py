@@ -2,12 +2,21 @@
 a fault-injecting HTTP proxy in front of it.
 
 No mocked filesystem: s3fs talks HTTP to moto exactly as it talks to S3.
+
+``MotoServer(counting=True)`` runs moto's own WSGI app (what ``python -m moto.server`` runs)
+behind a small middleware, in this file's ``__main__``: it counts the S3 requests it serves
+by kind (:func:`request_kind`; :meth:`MotoServer.requests`) and can seed objects straight
+into moto's backend (:meth:`MotoServer.seed`). Seeding is for building a large output's
+state (50,000 markers) in seconds: moto stores PUTs at a few hundred a second here, ~4 min
+for 50,000; the seeded objects are moto's own, listed and read like any PUT one.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import http.server
+import json
 import os
 import random
 import re
@@ -18,6 +27,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 # A planted credential: tests grep every artefact of an S3 run for it.
 ACCESS_KEY = "AKIARANK1PLANTED0001"
@@ -30,20 +40,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class MotoServer:
-    """``python -m moto.server`` on 127.0.0.1 and a free port, started and stopped by tests."""
+CONTROL = "/_rank1"  # the counting server's own routes (never an S3 path: no such bucket)
 
-    def __init__(self) -> None:
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1 and a free port, started and stopped by tests;
+    with ``counting``, moto's app behind the counting and seeding middleware (module doc)."""
+
+    def __init__(self, counting: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.counting = counting
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        if self.counting:
+            command = [sys.executable, os.path.abspath(__file__), str(self.port)]
+        else:
+            command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -55,6 +70,26 @@ class MotoServer:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"moto server did not answer on {self.url} in {timeout:.0f}s")
+
+    def _control(self, route: str, body: dict[str, object] | None = None) -> dict[str, int]:
+        if not self.counting:
+            raise RuntimeError("requests are counted only by MotoServer(counting=True)")
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"{self.url}{CONTROL}/{route}", data, timeout=600) as resp:
+            out: dict[str, int] = json.loads(resp.read())
+        return out
+
+    def requests(self, reset: bool = False) -> dict[str, int]:
+        """``{kind: count}`` of the S3 requests served since the last reset (kinds as
+        :func:`request_kind` names them); ``reset`` starts counting afresh."""
+        return self._control("requests", {"reset": True} if reset else None)
+
+    def seed(self, bucket: str, objects: dict[str, bytes], chunk: int = 20_000) -> None:
+        """Store ``objects`` (``{key: body}``) in ``bucket`` directly in moto's backend."""
+        items = list(objects.items())
+        for i in range(0, len(items), chunk):
+            encoded = {k: base64.b64encode(v).decode() for k, v in items[i : i + chunk]}
+            self._control("seed", {"bucket": bucket, "objects": encoded})
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -280,3 +315,66 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Counting:
+    """WSGI middleware over moto's app: counts requests by kind; seeds objects (module doc)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = str(environ.get("PATH_INFO", ""))
+        if path.startswith(CONTROL + "/"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            answer = json.dumps(self.control(path[len(CONTROL) + 1 :], body)).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [answer]
+        query = str(environ.get("QUERY_STRING", ""))
+        kind = request_kind(str(environ["REQUEST_METHOD"]), f"{path}?{query}")
+        with self.lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+        return self.app(environ, start_response)
+
+    def control(self, route: str, body: dict[str, Any]) -> dict[str, int]:
+        if route == "requests":
+            with self.lock:
+                out = dict(self.counts)
+                if body.get("reset"):
+                    self.counts.clear()
+            return out
+        if route == "seed":
+            from moto.s3.models import s3_backends
+
+            partition, account = s3_backends.bucket_accounts[body["bucket"]]
+            backend = s3_backends[account][partition]
+            for key, data in body["objects"].items():
+                backend.put_object(
+                    body["bucket"], key, base64.b64decode(data), disable_notification=True
+                )
+            return {"seeded": len(body["objects"])}
+        raise KeyError(route)
+
+
+def serve(port: int) -> None:
+    """What ``python -m moto.server -H 127.0.0.1 -p PORT`` runs, behind :class:`Counting`."""
+    import signal
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, Counting(app), threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

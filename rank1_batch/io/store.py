@@ -160,44 +160,57 @@ class Store:
 
         return self._call(f"reading {rel}", read)
 
-    def list(self, rel_dir: str) -> list[str]:
-        """File names in ``rel_dir`` (sorted), fresh from storage, not from a listing cache."""
-        path = self.path(rel_dir)
+    def _fresh(self, what: str, path: str, listing: Callable[[], T], empty: T) -> T:
+        """One listing of ``path`` (``listing``) through the retry layer, fresh from storage,
+        not from a listing cache; ``empty`` when ``path`` does not exist."""
 
-        def ls() -> list[Any]:
+        def run() -> T:
             if hasattr(self.fs, "invalidate_cache"):
                 self.fs.invalidate_cache(path)
             try:
-                found: list[Any] = self.fs.ls(path, detail=False)
+                return listing()
             except FileNotFoundError as exc:
                 if missing_bucket(exc):
                     raise
-                return []
-            return found
+                return empty
 
-        entries = self._call(f"listing {rel_dir}", ls)
+        return self._call(what, run)
+
+    def list(self, rel_dir: str) -> list[str]:
+        """File names in ``rel_dir`` (sorted), fresh from storage, not from a listing cache."""
+        path = self.path(rel_dir)
+        entries: list[Any] = self._fresh(
+            f"listing {rel_dir}", path, lambda: self.fs.ls(path, detail=False), []
+        )
         return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
     def sizes(self, rel_dir: str) -> dict[str, int]:
         """``{name: bytes}`` of the files in ``rel_dir``: one detail listing (object stores:
         one LIST request a thousand keys), fresh from storage; empty when it does not exist."""
         path = self.path(rel_dir)
-
-        def ls() -> list[dict[str, Any]]:
-            if hasattr(self.fs, "invalidate_cache"):
-                self.fs.invalidate_cache(path)
-            try:
-                found: list[dict[str, Any]] = self.fs.ls(path, detail=True)
-            except FileNotFoundError as exc:
-                if missing_bucket(exc):
-                    raise
-                return []
-            return found
-
+        entries: list[dict[str, Any]] = self._fresh(
+            f"listing {rel_dir}", path, lambda: self.fs.ls(path, detail=True), []
+        )
         return {
             posixpath.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
-            for e in self._call(f"listing {rel_dir}", ls)
+            for e in entries
             if e.get("type", "file") == "file"
+        }
+
+    def find(self, rel_dir: str) -> dict[str, int]:
+        """``{path: bytes}`` of every file below ``rel_dir`` at any depth, paths relative to
+        it (``shard/attempt.json``): one recursive listing, fresh from storage; empty when it
+        does not exist. On object stores that is one ListObjectsV2 without a delimiter
+        (fsspec's ``find``): a request a thousand keys, however many folders they are in."""
+        path = self.path(rel_dir)
+        found: dict[str, dict[str, Any]] = self._fresh(
+            f"listing {rel_dir} recursively", path, lambda: self.fs.find(path, detail=True), {}
+        )
+        base = str(self.fs._strip_protocol(path)).rstrip("/") + "/"
+        return {
+            str(name)[len(base) :]: int(e.get("size") or 0)
+            for name, e in found.items()
+            if str(name).startswith(base) and e.get("type", "file") == "file"
         }
 
     # -- writes -------------------------------------------------------------------------------

@@ -11,17 +11,23 @@ it): they do not count. Only ``charged`` failures count (the shard's own: :data:
 shard with ``compute.max_shard_attempts`` of them is quarantined: the job ends naming it
 (:class:`ShardQuarantined`, exit code 3), or with ``compute.on_shard_failure: error_rows``
 its pairs are committed as ``error`` rows with code ``shard_failed``.
+
+Listings: the driver reads the records of many shards at once (:func:`records_of`): one
+recursive listing of ``_attempts/`` (on S3 a request a thousand records, one for a job that
+has none), then reads of the records of the shards asked about that have any, never a
+listing per shard. The per-shard helpers (:func:`records`, :func:`failed`) are for one shard.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rank1_batch.core import rank1
-from rank1_batch.io import layout
+from rank1_batch.io import commit, layout
 from rank1_batch.io.store import Store
 from rank1_batch.job.spec import JobSpec
 
@@ -51,13 +57,22 @@ def start(store: Store, shard: str, attempt: str, run: str, worker: str) -> None
     store.create_json(attempt_path(shard, attempt), {**record, "started_at": time.time()})
 
 
-def fail(store: Store, shard: str, attempt: str, error: str, cause: str = OWN_ERROR) -> bool:
+def fail(
+    store: Store,
+    shard: str,
+    attempt: str,
+    error: str,
+    cause: str = OWN_ERROR,
+    record: dict[str, Any] | None = None,
+) -> bool:
     """Record why an attempt failed (keeps what the start record said); whether it did: not
-    when the shard's marker is this attempt's (its commit landed, the attempt succeeded)."""
+    when the shard's marker is this attempt's (its commit landed, the attempt succeeded).
+    ``record``: the attempt's record as just read (not read again), updated in place."""
     if committed_by(store, shard, attempt):
         return False
     rel = attempt_path(shard, attempt)
-    record = store.read_json(rel) if store.exists(rel) else {"shard": shard, "attempt": attempt}
+    if record is None:
+        record = store.read_json(rel) if store.exists(rel) else {"shard": shard, "attempt": attempt}
     record.update(error=error[:2000], cause=cause, charged=cause in CHARGED, ended_at=time.time())
     store.write_json(rel, record)
     return True
@@ -68,15 +83,34 @@ def committed_by(store: Store, shard: str, attempt: str) -> bool:
     return bool(attempt) and store.exists(rel) and store.read_json(rel).get("attempt") == attempt
 
 
-def records(store: Store, shard: str) -> list[dict[str, Any]]:
-    names = [n for n in store.list(f"{ATTEMPTS}/{shard}") if n.endswith(".json")]
-    found = [store.read_json(f"{ATTEMPTS}/{shard}/{n}") for n in names]
+def _by_start(found: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: r.get("started_at", 0.0))
 
 
-def unfinished(store: Store, shard: str, run: str) -> list[dict[str, Any]]:
-    """This run's attempts of ``shard`` that never recorded an end."""
-    return [r for r in records(store, shard) if r.get("run") == run and "error" not in r]
+def records(store: Store, shard: str) -> list[dict[str, Any]]:
+    """The attempt records of one shard, oldest first (a listing of its folder)."""
+    names = [n for n in store.list(f"{ATTEMPTS}/{shard}") if n.endswith(".json")]
+    return _by_start(store.read_json(f"{ATTEMPTS}/{shard}/{n}") for n in names)
+
+
+def records_of(store: Store, shards: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{shard: its attempt records, oldest first}`` for each of ``shards`` (none: ``[]``):
+    one recursive listing of ``_attempts/``, then reads (concurrent on object stores) of
+    the records of those shards alone (module docstring)."""
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in shards}
+    paths = [
+        f"{ATTEMPTS}/{rel}"
+        for rel in sorted(store.find(ATTEMPTS))
+        if rel.endswith(".json") and rel.count("/") == 1 and rel.split("/")[0] in out
+    ]
+    for rel, record in zip(paths, commit.read_json_many(store, paths), strict=True):
+        out[rel.split("/")[1]].append(record)
+    return {s: _by_start(rs) for s, rs in out.items()}
+
+
+def unfinished(records: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+    """Of one shard's ``records``, this run's attempts that never recorded an end."""
+    return [r for r in records if r.get("run") == run and "error" not in r]
 
 
 @dataclass(frozen=True)
@@ -89,13 +123,20 @@ class Quarantine:
         return f"{self.shard} ({self.attempts} attempts; last error: {self.last_error})"
 
 
+def charged(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of one shard's ``records``, those that count toward the limit: the attempts that failed
+    by the shard's own fault."""
+    return [r for r in records if "error" in r and r["charged"]]
+
+
 def failed(store: Store, shard: str) -> list[dict[str, Any]]:
-    """Attempts that count toward the limit: those that failed by the shard's own fault."""
-    return [r for r in records(store, shard) if "error" in r and r["charged"]]
+    """The charged attempts of one shard (:func:`charged`), read from the output."""
+    return charged(records(store, shard))
 
 
-def quarantine_of(store: Store, shard: str, limit: int) -> Quarantine | None:
-    bad = failed(store, shard)
+def quarantine_of(shard: str, records: list[dict[str, Any]], limit: int) -> Quarantine | None:
+    """The shard's quarantine when ``limit`` of its ``records`` are charged; else None."""
+    bad = charged(records)
     if len(bad) < limit:
         return None
     return Quarantine(shard, len(bad), str(bad[-1]["error"]).splitlines()[0][:300])

@@ -7,10 +7,11 @@ cluster infrastructure would quarantine healthy work. The rule:
 
 * An attempt that raised (its own pair, its data, its timeout) is ``own_error``: charged.
 * An attempt that ended without a result (:func:`close_round`, after each round, for the
-  attempts this run started) is classified from its start record's ``worker``
-  (``host:pid:node``): its node no longer alive in Ray (``ray.nodes()``) is ``node_lost``;
-  other attempts of the same process that also died in the round make it ``crash_shared``;
-  otherwise it died alone there, ``crash_alone``: charged. Neither of the first two is.
+  attempts this run started, in the records read in one listing) is classified from its
+  start record's ``worker`` (``host:pid:node``): its node no longer alive in Ray
+  (``ray.nodes()``) is ``node_lost``; other attempts of the same process that also died in
+  the round make it ``crash_shared``; otherwise it died alone there, ``crash_alone``:
+  charged. Neither of the first two is.
 * A process told to stop (SIGTERM from Ray or the cluster, the actor's exit hook in
   :mod:`rank1_batch.pipeline.pool`) records its attempts ``interrupted``; a round whose
   pool failed as a whole, ``round_failed``: neither is charged.
@@ -60,11 +61,14 @@ def cause_of_death(
     return attempts.CRASH_ALONE
 
 
-def close_round(store: Store, shards: list[str], run: str, reason: str = attempts.DIED) -> int:
-    """Record the cause of this run's attempts of ``shards`` (uncommitted) that never ended;
-    ``reason`` other than :data:`attempts.DIED`: the pool failed as a whole. Return how many
-    were charged."""
-    dead = {s: attempts.unfinished(store, s, run) for s in shards}
+def close_round(
+    store: Store, records: dict[str, list[dict[str, Any]]], run: str, reason: str = attempts.DIED
+) -> int:
+    """Record the cause of this run's attempts that never ended, of the (uncommitted) shards
+    of ``records`` (:func:`attempts.records_of`: read once for the round; the records written
+    here are updated in it); ``reason`` other than :data:`attempts.DIED`: the pool failed as
+    a whole. Return how many were charged."""
+    dead = {s: attempts.unfinished(rs, run) for s, rs in records.items()}
     per_worker = Counter(str(r.get("worker", "")) for rs in dead.values() for r in rs)
     alive = alive_nodes() if any(dead.values()) else None
     charged = 0
@@ -74,12 +78,13 @@ def close_round(store: Store, shards: list[str], run: str, reason: str = attempt
                 cause = attempts.ROUND_FAILED
             else:
                 cause = cause_of_death(r, per_worker, alive)
-            if attempts.fail(store, shard, r["attempt"], reason, cause):
+            if attempts.fail(store, shard, r["attempt"], reason, cause, record=r):
                 charged += cause in attempts.CHARGED
                 log.info("%s: attempt %s ended without a result: %s", shard, r["attempt"], cause)
     return charged
 
 
-def isolated(store: Store, shard: str) -> bool:
-    """Whether ``shard`` is scored alone on its actor: one of its attempts died there."""
-    return any(r.get("cause") in DIED_CAUSES for r in attempts.records(store, shard))
+def isolated(records: list[dict[str, Any]]) -> bool:
+    """Whether a shard is scored alone on its actor: one of its attempts (its ``records``)
+    died there."""
+    return any(r.get("cause") in DIED_CAUSES for r in records)

@@ -176,13 +176,15 @@ def score_pending(
     limit = spec.compute.max_shard_attempts
     progress = Progress(len(pending), sum(int(s["rows"]) for s in pending))
     quarantined: list[attempts.Quarantine] = []
-    todo = _not_quarantined(store, pending, limit, quarantined)
+    # One listing of _attempts/ before the first round and one after each, never one per shard
+    records = attempts.records_of(store, [s["id"] for s in pending])
+    todo = _not_quarantined(records, pending, limit, quarantined)
     rounds = stalled = 0
     with _sigint_watch() as interrupted:
         while todo:
             rounds += 1
             reason = attempts.DIED
-            alone = [s for s in todo if blame.isolated(store, s["id"])]
+            alone = [s for s in todo if blame.isolated(records[s["id"]])]
             shared = [s for s in todo if s not in alone]
             try:  # shards whose attempt died go alone on an actor, after the others
                 for group, in_flight in ((shared, shards_per_actor(spec)), (alone, 1)):
@@ -201,19 +203,19 @@ def score_pending(
                 raise KeyboardInterrupt
             done = commit.committed_shards(store)
             left = [s for s in todo if s["id"] not in done]
-            charged = blame.close_round(store, [s["id"] for s in left], run, reason)
+            records = attempts.records_of(store, [s["id"] for s in left])
+            charged = blame.close_round(store, records, run, reason)
             # A round that commits nothing and charges nothing (infrastructure failing)
             # counts toward a bound; one that does (progress, or blame) resets it.
             stalled = 0 if charged or len(left) < len(todo) else stalled + 1
-            todo = _not_quarantined(store, left, limit, quarantined)
+            todo = _not_quarantined(records, left, limit, quarantined)
             if todo and stalled >= limit + 2:
                 for s in todo:
                     error = (
                         f"still pending after {stalled} scoring rounds without progress ({reason})"
                     )
-                    quarantined.append(
-                        attempts.Quarantine(s["id"], len(attempts.failed(store, s["id"])), error)
-                    )
+                    bad = len(attempts.charged(records[s["id"]]))
+                    quarantined.append(attempts.Quarantine(s["id"], bad, error))
                 todo = []
             if todo:
                 pause = min(spec.compute.retry_backoff * 2 ** (rounds - 1), 300.0)
@@ -252,11 +254,14 @@ def _sigint_watch() -> Iterator[threading.Event]:
 
 
 def _not_quarantined(
-    store: Store, shards: list[dict[str, Any]], limit: int, out: list[attempts.Quarantine]
+    records: dict[str, list[dict[str, Any]]],
+    shards: list[dict[str, Any]],
+    limit: int,
+    out: list[attempts.Quarantine],
 ) -> list[dict[str, Any]]:
     keep = []
     for s in shards:
-        q = attempts.quarantine_of(store, s["id"], limit)
+        q = attempts.quarantine_of(s["id"], records[s["id"]], limit)
         if q is None:
             keep.append(s)
         else:
