@@ -173,10 +173,9 @@ def _open_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> Any:
 def _batches(
     reader: Any, path: str, spec: InputSpec, storage: StorageSpec | None
 ) -> Iterator[pa.RecordBatch]:
-    """The record batches of ``reader`` (:func:`_open_text`). Arrow's CSV reader checks UTF-8
-    and its JSON reader does not (a byte that is not UTF-8 surfaced later, as a
-    ``UnicodeDecodeError`` traceback): JSONL batches get Arrow's full validation, so both fail
-    here, naming the file and the line."""
+    """The batches of ``reader`` (:func:`_open_text`). Arrow's JSON reader, unlike its CSV one,
+    does not check UTF-8: JSONL batches get Arrow's full validation, so both fail here, naming
+    the file and the line (not later, as a ``UnicodeDecodeError`` traceback)."""
     kind = file_type(path, spec.file_type)
     try:
         for batch in reader:
@@ -190,13 +189,6 @@ def _batches(
 def read_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> pa.Table:
     reader = _open_text(path, spec, storage)
     return pa.Table.from_batches(list(_batches(reader, path, spec, storage)), schema=reader.schema)
-
-
-def _scan_text(path: str, spec: InputSpec, storage: StorageSpec | None) -> tuple[pa.Schema, int]:
-    """Schema and row count of a text file, streamed (never held whole on the driver)."""
-    reader = _open_text(path, spec, storage)
-    rows = sum(batch.num_rows for batch in _batches(reader, path, spec, storage))
-    return reader.schema, rows
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -269,8 +261,9 @@ def scan_inputs(spec: InputSpec, storage: StorageSpec | None = None) -> list[Inp
         fs, bare = filesystem(path, storage)
         size = int(fs.size(bare) or 0)
         if file_type(path, spec.file_type) != "parquet":
-            schema, rows = _scan_text(path, spec, storage)
-            check_schema(schema, spec, path)
+            reader = _open_text(path, spec, storage)  # streamed: never held whole here
+            rows = sum(batch.num_rows for batch in _batches(reader, path, spec, storage))
+            check_schema(reader.schema, spec, path)
             out.append(InputFile(path, size, (rows,)))  # a text file is one unit
             continue
         pf = _open_parquet(path, storage)
