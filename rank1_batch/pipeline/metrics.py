@@ -60,11 +60,14 @@ _lock = threading.Lock()
 
 
 def _metrics() -> _Metrics | None:
-    """This process's metric objects; None (record nothing) where Ray is not initialised."""
+    """This process's metric objects; None (record nothing) where Ray is not initialised.
+    Called per request and per pair on the actor's loop: once made, taken without the lock."""
     global _made
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
+    if _made is not None:
+        return _made
     with _lock:
         if _made is None:
             from ray.util.metrics import Counter as RayCounter
