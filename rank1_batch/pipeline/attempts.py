@@ -15,7 +15,7 @@ its pairs are committed as ``error`` rows with code ``shard_failed``.
 Listings: the driver reads the records of many shards at once (:func:`records_of`): one
 recursive listing of ``_attempts/`` (on S3 a request a thousand records, one for a job that
 has none), then reads of the records of the shards asked about that have any, never a
-listing per shard. The per-shard helpers (:func:`records`, :func:`failed`) are for one shard.
+listing per shard; :func:`records` and :func:`failed` are the same read for one shard.
 """
 
 from __future__ import annotations
@@ -83,16 +83,6 @@ def committed_by(store: Store, shard: str, attempt: str) -> bool:
     return bool(attempt) and store.exists(rel) and store.read_json(rel).get("attempt") == attempt
 
 
-def _by_start(found: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(found, key=lambda r: r.get("started_at", 0.0))
-
-
-def records(store: Store, shard: str) -> list[dict[str, Any]]:
-    """The attempt records of one shard, oldest first (a listing of its folder)."""
-    names = [n for n in store.list(f"{ATTEMPTS}/{shard}") if n.endswith(".json")]
-    return _by_start(store.read_json(f"{ATTEMPTS}/{shard}/{n}") for n in names)
-
-
 def records_of(store: Store, shards: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """``{shard: its attempt records, oldest first}`` for each of ``shards`` (none: ``[]``):
     one recursive listing of ``_attempts/``, then reads (concurrent on object stores) of
@@ -105,7 +95,12 @@ def records_of(store: Store, shards: Iterable[str]) -> dict[str, list[dict[str, 
     ]
     for rel, record in zip(paths, commit.read_json_many(store, paths), strict=True):
         out[rel.split("/")[1]].append(record)
-    return {s: _by_start(rs) for s, rs in out.items()}
+    return {s: sorted(rs, key=lambda r: r.get("started_at", 0.0)) for s, rs in out.items()}
+
+
+def records(store: Store, shard: str) -> list[dict[str, Any]]:
+    """The attempt records of one shard, oldest first, read as the driver reads them."""
+    return records_of(store, [shard])[shard]
 
 
 def unfinished(records: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
