@@ -9,8 +9,12 @@ pass replaced by one that commits nothing (the driver's bookkeeping alone: quara
 isolation); ``max_shard_attempts: 3``, so 5 rounds end it. Each implementation runs in a
 child process with its own package on ``PYTHONPATH`` (this checkout; ``--before``: a
 worktree of the code before, run at the sizes in ``BEFORE_SHARDS`` only: it lists per shard).
-Status: ``read_status`` on N committed shards, a digest an earlier reader wrote and the 200
-newest markers as objects (the shape ``tests/test_status_scale.py`` uses), median of 3.
+Status: ``read_status`` on N shards, all but one committed, with a digest an earlier reader
+wrote of all but the 200 newest: those 200 as marker objects (the shape
+``tests/test_status_scale.py`` uses), median of 3; then with every committed marker an object
+as well (``status_all_objects``: what a run leaves), this checkout and ``--before`` side by side,
+each in its own process. ``--status-only`` measures status alone and keeps the rounds already
+in ``--out``.
 """
 
 from __future__ import annotations
@@ -94,7 +98,10 @@ def rounds_child(shards: int) -> dict[str, Any]:
     }
 
 
-def status_case(shards: int, repeats: int = 3) -> dict[str, Any]:
+def status_case(shards: int, all_objects: bool = False, repeats: int = 3) -> dict[str, Any]:
+    """``read_status`` over ``shards`` shards, all but one committed: a digest of all but the
+    200 newest, which are marker objects; ``all_objects``: every committed marker is also an
+    object (a job whose markers were folded by a reader, as the driver's run leaves them)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import test_status_scale as t
 
@@ -114,10 +121,12 @@ def status_case(shards: int, repeats: int = 3) -> dict[str, Any]:
         server.seed(
             bucket,
             {f"big/{layout.marker_path(m.shard)}": json.dumps(m.to_dict()).encode()
-             for m in markers[-200:]},
+             for m in (markers if all_objects else markers[-200:])},
         )  # fmt: skip
         times, counts = [], {}
         for _ in range(repeats):
+            # The digest as the first reader left it: this reader is not the first.
+            commit.write_digest(store, {m.shard: m for m in markers[:-200]})
             server.requests(reset=True)
             start = time.perf_counter()
             got = read_status(store)
@@ -126,12 +135,18 @@ def status_case(shards: int, repeats: int = 3) -> dict[str, Any]:
             assert got["shards_committed"] == shards - 1, got["shards_committed"]
     finally:
         server.stop()
-    return {"shards": shards, "median_s": round(statistics.median(times), 2), "requests": counts}
+    return {
+        "shards": shards,
+        "marker_objects": shards - 1 if all_objects else 200,
+        "median_s": round(statistics.median(times), 2),
+        "seconds": [round(x, 2) for x in times],
+        "requests": counts,
+    }
 
 
-def child(pythonpath: str, shards: int) -> dict[str, Any]:
+def child(pythonpath: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    cmd = [sys.executable, __file__, "--child-rounds", str(shards)]
+    cmd = [sys.executable, __file__, *args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -141,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--before", help="a worktree of the code before (its rounds are measured too)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "listing.json"))
+    p.add_argument("--status-only", action="store_true", help="measure status alone")
     p.add_argument("--child-rounds", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child-status", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--all-objects", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_rounds:
         print(json.dumps(rounds_child(args.child_rounds)))
+        return 0
+    if args.child_status:
+        print(json.dumps(status_case(args.child_status, args.all_objects, args.repeats)))
         return 0
     import common as c
 
@@ -152,11 +174,29 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/listing_cases.py", *(argv or sys.argv[1:])]),
         "machine": c.machine(),
-        "rounds_after": [child(str(ROOT), n) for n in SHARDS],
     }
-    if args.before:
-        doc["rounds_before"] = [child(args.before, n) for n in BEFORE_SHARDS]
-    doc["status"] = [status_case(n) for n in SHARDS]
+    if not args.status_only:
+        doc["rounds_after"] = [child(str(ROOT), "--child-rounds", str(n)) for n in SHARDS]
+    if args.before and not args.status_only:
+        doc["rounds_before"] = [child(args.before, "--child-rounds", str(n)) for n in BEFORE_SHARDS]
+    doc["status"] = [child(str(ROOT), "--child-status", str(n)) for n in SHARDS]
+    # Every marker an object, each implementation in its own process: the before lists them.
+    shapes = [(n, impl) for n in SHARDS for impl in (["after"] + ["before"] * bool(args.before))]
+    doc["status_all_objects"] = []
+    for n, impl in shapes:
+        where = str(ROOT) if impl == "after" else args.before
+        # The before lists every marker (about 2 s a page on moto at 50,000): one run of it.
+        runs = "3" if impl == "after" else "1"
+        got = child(where, "--child-status", str(n), "--all-objects", "--repeats", runs)
+        doc["status_all_objects"].append({"code": impl, **got})
+    if args.status_only and Path(args.out).exists():  # the rounds measured before stay
+        kept = json.loads(Path(args.out).read_text())
+        doc = {
+            **kept,
+            "status_command": doc.pop("command"),
+            "status_machine": doc.pop("machine"),
+            **doc,
+        }
     doc["total_wall_s"] = round(time.time() - started, 1)
     c.emit(doc, args.out)
     return 0

@@ -105,7 +105,8 @@ def _run_held(
         init_ray(spec)
     manifest = prepare(spec, store, files)
     _check_manifest(store, manifest)  # as prepare read it
-    before = commit.read_markers(store)  # what earlier runs committed (digest-backed)
+    # What earlier runs committed: the digest, then only the markers it lacks.
+    before = commit.read_markers(store, [s["id"] for s in manifest["shards"]])
     done_shards = {m.shard for m in before}
     pending = [s for s in manifest["shards"] if s["id"] not in done_shards]
     score_wall = 0.0
@@ -141,7 +142,7 @@ def _run_held(
         total_wall=held.total_seconds(),
         runs=len(lease.runs(store)),
     )
-    earlier = sum((m.stats for m in before), ShardStats())
+    earlier = ShardStats.total(m.stats for m in before)
     wall = float(done["last_run_wall_seconds"])
     return {**done, "this_run": this_run(done, (len(before), earlier), wall, score_wall)}
 

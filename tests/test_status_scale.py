@@ -138,3 +138,96 @@ def test_status_of_a_complete_output_counts_reused_pairs(tmp_path):
     status = read_status(store)
     assert status["state"] == "complete" and status["pairs_reused"] == 2
     assert "2 copied from earlier outputs" in format_status(status)
+
+
+def test_named_shards_with_a_digest_read_only_the_markers_it_lacks(tmp_path, monkeypatch):
+    """With the digest holding all but a few of the named shards, no listing of ``_commits/``
+    is made (at 50,000 marker objects it is 50 pages, ~2 s each on the test S3 server), and a
+    shard committed after the digest was written counts, whatever its place in name order."""
+    n = 1000
+    store = Store(str(tmp_path / "out"))
+    planned(store, n)
+    folder = tmp_path / "out" / layout.COMMITS
+    folder.mkdir()
+    committed = [i for i in range(n) if i not in (3, 500, 999)]  # 3 still scoring
+    for i in committed:
+        (folder / f"{layout.shard_name(i, n)}.json").write_text(json.dumps(marker(i).to_dict()))
+    commit.write_digest(store, {marker(i).shard: marker(i) for i in committed if i != 7})
+    (folder / f"{layout.shard_name(500, n)}.json").write_text(json.dumps(marker(500).to_dict()))
+    committed.append(500)  # committed after the digest, before shards it outranks
+
+    def no_listing(rel_dir: str) -> list[str]:
+        raise AssertionError(f"listed {rel_dir}")
+
+    monkeypatch.setattr(store, "list", no_listing)
+    names = [layout.shard_name(i, n) for i in range(n)]
+    got = commit.read_markers(store, names)
+    assert [m.shard for m in got] == [layout.shard_name(i, n) for i in sorted(committed)]
+    status = read_status(store)
+    assert status["shards_committed"] == n - 2
+    assert status["pairs_scored"] == sum((marker(i).stats for i in committed), ShardStats()).pairs
+
+
+def test_named_shards_far_from_the_digest_are_listed(tmp_path):
+    """More than one named shard in twenty missing from the digest: one listing, as before (a
+    read per missing shard would cost more requests than the listing's pages)."""
+    n = 100
+    store = Store(str(tmp_path / "out"))
+    planned(store, n)
+    folder = tmp_path / "out" / layout.COMMITS
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"{layout.shard_name(i, n)}.json").write_text(json.dumps(marker(i).to_dict()))
+    commit.write_digest(store, {marker(i).shard: marker(i) for i in range(50)})
+    calls = []
+    real = store.list
+    store.list = lambda rel_dir: calls.append(rel_dir) or real(rel_dir)  # type: ignore[method-assign]
+    got = commit.read_markers(store, [layout.shard_name(i, n) for i in range(n)])
+    assert len(got) == 60 and calls == [layout.COMMITS]
+
+
+@pytest.mark.s3
+def test_status_requests_do_not_grow_with_the_shards(tmp_path):
+    """On a moto server that counts what it serves: every committed marker an object, the digest
+    an earlier reader wrote holding all but the 20 newest; ``status`` makes the same requests at
+    1,000 and 5,000 shards (no listing of ``_commits/``), one GET per marker it lacks (no HEAD
+    before each read)."""
+    import os
+    import uuid
+
+    import boto3
+    from s3_server import MotoServer, s3_env
+
+    pytest.importorskip("moto.server")
+    os.environ.update({k: v for k, v in s3_env("x").items() if k.startswith("AWS_")})
+    server = MotoServer(counting=True)
+    server.start()
+    global SHARDS
+    saved = SHARDS
+    try:
+        counts = []
+        for n in (1000, 5000):
+            SHARDS = n
+            bucket = f"rank1-{uuid.uuid4().hex[:12]}"
+            boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(
+                Bucket=bucket
+            )
+            store = Store(f"s3://{bucket}/big", StorageSpec(endpoint_url=server.url))
+            planned(store, n)
+            markers = [marker(i) for i in range(n - 1)]
+            commit.write_digest(store, {m.shard: m for m in markers[:-20]})
+            server.seed(
+                bucket,
+                {f"big/{layout.marker_path(m.shard)}": json.dumps(m.to_dict()).encode()
+                 for m in markers},
+            )  # fmt: skip
+            server.requests(reset=True)
+            status = read_status(store)
+            counts.append(server.requests())
+            check(status, range(n - 1))
+        assert counts[0] == counts[1], counts
+        assert counts[0].get("get", 0) <= 20 + 1 + 6, counts  # lacking markers + one absent
+        assert counts[0].get("head", 0) <= 6, counts
+    finally:
+        SHARDS = saved
+        server.stop()

@@ -67,6 +67,10 @@ def storage_options(
         # Commit scans must see other workers' markers: no listing cache at all.
         "use_listings_cache": False,
         "config_kwargs": {"retries": {"mode": "standard", "max_attempts": attempts}},
+        # A whole-file read is one GET: with s3fs's default (10) every read first HEADs the
+        # object for its size, to split files over its 50 MB block (no output file is near
+        # it), which doubled the requests of each marker and record read.
+        "max_concurrency": 1,
     }
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs

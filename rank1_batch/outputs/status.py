@@ -60,8 +60,9 @@ def read_status(store: Store) -> dict[str, Any]:
             eta_seconds=0.0,
         )
         return _ordered(out)
-    markers = commit.read_markers(store)
-    stats = sum((m.stats for m in markers), ShardStats())
+    # Named shards: with a digest, only the markers it lacks are read (no listing at all).
+    markers = commit.read_markers(store, [s["id"] for s in manifest["shards"]])
+    stats = ShardStats.total(m.stats for m in markers)
     out.update(
         counts,
         shards_committed=len(markers),

@@ -35,7 +35,7 @@ def finalize(
     if missing:
         raise RuntimeError(f"{len(missing)} shards are not committed (first: {missing[0]})")
     require_files(store, [markers[s] for s in expected])  # CommitError: no _SUCCESS.json
-    total = sum((markers[s].stats for s in expected), ShardStats())
+    total = ShardStats.total(markers[s].stats for s in expected)
     accounted = total.pairs + manifest["rejected"] + manifest["duplicates"]
     if accounted != manifest["input_rows"]:
         raise RuntimeError(
