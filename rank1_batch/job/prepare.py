@@ -8,7 +8,9 @@ never decide anything), both keeping each query whole in one shard:
   per unit.
 * **shuffle** (anything else): a query goes to shard ``hash(query_id) % n_shards`` (a stable
   hash, not Python's) through a Ray Data groupby; inside a shard rows are ordered by
-  (query_id, input order).
+  (query_id, input order). It streams: ``n_shards`` comes from the scan's row counts
+  (:func:`normalised_rows`), and the rows go read -> shard -> shuffle -> write without the
+  whole input ever held in the object store (Ray Data's shuffle spills what does not fit).
 
 Each pair is written with its ``text_key`` (:mod:`rank1_batch.core.text_key`), which reuse
 matches on. Re-running prepare rewrites identical files, and once ``pairs/_manifest.json``
@@ -22,21 +24,30 @@ import hashlib
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from rank1_batch.core import text_key
 from rank1_batch.core.rows import TextSettings
 from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import commit, layout
-from rank1_batch.io.fs import parquet_bytes, sha256
+from rank1_batch.io.fs import StorageSpec, filesystem, parquet_bytes, sha256
 from rank1_batch.io.store import Store
 from rank1_batch.job import prepare_grouped as grouped
 from rank1_batch.job import sources
-from rank1_batch.job.inputs import InputError, InputFile, Unit, file_type, read_unit, units
+from rank1_batch.job.inputs import (
+    InputError,
+    InputFile,
+    Unit,
+    file_type,
+    read_text,
+    read_unit,
+    units,
+)
 from rank1_batch.job.spec import InputSpec, JobSpec
 
 log = logging.getLogger(__name__)
@@ -91,6 +102,34 @@ def _read_units(batch: pa.Table, *, spec: JobSpec) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def normalised_rows(files: list[InputFile], work: list[Unit], spec: JobSpec) -> int:
+    """How many rows :func:`read_unit` gives for ``work``, without reading the texts.
+
+    Pairs: one row per input row, as the scan counted them (``files``). Candidates: one row per
+    candidate, or one for an empty list: only one leaf of each list is read (Parquet), or the
+    text file's list column (driver threads, as the grouped scan reads query ids).
+    """
+    if spec.input.format == "pairs":
+        return sum(f.rows for f in files)
+    with ThreadPoolExecutor(grouped.SCAN_THREADS) as pool:
+        return sum(pool.map(lambda u: _candidate_rows(u, spec.input, spec.storage), work))
+
+
+def _candidate_rows(unit: Unit, input_spec: InputSpec, storage: StorageSpec | None) -> int:
+    name = input_spec.candidates_column
+    if file_type(unit.file, input_spec.file_type) == "parquet":
+        fs, bare = filesystem(unit.file, storage)
+        with fs.open(bare, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            leaves = [pf.schema.column(i).path for i in range(pf.metadata.num_columns)]
+            leaf = next(p for p in leaves if p.startswith(f"{name}."))
+            lists = pf.read_row_group(unit.row_group, columns=[leaf]).column(0)
+    else:
+        lists = read_text(unit.file, input_spec, storage).column(name)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0)
+    return int(pc.sum(pc.max_element_wise(lengths, 1)).as_py() or 0)
+
+
 def _assign_shard(table: pa.Table, n_shards: int) -> pa.Table:
     ids = table.column("query_id").to_pylist()
     return table.append_column("shard", pa.array([shard_of(q, n_shards) for q in ids], pa.int32()))
@@ -110,7 +149,7 @@ def _write_shard(
     name = layout.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = shard_tables(rows.drop_columns(["shard"]))
     if reasoning is not None:
-        pairs = text_key.with_text_keys(pairs, reasoning)
+        pairs = grouped.with_text_keys(pairs, reasoning)
     data = parquet_bytes(pairs, plain=True)
     if pairs.num_rows:
         store.write_atomic(layout.pairs_path(name), data)
@@ -242,24 +281,25 @@ def _prepare_shuffled(spec: JobSpec, store: Store, files: list[InputFile]) -> di
 
     work = units(files)
     items = [{"file": u.file, "row_group": u.row_group, "ordinal": u.ordinal} for u in work]
-    normal = (
-        ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        .map_batches(
-            functools.partial(_read_units, spec=spec),
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=0.5,
-        )
-        .materialize()
-    )
-    total = normal.count()
+    # The shard count comes from row counts the scan read (Parquet metadata, text files counted
+    # whole): the rows stream read -> shard -> groupby -> write, never held in the object store
+    # whole (Ray Data's shuffle spills what does not fit).
+    total = normalised_rows(files, work, spec)
     n_shards = max(1, math.ceil(total / spec.output.shard_size))
     log.info(
         "prepare: %d input pairs -> %d shards of about %d", total, n_shards, spec.output.shard_size
     )
+    normal = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        functools.partial(_read_units, spec=spec),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0.5,
+    )
     stats = (
         normal.map_batches(
-            _assign_shard, fn_kwargs={"n_shards": n_shards}, batch_format="pyarrow", num_cpus=0.5
+            functools.partial(_assign_shard, n_shards=n_shards),
+            batch_format="pyarrow",
+            num_cpus=0.5,
         )
         .groupby("shard", num_partitions=min(n_shards, 64))
         .map_groups(
