@@ -239,6 +239,13 @@ def test_join_bucket_matches_keys_and_the_first_listed_source_wins():
     assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse.PAYLOAD.names)
     assert set(reuse_join.JOIN_SCHEMA.names).isdisjoint(reuse_join.TEXTS)
     assert reuse_join.join_bucket(t.filter(pc.field("side") == "target")).num_rows == 0
+    # Two pending pairs of one text (other shards, other ids) both point at the same row.
+    also = row(key="k1", bucket=0, side="target", shard="s2", query_id="q9", doc_id="d9")
+    both = pa.concat_tables([t, pa.Table.from_pylist([also], schema=reuse_join.JOIN_SCHEMA)])
+    got = sorted(reuse_join.join_bucket(both).to_pylist(), key=lambda r: r["shard"])
+    assert [(r["shard"], r["doc_id"], r["source_shard"], r["row"]) for r in got] == [
+        ("s1", "d1", "a3", 2), ("s2", "d9", "a3", 2)
+    ]  # fmt: skip
 
 
 # -- end to end -----------------------------------------------------------------------------
@@ -608,3 +615,11 @@ def test_pair_keys_of_a_shard_without_the_column_are_computed_from_its_texts(tmp
     assert keys.type == text_key.TYPE
     head = reuse.settings_key(reuse.key_settings(spec))
     assert [head + k.hex() for k in keys.to_pylist()] == reuse.keys_for(pairs(), spec)
+    # With ids (one read of the file): the same keys, each beside its own pair's ids.
+    table = reuse_join.pair_table(store, "shard-00000", spec.reasoning, ("query_id", "doc_id"))
+    assert table.column_names == [text_key.COLUMN, "query_id", "doc_id"]
+    assert table.column(text_key.COLUMN).to_pylist() == keys.to_pylist()
+    assert (
+        table.select(["query_id", "doc_id"]).to_pylist()
+        == pairs().select(["query_id", "doc_id"]).to_pylist()
+    )

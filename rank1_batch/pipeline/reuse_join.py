@@ -66,17 +66,27 @@ def _bucket(keys: pa.Array) -> pa.Array:
     return pa.array(raw[::w].astype(np.int32) % BUCKETS)
 
 
-def pair_keys(store: Store, shard: str, reasoning: TextSettings) -> pa.Array:
-    """Text keys of ``pairs/<shard>``: its ``text_key`` column, or for a shard prepared before
-    that column existed, the keys of its texts composed under ``reasoning``."""
+def pair_table(
+    store: Store, shard: str, reasoning: TextSettings, columns: tuple[str, ...] = ()
+) -> pa.Table:
+    """``pairs/<shard>``'s text keys (column ``text_key``) and its ``columns``, in one read:
+    its stored ``text_key`` column, or for a shard prepared before that column existed, the
+    keys of its texts composed under ``reasoning``."""
     rel = layout.pairs_path(shard)
     try:
-        stored = store.read_parquet(rel, columns=[text_key.COLUMN])
+        stored = store.read_parquet(rel, columns=[text_key.COLUMN, *columns])
     except pa.ArrowInvalid:  # a local file without the column (remote reads leave it out)
         stored = None
     if stored is not None and text_key.COLUMN in stored.column_names:
-        return stored.column(text_key.COLUMN).combine_chunks()
-    return text_key.text_keys(store.read_parquet(rel, columns=TEXTS), reasoning)
+        return stored.select([text_key.COLUMN, *columns])
+    texts = store.read_parquet(rel, columns=[*TEXTS, *columns])
+    keys = text_key.text_keys(texts, reasoning)
+    return texts.select(list(columns)).add_column(0, text_key.COLUMN, keys)
+
+
+def pair_keys(store: Store, shard: str, reasoning: TextSettings) -> pa.Array:
+    """Text keys of ``pairs/<shard>`` (:func:`pair_table`)."""
+    return pair_table(store, shard, reasoning).column(text_key.COLUMN).combine_chunks()
 
 
 def _side(keys: pa.Array, side: str, cols: dict[str, Any]) -> pa.Table:
@@ -90,9 +100,10 @@ def target_rows(batch: pa.Table, *, spec: JobSpec, store: Store) -> pa.Table:
     """Pending shards -> ``(key, shard, query_id, doc_id)`` of each of their pairs."""
     parts = []
     for shard in batch.column("shard").to_pylist():
-        pairs = store.read_parquet(layout.pairs_path(shard), columns=ID_COLUMNS)
+        pairs = pair_table(store, shard, spec.reasoning, tuple(ID_COLUMNS))
+        keys = pairs.column(text_key.COLUMN).combine_chunks()
         cols = {"shard": [shard] * pairs.num_rows, **{c: pairs.column(c) for c in ID_COLUMNS}}
-        parts.append(_side(pair_keys(store, shard, spec.reasoning), "target", cols))
+        parts.append(_side(keys, "target", cols))
     return pa.concat_tables(parts) if parts else JOIN_SCHEMA.empty_table()
 
 
@@ -141,11 +152,17 @@ def join_bucket(group: pa.Table) -> pa.Table:
     sources = group.filter(pc.field("side") == "source")
     if not targets.num_rows or not sources.num_rows:
         return POINTER.empty_table()
+    # Only source rows whose key a target holds are sorted (a job matching 5% sorts 5%).
+    sources = sources.filter(pc.is_in(sources.column("key"), targets.column("key")))
+    if not sources.num_rows:
+        return POINTER.empty_table()
     order = [("key", "ascending"), ("priority", "ascending"), ("row", "ascending")]
     sources = sources.take(pc.sort_indices(sources, order))
-    keys = sources.column("key").to_pylist()  # bytes
-    first = [i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))]
-    sources = sources.filter(pa.array(first)).select(["key", "source", "source_shard", "row"])
+    keys = sources.column("key").combine_chunks()
+    first = pa.concat_arrays(
+        [pa.array([True]), pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))]
+    )
+    sources = sources.filter(first).select(["key", "source", "source_shard", "row"])
     matched = targets.join(sources, "key", join_type="inner")
     return matched.select(POINTER.names).cast(POINTER)
 
