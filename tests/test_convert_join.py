@@ -180,6 +180,10 @@ def test_malformed_lines_are_named_by_their_line_across_ranges(tmp_path, beir, m
                      queries=queries)  # fmt: skip
     with pytest.raises(FormatError, match=r"c.tsv: line 21: expected pid<TAB>text"):
         converted(spec, tmp_path / "c")
+    bad_json = write(tmp_path / "corpus.jsonl", '{"_id": "d1", "text": "x"}\n{"_id": "d2", \n')
+    spec = spec.model_copy(update={"corpus": bad_json})
+    with pytest.raises(FormatError, match=r"corpus.jsonl: expected \{_id, title, text\}"):
+        converted(spec, tmp_path / "j")
 
 
 def test_parts_are_whole_queries_and_a_function_of_the_files_only(tmp_path, beir, monkeypatch):

@@ -1,26 +1,29 @@
-"""IR input formats converted to Parquet pairs on the driver: TREC / MS MARCO / JSON runs + text,
-HF data, rank_llm requests.
+"""IR input formats converted to Parquet pairs: TREC / MS MARCO / JSON runs + text, HF data,
+rank_llm requests.
 
 ``input.format: trec | msmarco-run | json-run | hf | rank-llm`` is turned into normalised
 Parquet parts, ``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage,
 title, a preset reason, and where known the line of the original file a row came from: a TREC
-run's line, a ``rank-llm`` request's and the candidate's place in it), each written atomically
-as it fills, then ``input/_converted.json`` (which also names the original input); prepare
-then reads the folder as ordinary ``pairs`` input. Rows of the run whose query or document
-has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The
-job's fingerprint records the *original* files (names and sizes), not the converted ones.
+run's line, a ``rank-llm`` request's and the candidate's place in it), each written atomically,
+then ``input/_converted.json`` (which also names the original input); prepare then reads the
+folder as ordinary ``pairs`` input. Rows of the run whose query or document has no text become
+``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The job's fingerprint
+records the *original* files (names and sizes), not the converted ones.
 
-Memory (driver): the queries, the ids and text of the documents the run names (documents it
-does not name are skipped while streaming the corpus), and one part of pairs (500,000); never
-the run: :mod:`rank1_batch.job.run_files` reads it as query blocks (a grouped TREC run one block
-at a time; an ungrouped one through local temporary files partitioned by query, plus an index
-of its query ids; a JSON run one query's object at a time). The run is read more than once
-(document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
-``hf`` data is memory-mapped Arrow, written out part by part. A ``rank-llm`` file is rank_llm's
-request JSONL (``rank_llm.data.Request``: one query a line, ``{"query": {"text", "qid"},
-"candidates": [{"docid", "score", "doc": {...}}]}``), read one line at a time; its candidates
-keep the file's order (rank_llm's first-stage ranking), and a candidate's passage is the first
-of ``doc``'s text fields rank_llm itself reads (:data:`RANK_LLM_TEXT`), its title ``doc.title``.
+Memory, by format:
+
+* a run with a corpus (``trec``, ``msmarco-run``, ``json-run``) is a distributed join
+  (:mod:`rank1_batch.job.convert_join`): the driver holds object references and one line count
+  per byte range of the run, never text or rows; each Ray task holds one 64 MiB range of a file
+  or one hash partition (a part's worth of pairs, about :data:`PART_ROWS`); the pieces between
+  stages live in Ray's object store. Every query is whole in one part, the parts a pure
+  function of the input files (which part: a hash of the query id);
+* ``hf`` data is memory-mapped Arrow, written out part by part on the driver;
+* a ``rank-llm`` file is rank_llm's request JSONL (``rank_llm.data.Request``: one query a line,
+  ``{"query": {"text", "qid"}, "candidates": [{"docid", "score", "doc": {...}}]}``), read one
+  line at a time on the driver, one part of pairs held; its candidates keep the file's order
+  (rank_llm's first-stage ranking), and a candidate's passage is the first of ``doc``'s text
+  fields rank_llm itself reads (:data:`RANK_LLM_TEXT`), its title ``doc.title``.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -29,6 +32,8 @@ Text sources (``input.queries`` / ``input.corpus``):
 * JSONL files of those shapes (``.jsonl``, optionally ``.gz``);
 * MS MARCO TSVs: ``collection.tsv`` (``pid<TAB>text``, or ``pid<TAB>title<TAB>text``) and
   ``queries.*.tsv`` (``qid<TAB>text``).
+
+An id given twice in a corpus or queries file: its last line wins.
 """
 
 from __future__ import annotations
@@ -248,9 +253,11 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
     """Write ``OUTPUT/input/part-NNNNN.parquet`` files once, then ``input/_converted.json``;
     return the pairs spec reading them.
 
-    Streams: each part (at most about ``part_rows`` pairs) is written atomically as soon as
-    it is full, so memory holds one part, never the whole input. A crash before the marker
-    redoes the conversion (it rewrites the same parts).
+    A run with a corpus: :func:`~rank1_batch.job.convert_join.join_run` (Ray tasks when Ray
+    is initialised; parts of about ``part_rows`` pairs, a hash of the query id choosing the
+    part, empty partitions writing none). Otherwise each part (at most about ``part_rows``
+    pairs) is written atomically as soon as it is full. A crash before the marker redoes the
+    conversion (it rewrites the same parts).
     """
     if store.exists(CONVERTED_MARKER):
         return converted_spec(spec, store)

@@ -95,11 +95,14 @@ def read_range(uri: str, storage: StorageSpec | None, start: int, end: int) -> b
     return data
 
 
-def lines_of(data: bytes) -> pa.Array:
+def lines_of(data: bytes, uri: str) -> pa.Array:
     """Each line of ``data`` as one string (empty lines kept, so line numbers hold)."""
     if not data:
         return pa.array([], pa.string())
-    table = pcsv.read_csv(pa.BufferReader(data), **_LINES)
+    try:
+        table = pcsv.read_csv(pa.BufferReader(data), **_LINES)
+    except pa.ArrowInvalid as exc:  # e.g. bytes that are not UTF-8
+        raise FormatError(f"{uri}: cannot be read as text ({exc})") from None
     return table.column("line").combine_chunks()
 
 
@@ -107,12 +110,20 @@ def _error(n: int, text: str) -> dict[str, Any]:
     return {"lines": 0, "error": (n, text)}
 
 
-def read_run(
+def read_run(*args: Any) -> list[Any]:
+    """:func:`_read_run`, a :class:`FormatError` returned in its meta."""
+    try:
+        return _read_run(*args)
+    except FormatError as exc:
+        return [{"lines": 0, "error": str(exc)}, *[RUN_SCHEMA.empty_table()] * args[-1]]
+
+
+def _read_run(
     uri: str, storage: StorageSpec | None, start: int, end: int, ranks: bool, p: int
 ) -> list[Any]:
     """One range of a TREC run → [meta, P pieces of :data:`RUN_SCHEMA`] (``line`` local to
     the range); meta ``{"lines", "error"}``, the error ``(local line, its text)``."""
-    lines = lines_of(read_range(uri, storage, start, end))
+    lines = lines_of(read_range(uri, storage, start, end), uri)
     n = len(lines)
     number = pa.array(np.arange(1, n + 1, dtype=np.int64))
     trimmed = pc.utf8_trim_whitespace(lines)
@@ -208,7 +219,15 @@ def _jsonl_table(data: bytes, uri: str, what: str) -> pa.Table:
     )
 
 
-def read_text(
+def read_text(*args: Any) -> list[Any]:
+    """:func:`_read_text`, a :class:`FormatError` returned in its meta."""
+    try:
+        return _read_text(*args)
+    except FormatError as exc:
+        return [{"lines": 0, "error": str(exc)}, *[TEXT_SCHEMA.empty_table()] * args[-1]]
+
+
+def _read_text(
     uri: str, storage: StorageSpec | None, start: int, end: int, index: int, kind: str, n: int
 ) -> list[Any]:
     """One range of a corpus (``kind`` "corpus") or queries file → [meta, n pieces of
@@ -226,7 +245,7 @@ def read_text(
         ):
             raise FormatError(f"{uri}: expected {what} (a line has no text)")
     else:
-        lines = lines_of(data)
+        lines = lines_of(data, uri)
         number = pa.array(np.arange(1, len(lines) + 1, dtype=np.int64))
         count = len(lines)
         keep = pc.not_equal(pc.utf8_trim_whitespace(lines), "")
