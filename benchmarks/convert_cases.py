@@ -34,9 +34,10 @@ DOCS_PER_QUERY = 1000
 
 
 def passages(n_pool: int, rng: np.random.Generator) -> list[str]:
-    vocab = np.array([f"w{i}" + "abcdefg"[: i % 7] for i in range(30_000)])
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, k)) for k in rng.integers(2, 9, 30_000)]
     lengths = np.clip(rng.normal(55, 20, n_pool).astype(int), 10, 200)
-    return [" ".join(vocab[rng.integers(0, len(vocab), k)]) for k in lengths]
+    return [" ".join(vocab[i] for i in rng.integers(0, len(vocab), k)) for k in lengths]
 
 
 def write_case(folder: Path, lines: int, n_docs: int, seed: int = 0) -> dict[str, str]:
@@ -76,7 +77,7 @@ def write_case(folder: Path, lines: int, n_docs: int, seed: int = 0) -> dict[str
 
 
 def child(mode: str, case: dict[str, str], old: str | None) -> dict[str, object]:
-    path = ROOT / "benchmarks" / "case.json"
+    path = Path(case["workdir"]) / "case.json"
     path.write_text(json.dumps(case))
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
     env["PYTHONPATH"] = old if mode == "old" and old else str(ROOT)

@@ -95,10 +95,9 @@ def top_k(offsets: list[int], k: int | None, d: int, *pieces: pa.Table) -> list[
         for t, off in zip(pieces, offsets, strict=True)
     ]
     run = pa.concat_tables(tables)
-    first = (
-        run.group_by("query_id").aggregate([("line", "min")]).rename_columns(["query_id", "first"])
-    )
-    run = run.join(first, "query_id")
+    first = run.group_by("query_id").aggregate([("line", "min")])
+    at = pc.index_in(run.column("query_id"), value_set=first.column("query_id"))
+    run = run.append_column("first", first.column("line_min").take(at))
     run = run.take(
         pc.sort_indices(
             run, [("first", "ascending"), ("score", "descending"), ("line", "ascending")]
@@ -117,21 +116,26 @@ def top_k(offsets: list[int], k: int | None, d: int, *pieces: pa.Table) -> list[
     return [{"rows": run.num_rows}, *split_by(run.drop_columns(["score"]), "doc_id", d)]
 
 
-def _last_of_each(text: pa.Table) -> pa.Table:
-    """One row per id: the last one in file order (what a dict built line by line keeps)."""
-    if pc.count_distinct(text.column("id")).as_py() == text.num_rows:
-        return text
-    last = text.group_by("id").aggregate([("ord", "max")]).rename_columns(["id", "ord"])
-    return text.join(last, ["id", "ord"], join_type="inner")
+def lookup(keys: pa.ChunkedArray, ids: pa.ChunkedArray) -> pa.Array:
+    """Index into ``ids`` of each key's *last* occurrence (null: not there), what a dict built
+    line by line keeps; ``pc.index_in`` finds the first, so it searches the ids reversed. A
+    hash lookup on the ids alone: the text is then taken once, not carried through a join."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    n = len(ids)
+    reverse = ids.take(pa.array(np.arange(n - 1, -1, -1, dtype=np.int64)))
+    return pc.subtract(
+        pa.scalar(n - 1, pa.int64()), pc.cast(pc.index_in(keys, value_set=reverse), pa.int64())
+    )
 
 
 def join_docs(n_run: int, p: int, *pieces: pa.Table) -> list[Any]:
-    """One document partition: its run pieces (the first ``n_run``) left-joined with its
-    corpus pieces → [meta, P pieces] split by query."""
+    """One document partition: its run pieces (the first ``n_run``) given the title and
+    passage of their document from its corpus pieces (file order: the last line of an id
+    wins) → [meta, P pieces] split by query."""
     run, corpus = pa.concat_tables(pieces[:n_run]), pa.concat_tables(pieces[n_run:])
-    corpus = _last_of_each(corpus).select(["id", "title", "text"])
-    corpus = corpus.rename_columns(["doc_id", "title", "passage"])
-    joined = run.join(corpus, "doc_id", join_type="left outer")
+    at = lookup(run.column("doc_id"), corpus.column("id"))
+    joined = run.append_column("title", corpus.column("title").take(at))
+    joined = joined.append_column("passage", corpus.column("text").take(at))
     return [{"rows": joined.num_rows}, *split_by(joined, "query_id", p)]
 
 
@@ -141,10 +145,9 @@ def write_part(store: Any, name: str, lines: bool, n_run: int, *pieces: pa.Table
     rows = pa.concat_tables(pieces[:n_run])
     if rows.num_rows == 0:
         return 0
-    queries = _last_of_each(pa.concat_tables(pieces[n_run:])).select(["id", "text"])
-    rows = rows.join(
-        queries.rename_columns(["query_id", "query"]), "query_id", join_type="left outer"
-    )
+    queries = pa.concat_tables(pieces[n_run:])
+    at = lookup(rows.column("query_id"), queries.column("id"))
+    rows = rows.append_column("query", queries.column("text").take(at))
     rows = rows.take(pc.sort_indices(rows, [("first", "ascending"), ("pos", "ascending")]))
     reason = pc.if_else(
         pc.is_null(rows.column("query")),
@@ -232,13 +235,13 @@ def join_run(
             runner.call(read_run, p + 1, spec.path, storage, s, e, ranks, p) for s, e in run_ranges
         ]
     text_out = [
-        runner.call(read_text, d + 1, corpus_uri, storage, s, e, i, "corpus", d)
-        for i, (s, e) in enumerate(corpus_ranges)
+        runner.call(read_text, d + 1, corpus_uri, storage, s, e, "corpus", d)
+        for s, e in corpus_ranges
     ]
     _, query_ranges = byte_ranges(queries_uri, storage)
     query_out = [
-        runner.call(read_text, p + 1, queries_uri, storage, s, e, i, "queries", p)
-        for i, (s, e) in enumerate(query_ranges)
+        runner.call(read_text, p + 1, queries_uri, storage, s, e, "queries", p)
+        for s, e in query_ranges
     ]
     run_metas = runner.get([o[0] for o in run_out])
     offsets = _offsets(run_metas)

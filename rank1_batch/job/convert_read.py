@@ -186,9 +186,7 @@ def read_json_run(uri: str, storage: StorageSpec | None, p: int) -> list[Any]:
     return [{"lines": table.num_rows, "error": None}, *split_by(table, "query_id", p)]
 
 
-TEXT_SCHEMA = pa.schema(
-    [("id", pa.string()), ("title", pa.string()), ("text", pa.string()), ("ord", pa.int64())]
-)
+TEXT_SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 
 
 def _jsonl_table(data: bytes, uri: str, what: str) -> pa.Table:
@@ -228,14 +226,16 @@ def read_text(*args: Any) -> list[Any]:
 
 
 def _read_text(
-    uri: str, storage: StorageSpec | None, start: int, end: int, index: int, kind: str, n: int
+    uri: str, storage: StorageSpec | None, start: int, end: int, kind: str, n: int
 ) -> list[Any]:
     """One range of a corpus (``kind`` "corpus") or queries file → [meta, n pieces of
-    :data:`TEXT_SCHEMA`] split by id; ``ord`` orders duplicates (the last one wins)."""
+    :data:`TEXT_SCHEMA`] split by id, each piece in file order (of an id given twice, the
+    join keeps the last)."""
     data = read_range(uri, storage, start, end)
     jsonl = uri.removesuffix(".gz").endswith((".jsonl", ".json"))
-    count = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    count = 0
     if jsonl:
+        count = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
         what = "{_id, title, text}" if kind == "corpus" else "{_id, text}"
         table = _jsonl_table(data, uri, what) if data.strip() else None
         if (
@@ -272,6 +272,5 @@ def _read_text(
         table = pa.table([flat.take(firsts), title, text], names=["id", "title", "text"])
     if table is None:
         table = pa.table([pa.array([], pa.string())] * 3, names=["id", "title", "text"])
-    ord_ = pa.array((np.int64(index) << 40) + np.arange(table.num_rows, dtype=np.int64))
-    table = table.append_column("ord", ord_).cast(TEXT_SCHEMA)
+    table = table.cast(TEXT_SCHEMA)
     return [{"lines": count, "error": None}, *split_by(table, "id", n)]
