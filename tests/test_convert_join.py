@@ -233,3 +233,13 @@ def test_on_ray_the_parts_equal_the_in_process_ones(tmp_path, beir):
     finally:
         ray.shutdown()
     assert [t.to_pylist() for t in on_ray] == [t.to_pylist() for t in local]
+
+
+def test_numeric_ids_in_jsonl_are_strings_as_before(tmp_path):
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    write(folder / "corpus.jsonl", "".join(f'{{"_id": {i}, "text": "t{i}"}}\n' for i in range(5)))
+    write(folder / "queries.jsonl", '{"_id": 7, "text": "seven"}\n')
+    run = write(tmp_path / "run", "7 Q0 3 1 2.0 x\n7 Q0 9 2 1.0 x\n8 Q0 1 1 1.0 x\n")
+    parts = check_equal(InputSpec(path=run, format="trec", corpus=str(folder)), tmp_path / "o")
+    assert [r[5] for r in rows_of(parts)] == [None, "missing_doc", "missing_query"]
