@@ -18,7 +18,13 @@ from rank1_batch.engines.factory import model_path
 from rank1_batch.io import commit, layout, lease, paths
 from rank1_batch.io.store import StorageError, Store
 from rank1_batch.io.verify import require_files
-from rank1_batch.job.convert import CONVERTED, convert, source_listing
+from rank1_batch.job.convert import (
+    CONVERTED,
+    CONVERTED_MARKER,
+    RUN_FORMATS,
+    convert,
+    source_listing,
+)
 from rank1_batch.job.inputs import InputFile, listing, scan_inputs
 from rank1_batch.job.prepare import prepare
 from rank1_batch.job.record import claim_output, job_record
@@ -38,9 +44,19 @@ def claim_converted(spec: JobSpec, store: Store) -> None:
     claim_output(store, job_record(spec, source_listing(spec.input, spec.storage)))
 
 
-def convert_input(spec: JobSpec, store: Store) -> tuple[JobSpec, list[InputFile]]:
+def convert_input(
+    spec: JobSpec, store: Store, quiet: bool = False
+) -> tuple[JobSpec, list[InputFile]]:
     """Run/corpus and HF inputs, once claimed (:func:`claim_converted`): convert them once to
-    Parquet pairs in the output folder and read those as ``pairs``."""
+    Parquet pairs in the output folder and read those as ``pairs``.
+
+    A run with a corpus is joined by Ray tasks (:mod:`rank1_batch.job.convert_join`), so Ray
+    starts here, before the conversion, for every executor (the ``local`` one too, as an
+    ungrouped input's shuffle starts it); a converted folder already there needs no Ray.
+    """
+    if spec.input.format in RUN_FORMATS and not store.exists(CONVERTED_MARKER):
+        console.tame_ray(quiet)
+        init_ray(spec)
     converted = spec.model_copy(update={"input": convert(spec, store)})
     return converted, scan_inputs(converted.input, spec.storage)
 

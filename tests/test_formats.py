@@ -264,20 +264,38 @@ def _reference(spec):
     return rows
 
 
+def _by_query(pairs):
+    """(query_id, doc_id) pairs as {query: its docs in order}: parts may put queries in any
+    order (a hash of the query id picks the part), a query's own order is the run's."""
+    out: dict[str, list[str]] = {}
+    for q, d in pairs:
+        out.setdefault(q, []).append(d)
+    return out
+
+
+def _whole_queries(chunks):
+    """Each query's rows in one part, contiguous there."""
+    seen: set[str] = set()
+    for chunk in chunks:
+        ids = chunk.column("query_id").to_pylist()
+        runs = [q for i, q in enumerate(ids) if i == 0 or ids[i - 1] != q]
+        assert len(runs) == len(set(runs)) and not seen & set(runs)
+        seen |= set(runs)
+
+
 def test_grouped_trec_run_streams_into_parts_equal_to_the_whole_run_rules(tmp_path):
     lines = [f"{q} Q0 p{(q * 7 + r) % 40} {r} {float((r * 5) % 4)} bm25\n" for q in range(12)
              for r in range(6)]  # fmt: skip
     spec = _run_files(tmp_path, lines)
-    chunks = list(formats.iter_run_pairs(spec, chunk_rows=7))
-    assert len(chunks) > 3  # streamed: several chunks, each whole queries
+    chunks = list(formats.iter_run_pairs(spec, part_rows=7))
+    assert len(chunks) > 3  # several parts, each whole queries
+    _whole_queries(chunks)
     whole = pa.concat_tables(chunks)
     got = list(
         zip(whole.column("query_id").to_pylist(), whole.column("doc_id").to_pylist(), strict=True)
     )
-    assert got == _reference(spec)
-    for chunk in chunks[:-1]:
-        assert chunk.num_rows >= 7 and chunk.num_rows % 3 == 0
-    # convert writes one part per chunk, then the marker; prepare reads the folder
+    assert _by_query(got) == _by_query(_reference(spec)) and len(got) == len(_reference(spec))
+    # convert writes the parts, then the marker; prepare reads the folder
     store = Store(str(tmp_path / "out"))
     job = spec_from_mapping(
         {
@@ -288,7 +306,8 @@ def test_grouped_trec_run_streams_into_parts_equal_to_the_whole_run_rules(tmp_pa
     )
     pairs_spec = formats.convert(job, store, part_rows=10)
     parts = sorted(p.name for p in (tmp_path / "out" / "input").glob("part-*.parquet"))
-    assert len(parts) == 3 and store.exists(formats.CONVERTED_MARKER)  # 12 + 12 + 12 pairs
+    marker = store.read_json(formats.CONVERTED_MARKER)
+    assert len(parts) == marker["parts"] > 1 and marker["rows"] == len(got)
     files = inputs.scan_inputs(pairs_spec)
     assert [Path(f.path).name for f in files] == parts
     assert sum(f.rows for f in files) == len(got)
@@ -304,24 +323,20 @@ def test_ungrouped_trec_run_falls_back_to_the_whole_run(tmp_path):
     assert got == _reference(spec) and len(got) == 15
 
 
-def test_ungrouped_trec_run_partitions_by_query_into_bounded_buckets(tmp_path, monkeypatch):
-    from rank1_batch.job import run_files
-
+def test_ungrouped_trec_run_partitions_by_query_into_whole_query_parts(tmp_path):
     # queries interleaved, ties in score (file order breaks them), one query twice as long
     lines = [f"{q} Q0 p{(q * 5 + r) % 40} {r} {float(r % 3)} bm25\n" for r in range(6)
              for q in (3, 1, 4, 0, 5, 9, 2, 6)]  # fmt: skip
     lines += [f"4 Q0 p{30 + r} {r} 0.5 bm25\n" for r in range(6)]
     spec = _run_files(tmp_path, lines).model_copy(update={"top_k": None})
-    monkeypatch.setattr(run_files, "BUCKET_ROWS", 10)
-    monkeypatch.setattr(run_files, "CHUNK_LINES", 7)
-    table = run_reference.run_pairs(spec)
+    chunks = list(formats.iter_run_pairs(spec, part_rows=10))
+    assert len(chunks) >= 3
+    _whole_queries(chunks)
+    table = pa.concat_tables(chunks)
     got = list(
         zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), strict=True)
     )
-    assert got == _reference(spec) and len(got) == len(lines)
-    stats = run_files.PARTITION_STATS  # read back one bucket at a time, each whole queries
-    assert stats["buckets"] >= 4 and stats["peak_bucket_rows"] == 12  # query 4 alone
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("rank1-run-*/bucket-*"))
+    assert _by_query(got) == _by_query(_reference(spec)) and len(got) == len(lines)
 
 
 def test_json_run_streams_member_by_member_like_the_whole_object(tmp_path, monkeypatch):

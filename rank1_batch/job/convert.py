@@ -1,26 +1,29 @@
-"""IR input formats converted to Parquet pairs on the driver: TREC / MS MARCO / JSON runs + text,
-HF data, rank_llm requests.
+"""IR input formats converted to Parquet pairs: TREC / MS MARCO / JSON runs + text, HF data,
+rank_llm requests.
 
 ``input.format: trec | msmarco-run | json-run | hf | rank-llm`` is turned into normalised
 Parquet parts, ``OUTPUT/input/part-NNNNN.parquet`` (columns query_id, query, doc_id, passage,
 title, a preset reason, and where known the line of the original file a row came from: a TREC
-run's line, a ``rank-llm`` request's and the candidate's place in it), each written atomically
-as it fills, then ``input/_converted.json`` (which also names the original input); prepare
-then reads the folder as ordinary ``pairs`` input. Rows of the run whose query or document
-has no text become ``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The
-job's fingerprint records the *original* files (names and sizes), not the converted ones.
+run's line, a ``rank-llm`` request's and the candidate's place in it), each written atomically,
+then ``input/_converted.json`` (which also names the original input); prepare then reads the
+folder as ordinary ``pairs`` input. Rows of the run whose query or document has no text become
+``rejected/`` rows with reason ``missing_query`` / ``missing_doc``. The job's fingerprint
+records the *original* files (names and sizes), not the converted ones.
 
-Memory (driver): the queries, the ids and text of the documents the run names (documents it
-does not name are skipped while streaming the corpus), and one part of pairs (500,000); never
-the run: :mod:`rank1_batch.job.run_files` reads it as query blocks (a grouped TREC run one block
-at a time; an ungrouped one through local temporary files partitioned by query, plus an index
-of its query ids; a JSON run one query's object at a time). The run is read more than once
-(document ids first, then pairs; a TREC run's grouping is checked by a pass before each).
-``hf`` data is memory-mapped Arrow, written out part by part. A ``rank-llm`` file is rank_llm's
-request JSONL (``rank_llm.data.Request``: one query a line, ``{"query": {"text", "qid"},
-"candidates": [{"docid", "score", "doc": {...}}]}``), read one line at a time; its candidates
-keep the file's order (rank_llm's first-stage ranking), and a candidate's passage is the first
-of ``doc``'s text fields rank_llm itself reads (:data:`RANK_LLM_TEXT`), its title ``doc.title``.
+Memory, by format:
+
+* a run with a corpus (``trec``, ``msmarco-run``, ``json-run``) is a distributed join
+  (:mod:`rank1_batch.job.convert_join`): the driver holds object references and one line count
+  per byte range of the run, never text or rows; each Ray task holds one 64 MiB range of a file
+  or one hash partition (a part's worth of pairs, about :data:`PART_ROWS`); the pieces between
+  stages live in Ray's object store. Every query is whole in one part, the parts a pure
+  function of the input files (which part: a hash of the query id);
+* ``hf`` data is memory-mapped Arrow, written out part by part on the driver;
+* a ``rank-llm`` file is rank_llm's request JSONL (``rank_llm.data.Request``: one query a line,
+  ``{"query": {"text", "qid"}, "candidates": [{"docid", "score", "doc": {...}}]}``), read one
+  line at a time on the driver, one part of pairs held; its candidates keep the file's order
+  (rank_llm's first-stage ranking), and a candidate's passage is the first of ``doc``'s text
+  fields rank_llm itself reads (:data:`RANK_LLM_TEXT`), its title ``doc.title``.
 
 Text sources (``input.queries`` / ``input.corpus``):
 
@@ -29,6 +32,8 @@ Text sources (``input.queries`` / ``input.corpus``):
 * JSONL files of those shapes (``.jsonl``, optionally ``.gz``);
 * MS MARCO TSVs: ``collection.tsv`` (``pid<TAB>text``, or ``pid<TAB>title<TAB>text``) and
   ``queries.*.tsv`` (``qid<TAB>text``).
+
+An id given twice in a corpus or queries file: its last line wins.
 """
 
 from __future__ import annotations
@@ -44,34 +49,22 @@ import pyarrow.parquet as pq
 
 from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.io.store import Store
+from rank1_batch.job.convert_join import CONVERTED_SCHEMA, ROW_GROUP, join_run
 from rank1_batch.job.inputs import (
     MISSING_DOC,
-    MISSING_QUERY,
     PRESET_CANDIDATE,
     PRESET_LINE,
     PRESET_REASON,
 )
-from rank1_batch.job.run_files import FormatError, Row, json_blocks, lines, trec_blocks
+from rank1_batch.job.run_files import FormatError, lines
 from rank1_batch.job.spec import CONVERTED_FORMATS, Columns, InputSpec, JobSpec
 
 CONVERTED = CONVERTED_FORMATS
 CONVERTED_DIR = "input"
 CONVERTED_MARKER = "input/_converted.json"
-ROW_GROUP = 20_000
 PART_ROWS = 500_000
+RUN_FORMATS = ("trec", "msmarco-run", "json-run")
 
-CONVERTED_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("query", pa.string()),
-        ("doc_id", pa.string()),
-        ("passage", pa.string()),
-        ("title", pa.string()),
-        (PRESET_REASON, pa.string()),
-        (PRESET_LINE, pa.int64()),
-        (PRESET_CANDIDATE, pa.int32()),
-    ]
-)
 # The fields of a rank_llm candidate's ``doc`` that hold its text, in the order rank_llm's
 # prompt builder tries them (rank_llm.rerank.inference_handler).
 RANK_LLM_TEXT = ("text", "segment", "contents", "content", "body", "passage")
@@ -82,58 +75,6 @@ RANK_LLM_TEXT = ("text", "segment", "contents", "content", "body", "passage")
 
 def _is_jsonl(uri: str) -> bool:
     return uri.removesuffix(".gz").endswith((".jsonl", ".json"))
-
-
-def read_queries(uri: str, storage: StorageSpec | None = None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for n, line in enumerate(lines(uri, storage), 1):
-        if not line.strip():
-            continue
-        if _is_jsonl(uri):
-            try:
-                obj = json.loads(line)
-                out[str(obj["_id"])] = obj["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise FormatError(f"{uri}: line {n}: expected {{_id, text}} ({exc})") from None
-        else:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 2:
-                raise FormatError(f"{uri}: line {n}: expected qid<TAB>text")
-            out[parts[0]] = parts[-1]
-    return out
-
-
-def read_corpus(
-    uri: str, wanted: set[str], storage: StorageSpec | None = None
-) -> dict[str, tuple[str | None, str]]:
-    """(title, text) of the ``wanted`` documents only, streaming the corpus once."""
-    out: dict[str, tuple[str | None, str]] = {}
-    for n, line in enumerate(lines(uri, storage), 1):
-        if not line.strip():
-            continue
-        if _is_jsonl(uri):
-            try:
-                obj = json.loads(line)
-                did = str(obj["_id"])
-                if did in wanted:
-                    out[did] = (obj.get("title") or None, obj["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise FormatError(
-                    f"{uri}: line {n}: expected {{_id, title, text}} ({exc})"
-                ) from None
-        else:
-            parts = line.rstrip("\n").split("\t")
-            if parts[0] not in wanted:
-                continue
-            if len(parts) == 2:
-                out[parts[0]] = (None, parts[1])
-            elif len(parts) == 3:
-                out[parts[0]] = (parts[1] or None, parts[2])
-            else:
-                raise FormatError(
-                    f"{uri}: line {n}: expected pid<TAB>text or pid<TAB>title<TAB>text"
-                )
-    return out
 
 
 def text_sources(spec: InputSpec, storage: StorageSpec | None = None) -> tuple[str, str]:
@@ -175,45 +116,19 @@ def source_listing(spec: InputSpec, storage: StorageSpec | None = None) -> list[
 # -- conversion -------------------------------------------------------------------------------
 
 
-def _run_blocks(spec: InputSpec, storage: StorageSpec | None) -> Iterator[list[Row]]:
-    """Query blocks of the run in run order, each sorted (score desc, ties in file order)."""
-    if spec.format in ("trec", "msmarco-run"):
-        return trec_blocks(spec.path, storage, ranks=spec.format == "msmarco-run")
-    return json_blocks(spec.path, storage)
-
-
 def iter_run_pairs(
-    spec: InputSpec, storage: StorageSpec | None = None, chunk_rows: int = 500_000
+    spec: InputSpec, storage: StorageSpec | None = None, part_rows: int = PART_ROWS
 ) -> Iterator[pa.Table]:
-    """A TREC or JSON run plus its text → :data:`CONVERTED_SCHEMA` tables of at most about
-    ``chunk_rows`` rows, in run order.
+    """A TREC or JSON run plus its text → its :data:`CONVERTED_SCHEMA` parts, in part order,
+    through the same join as :func:`convert` (into a temporary folder read back: tests and
+    tools, small runs)."""
+    import tempfile
 
-    Memory: the queries, the set of document ids the run names and their text, one chunk of
-    pairs, and what :mod:`rank1_batch.job.run_files` holds for the run's shape (one block, or an
-    index of query ids plus one bucket). The run is read more than once (ids first, then
-    pairs), never held whole.
-    """
-    wanted: set[str] = set()
-    for block in _run_blocks(spec, storage):
-        wanted.update(row[1] for row in block[: spec.top_k])
-    queries_uri, corpus_uri = text_sources(spec, storage)
-    queries = read_queries(queries_uri, storage)
-    corpus = read_corpus(corpus_uri, wanted, storage)
-    del wanted
-
-    def rows() -> Iterator[list[tuple[Any, ...]]]:
-        for block in _run_blocks(spec, storage):
-            out = []
-            for q, d, _, line in block[: spec.top_k]:
-                query = queries.get(q)
-                title, passage = corpus.get(d, (None, None))
-                reason = (
-                    MISSING_QUERY if query is None else MISSING_DOC if passage is None else None
-                )
-                out.append((q, query, d, passage, title, reason, line, None))
-            yield out
-
-    yield from _tables(rows(), chunk_rows)
+    with tempfile.TemporaryDirectory(prefix="rank1-convert-") as tmp:
+        store = Store(tmp, storage)
+        join_run(spec, store, storage, part_rows, *text_sources(spec, storage))
+        for name in sorted(store.list(CONVERTED_DIR)):
+            yield pq.read_table(posixpath.join(tmp, CONVERTED_DIR, name))
 
 
 def _tables(queries: Iterable[list[tuple[Any, ...]]], chunk_rows: int) -> Iterator[pa.Table]:
@@ -338,21 +253,31 @@ def convert(spec: JobSpec, store: Store, part_rows: int = PART_ROWS) -> InputSpe
     """Write ``OUTPUT/input/part-NNNNN.parquet`` files once, then ``input/_converted.json``;
     return the pairs spec reading them.
 
-    Streams: each part (at most about ``part_rows`` pairs) is written atomically as soon as
-    it is full, so memory holds one part, never the whole input. A crash before the marker
-    redoes the conversion (it rewrites the same parts).
+    A run with a corpus: :func:`~rank1_batch.job.convert_join.join_run` (Ray tasks when Ray
+    is initialised; parts of about ``part_rows`` pairs, a hash of the query id choosing the
+    part, empty partitions writing none). Otherwise each part (at most about ``part_rows``
+    pairs) is written atomically as soon as it is full. A crash before the marker redoes the
+    conversion (it rewrites the same parts).
     """
     if store.exists(CONVERTED_MARKER):
+        return converted_spec(spec, store)
+    if spec.input.format in RUN_FORMATS:
+        parts, rows = join_run(
+            spec.input, store, spec.storage, part_rows, *text_sources(spec.input, spec.storage)
+        )
+        if rows == 0:
+            raise FormatError(f"input {spec.input.path}: no pairs")
+        store.write_json(
+            CONVERTED_MARKER, {"parts": parts, "rows": rows, "source": spec.input.path}
+        )
         return converted_spec(spec, store)
     if spec.input.format == "hf":
         table = hf_pairs(spec.input, spec.storage)  # memory-mapped Arrow: sliced, not copied
         chunks: Iterator[pa.Table] = (
             table.slice(i, part_rows) for i in range(0, table.num_rows, part_rows)
         )
-    elif spec.input.format == "rank-llm":
-        chunks = rank_llm_pairs(spec.input, spec.storage, part_rows)
     else:
-        chunks = iter_run_pairs(spec.input, spec.storage, part_rows)
+        chunks = rank_llm_pairs(spec.input, spec.storage, part_rows)
     rows = parts = 0
     for chunk in chunks:
         sink = io.BytesIO()
