@@ -192,3 +192,17 @@ def _ray_auth_mode_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("RAY_AUTH_MODE", os.environ["RAY_AUTH_MODE"])
     else:
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left_behind() -> Iterator[None]:
+    """The driver starts Ray in-process and leaves it up for the process (the CLI ends then); a
+    test that runs the driver in-process (a run with a corpus is joined on Ray) must not hand
+    its Ray to the next test, whose own ``ray.init`` would then fail. Shut down what a test
+    left running, if it was not running before it."""
+    ray = sys.modules.get("ray")
+    before = ray is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if not before and ray is not None and ray.is_initialized():
+        ray.shutdown()
