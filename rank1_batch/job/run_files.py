@@ -18,8 +18,6 @@ from rank1_batch.io.fs import StorageSpec, filesystem
 from rank1_batch.job.inputs import InputError
 
 Row = tuple[str, str, float, int | None]  # qid, docid, score, line (TREC runs)
-BUCKET_ROWS = 500_000
-CHUNK_LINES = 200_000
 READ_CHARS = 1 << 20
 
 
