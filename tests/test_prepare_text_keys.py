@@ -1,5 +1,6 @@
-"""Prepare's text keys are core's, byte for byte, whatever the instructions, titles and
-template (prepare composes each distinct query once; core composes each pair)."""
+"""The text keys prepare writes are each pair's composed texts hashed, byte for byte,
+whatever the instructions, titles and template (:func:`rank1_batch.core.text_key.text_keys`
+composes each distinct query once; the reference here composes each pair)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from rank1_batch.core import rank1, text_key
-from rank1_batch.job import prepare_grouped as grouped
+from rank1_batch.core.rows import requests_for
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,15 @@ def pairs(instructions: bool) -> pa.Table:
         Settings(instruction="query 1", prompt_template=f"<{rank1.QUERY_PLACEHOLDER}>"),
     ],
 )
-def test_prepare_text_keys_are_cores(instructions, settings):
+def test_text_keys_equal_a_per_pair_composition(instructions, settings):
     table = pairs(instructions)
-    ours = grouped.with_text_keys(table, settings)
-    assert ours.equals(text_key.with_text_keys(table, settings))
+    ours = text_key.with_text_keys(table, settings)
+    per_pair = [text_key.text_key(r.query, r.passage) for r in requests_for(table, settings)]
+    assert ours.column(text_key.COLUMN).to_pylist() == per_pair
     assert len(set(ours.column(text_key.COLUMN).to_pylist())) > 10  # keys differ by text
     chunked = pa.concat_tables([table.slice(0, 13), table.slice(13)])
     assert (
-        grouped.with_text_keys(chunked, settings)
+        text_key.with_text_keys(chunked, settings)
         .column(text_key.COLUMN)
         .equals(ours.column(text_key.COLUMN))
     )

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rank1_batch.core import text_key
 from rank1_batch.core.rows import TextSettings
 from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import commit, layout
@@ -149,7 +150,7 @@ def _write_shard(
     name = layout.shard_name(int(rows.column("shard")[0].as_py()), n_shards)
     pairs, rejected, duplicates = shard_tables(rows.drop_columns(["shard"]))
     if reasoning is not None:
-        pairs = grouped.with_text_keys(pairs, reasoning)
+        pairs = text_key.with_text_keys(pairs, reasoning)
     data = parquet_bytes(pairs, plain=True)
     if pairs.num_rows:
         store.write_atomic(layout.pairs_path(name), data)

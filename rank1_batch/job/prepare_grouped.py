@@ -36,8 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rank1_batch.core import rank1, text_key
-from rank1_batch.core.rows import TextSettings, requests_for
+from rank1_batch.core import text_key
 from rank1_batch.core.schemas import DUPLICATES_SCHEMA, REJECTED_SCHEMA
 from rank1_batch.io import layout
 from rank1_batch.io.fs import StorageSpec, filesystem, parquet_bytes, sha256
@@ -267,58 +266,13 @@ def split_unit(rows: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     return pairs.append_column("input_rank", pa.array(rank)), rejected, duplicates
 
 
-def with_text_keys(pairs: pa.Table, reasoning: TextSettings) -> pa.Table:
-    """``pairs`` with its ``text_key`` column: the bytes of
-    :func:`rank1_batch.core.text_key.with_text_keys`, in about half its time.
-
-    That one composes every pair's query anew, though a query's text repeats for each of its
-    candidates (100 times in case 8), and was 63% of a unit's time. Here each distinct
-    (query, instruction) is composed once, through the same
-    :func:`rank1_batch.core.rows.requests_for`; the passage and the key go through core's
-    :func:`~rank1_batch.core.rank1.compose_passage` and
-    :func:`~rank1_batch.core.text_key.text_key` (a test pins the keys equal).
-    """
-    n = pairs.num_rows
-    query, instruction = (pairs.column(c).combine_chunks() for c in ("query", "instruction"))
-    if instruction.null_count == n and query.null_count == 0:  # the common case
-        coded = pc.dictionary_encode(query)
-        distinct = pa.table(
-            {"query": coded.dictionary, "instruction": pa.nulls(len(coded.dictionary), pa.string())}
-        )
-        index: list[Any] = coded.indices.to_pylist()
-    else:
-        seen: dict[tuple[str | None, str | None], int] = {}
-        index = [
-            seen.setdefault(k, len(seen))
-            for k in zip(query.to_pylist(), instruction.to_pylist(), strict=True)
-        ]
-        distinct = pa.table(
-            {
-                "query": pa.array([q for q, _ in seen], pa.string()),
-                "instruction": pa.array([i for _, i in seen], pa.string()),
-            }
-        )
-    m = distinct.num_rows
-    blank = distinct.append_column("passage", pa.array([""] * m, pa.string()))
-    composed = [r.query for r in requests_for(blank.append_column("title", pa.nulls(m)), reasoning)]
-    key, compose = text_key.text_key, rank1.compose_passage
-    passages, titles = (pairs.column(c).to_pylist() for c in ("passage", "title"))
-    keys = [
-        key(composed[k], compose(p, title=t))
-        for k, p, t in zip(index, passages, titles, strict=True)
-    ]
-    return pairs.append_column(
-        pa.field(text_key.COLUMN, text_key.TYPE), pa.array(keys, text_key.TYPE)
-    )
-
-
 def run_unit(
     task: UnitTask, spec: JobSpec, store: Store, count: int, n_units: int
 ) -> dict[str, Any]:
     """Prepare one unit: write its shards and rejected rows, then its marker; return the marker."""
     rows = unit_rows(task, spec)
     pairs, rejected, duplicates = split_unit(rows)
-    pairs = with_text_keys(pairs, spec.reasoning)  # reuse matches on it, not texts
+    pairs = text_key.with_text_keys(pairs, spec.reasoning)  # reuse matches on it, not texts
     files = {task.ordinal: task.file, **{o: f for f, _, o in task.continued}}
     slices = cut(pairs, spec.output.shard_size)
     if len(slices) > task.bound:
@@ -372,5 +326,4 @@ __all__ = [
     "run_unit",
     "split_unit",
     "unit_tasks",
-    "with_text_keys",
 ]
