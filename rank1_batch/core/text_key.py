@@ -28,15 +28,21 @@ WIDTH = 16
 TYPE = pa.binary(WIDTH)
 
 
-def text_key(query: str, passage: str) -> bytes:
-    """The text key of one pair's composed texts (the query's length first, so no other
-    split of the same characters gives the same key)."""
+def _head(query: str) -> Any:
+    """The hash state after a composed query (its length first, so no other split of the
+    same characters gives the same key)."""
     q = query.encode()
     h = hashlib.blake2b(digest_size=WIDTH)
     h.update(len(q).to_bytes(8, "big"))
     h.update(q)
+    return h
+
+
+def text_key(query: str, passage: str) -> bytes:
+    """The text key of one pair's composed texts."""
+    h = _head(query)
     h.update(passage.encode())
-    return h.digest()
+    return bytes(h.digest())
 
 
 def text_keys(pairs: pa.Table, reasoning: TextSettings) -> pa.Array:
@@ -46,7 +52,8 @@ def text_keys(pairs: pa.Table, reasoning: TextSettings) -> pa.Array:
 
     A query's text repeats for each of its candidates (100 times in case 8), and composing it
     anew for every pair was 63% of a prepare unit's time; so each distinct (query, instruction)
-    is composed once, through the same ``requests_for``, and each passage through
+    is composed and hashed once, through the same ``requests_for`` (its hash state copied for
+    each of its pairs), and each passage through
     :func:`~rank1_batch.core.rank1.compose_passage` (about half the time; a test pins the keys
     equal to a per-pair composition).
     """
@@ -74,11 +81,13 @@ def text_keys(pairs: pa.Table, reasoning: TextSettings) -> pa.Array:
     m = distinct.num_rows
     blank = distinct.append_column("passage", pa.array([""] * m, pa.string()))
     composed = [r.query for r in requests_for(blank.append_column("title", pa.nulls(m)), reasoning)]
+    heads = [_head(q) for q in composed]  # each query's half of the hash, copied per pair
     passages, titles = (pairs.column(c).to_pylist() for c in ("passage", "title"))
-    keys = [
-        text_key(composed[k], rank1.compose_passage(p, title=t))
-        for k, p, t in zip(index, passages, titles, strict=True)
-    ]
+    keys = []
+    for k, p, t in zip(index, passages, titles, strict=True):
+        h = heads[k].copy()
+        h.update(rank1.compose_passage(p, title=t).encode())
+        keys.append(h.digest())
     return pa.array(keys, TYPE)
 
 
