@@ -131,3 +131,17 @@ def test_holder_rebuilds_for_new_sources_only_when_no_joiner_reads(store, monkey
     store.delete(lease.run_path(joiner.run_id))  # the joiner is gone
     rebuilt = reuse_ready.ensure_built(changed, store, SHARDS, run_as(store, "holder"))
     assert rebuilt["sources"] == ["/another/out"] and calls == ["/earlier/out", "/another/out"]
+
+
+def test_the_build_is_sized_by_the_cluster_and_the_data_not_a_fixed_width():
+    """Two CPUs and a small job: a few tasks and partitions (Ray Data's cost per task and per
+    partition was most of a small build); a large job: more partitions, so none holds more
+    than its share of rows; never more than there are groups to fill them."""
+    assert reuse_ready._blocks(100, cpus=2) == 4
+    assert reuse_ready._blocks(50_000, cpus=2) == 100  # 500 shards a block
+    assert reuse_ready._blocks(3, cpus=2) == 3
+    assert reuse_ready._parts(1_000_000, 2_000_000, cpus=2, most=64) == 2
+    assert reuse_ready._parts(100_000_000, 2_000_000, cpus=2, most=64) == 50
+    assert reuse_ready._parts(100_000_000, 2_000_000, cpus=256, most=64) == 50
+    assert reuse_ready._parts(1_000_000, 2_000_000, cpus=256, most=64) == 16
+    assert reuse_ready._parts(10**9, 200_000, cpus=2, most=7) == 7
