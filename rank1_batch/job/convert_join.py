@@ -179,8 +179,9 @@ def write_part(store: Any, name: str, lines: bool, n_run: int, *pieces: pa.Table
 # -- the driver -------------------------------------------------------------------------------
 
 
-class _Runner:
-    """Ray tasks when Ray is initialised, else direct calls (the same functions)."""
+class Tasks:
+    """Ray tasks when Ray is initialised, else direct calls (the same functions). Also the
+    reuse build's (:func:`rank1_batch.pipeline.reuse_ready.build_reuse`)."""
 
     def __init__(self) -> None:
         import ray
@@ -223,7 +224,7 @@ def join_run(
     """Convert the run ``spec`` (an :class:`InputSpec`) into ``store``'s ``input/`` parts;
     returns (parts written, rows)."""
     ranks = spec.format == "msmarco-run"
-    runner = _Runner()
+    runner = Tasks()
     run_size, run_ranges = byte_ranges(spec.path, storage)
     p = max(1, math.ceil(run_size / (part_rows * RUN_LINE_BYTES)))
     corpus_size, corpus_ranges = byte_ranges(corpus_uri, storage)

@@ -24,10 +24,10 @@ fingerprint. A copied row must also carry the ``model_revision`` the scoring eng
 snapshot. ``error`` rows are never reused; they are scored again.
 
 **The reuse stage** (:func:`.reuse_ready.build_reuse`, after prepare, over pending
-shards only, run once by the run holding the output) is a Ray Data hash join on keys first,
-not a driver dictionary (:mod:`.reuse_join`): the pending shards' keys and the earlier
-outputs' keys with a pointer (source, shard, row) are shuffled together by key hash and
-joined per bucket; then only source shards with matches read their committed scores and
+shards only, run once by the run holding the output) is a hash join on keys first, on Ray
+tasks, not a driver dictionary (:mod:`.reuse_join`): the pending shards' keys and the earlier
+outputs' keys with a pointer (source, shard, row) are split by key hash and joined per
+bucket; then only source shards with matches read their committed scores and
 traces (checksums verified), take the matched rows, and the rows are grouped by target shard
 and written to ``reuse/<shard>.parquet``. Sources whose key settings differ from the job's
 are skipped without reading them.

@@ -9,18 +9,22 @@ so the key joined on is the text key (:mod:`rank1_batch.core.text_key`): read fr
 column existed, computed from its text columns (``query``, ``passage``, ``title``,
 ``instruction``), as :func:`pair_keys` does on both sides. A source shard's scores and traces
 are not read, unless its marker counts error rows (which are never reused) or a row count
-other than its pairs', and then only its scores' ids and status. Both sides are shuffled by
-key hash and joined per bucket: each target pair gets the first-listed source's row of its
-key (earlier source, then earlier shard, then earlier row).
+other than its pairs', and then only its scores' ids and status. Both sides are split by
+key hash into pieces (:func:`target_pieces`, :func:`source_pieces`) and joined a piece of
+buckets at a time (:func:`join_pieces`): each target pair gets the first-listed source's row
+of its key (earlier source, then earlier shard, then earlier row).
 
-Phase 2 (:func:`fetch_rows`): the matches are grouped by source shard; each source shard
+Phase 2 (:func:`fetch_pieces`, :func:`fetch_rows`): the matches are grouped by source shard;
+each source shard
 with matches reads its committed scores and traces (checksums verified against the marker,
 so each is read whole: a committed file is never decoded unverified) and its pairs' ids, and
 takes the matched rows. A source shard without matches is never read past its pairs' keys.
 A committed file that is missing or fails its checksum here is logged and its matches
 dropped: those pairs are scored, not copied from a later source.
 
-The matched rows are then grouped by target shard and written (:func:`write_shard`).
+The matched rows are then grouped by target shard and written (:func:`write_pieces`,
+:func:`write_shard`). :func:`rank1_batch.pipeline.reuse_ready.build_reuse` runs these steps
+as Ray tasks.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from rank1_batch.core.rows import TextSettings
 from rank1_batch.io import commit, layout
 from rank1_batch.io.fs import StorageSpec, parquet_bytes, table_from_bytes
 from rank1_batch.io.store import Store
+from rank1_batch.job.convert_read import split_by
 from rank1_batch.job.spec import JobSpec
 from rank1_batch.pipeline import reuse
 
@@ -194,6 +199,69 @@ def fetch_rows(group: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
     )
     rows = rows.append_column("reused_from", pa.array([uri] * rows.num_rows, pa.string()))
     return rows.select(reuse.MATCH_SCHEMA.names).cast(reuse.MATCH_SCHEMA)
+
+
+# -- the build's tasks: each takes its pieces and returns (rows, *pieces for the next step) --
+def _split(table: pa.Table, key: str, n: int) -> tuple[Any, ...]:
+    """(rows, piece 0, ..., piece n-1) of ``table`` by a stable hash of ``key``."""
+    return (table.num_rows, *split_by(table, key, n))
+
+
+def _groups(table: pa.Table, values: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
+    """``table``'s rows grouped by ``values`` (one table a distinct value)."""
+    if not table.num_rows:
+        return []
+    coded = pc.dictionary_encode(values)
+    coded = coded.combine_chunks() if isinstance(coded, pa.ChunkedArray) else coded
+    idx = coded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(idx, kind="stable")
+    cuts = np.flatnonzero(np.diff(idx[order])) + 1
+    return [table.take(pa.array(part)) for part in np.split(order, cuts)]
+
+
+def _bucket_split(rows: pa.Table, n: int) -> tuple[Any, ...]:
+    slots = rows.column("bucket").to_numpy() % n
+    return (rows.num_rows, *(rows.filter(pa.array(slots == i)) for i in range(n)))
+
+
+def target_pieces(shards: list[str], n: int, spec: JobSpec, store: Store) -> tuple[Any, ...]:
+    """Phase 1, target side: the keys of ``shards``' pairs, in ``n`` pieces by key bucket."""
+    return _bucket_split(target_rows(pa.table({"shard": shards}), spec=spec, store=store), n)
+
+
+def source_pieces(
+    items: list[dict[str, Any]], n: int, storage: StorageSpec | None
+) -> tuple[Any, ...]:
+    """Phase 1, source side: ``items``' (uri, shard, priority) keys and pointers, in ``n``
+    pieces by key bucket."""
+    return _bucket_split(source_keys(pa.Table.from_pylist(items), storage=storage), n)
+
+
+def join_pieces(n: int, *pieces: pa.Table) -> tuple[Any, ...]:
+    """The key join of one set of buckets (:func:`join_bucket`); the matches in ``n`` pieces
+    by source shard."""
+    matched = join_bucket(pa.concat_tables([JOIN_SCHEMA.empty_table(), *pieces]))
+    return _split(matched, "source_shard", n)
+
+
+def fetch_pieces(n: int, storage: StorageSpec | None, *pieces: pa.Table) -> tuple[Any, ...]:
+    """Phase 2 for the source shards of these pieces (:func:`fetch_rows`, one source shard at
+    a time); the matched rows in ``n`` pieces by target shard."""
+    pointers = pa.concat_tables([POINTER.empty_table(), *pieces])
+    by_shard = pc.binary_join_element_wise(pointers["source"], pointers["source_shard"], "\0")
+    rows = pa.concat_tables(
+        [reuse.MATCH_SCHEMA.empty_table()]
+        + [fetch_rows(g, storage=storage) for g in _groups(pointers, by_shard)]
+    )
+    return _split(rows, "shard", n)
+
+
+def write_pieces(store: Store, *pieces: pa.Table) -> pa.Table:
+    """The matched rows of these pieces written, one target shard at a time
+    (:func:`write_shard`); returns (shard, rows) of each."""
+    rows = pa.concat_tables([reuse.MATCH_SCHEMA.empty_table(), *pieces])
+    written = [write_shard(g, store=store) for g in _groups(rows, rows["shard"])]
+    return pa.concat_tables(written) if written else pa.table({"shard": [], "rows": []})
 
 
 def write_shard(group: pa.Table, *, store: Store) -> pa.Table:

@@ -15,13 +15,13 @@ its marker is invisible to joiners and is cleared by the next holder's build.
 
 from __future__ import annotations
 
-import functools
+import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from rank1_batch.io import lease
 from rank1_batch.io.store import Store
@@ -29,6 +29,7 @@ from rank1_batch.job.spec import JobSpec
 from rank1_batch.pipeline import reuse, reuse_join
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUILT = f"{reuse.REUSE}/_built.json"
 WAIT_S = float(os.environ.get("RANK1_REUSE_WAIT_S", "3600"))  # a joiner's longest wait
@@ -115,10 +116,22 @@ def wait_built(
 def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, int]:
     """Match pending shards' pairs against the ``reuse:`` sources; write ``reuse/`` files.
 
-    Returns {shard: matched rows} for shards with matches. Runs on Ray Data.
-    """
-    import ray.data
+    Returns {shard: matched rows} for shards with matches. Plain Ray tasks, each returning
+    its output in hash pieces for the next step (as the conversion's join does,
+    :mod:`rank1_batch.job.convert_join`): phase 1 reads the keys (targets, sources) in
+    ``_blocks`` tasks, split by key bucket; one task per bucket piece joins them and splits the
+    matches by source shard; one per source-shard piece fetches the matched rows and splits them
+    by target shard; one per target-shard piece writes them. The driver holds references
+    only. Without Ray (the local executor) the same steps run in this process.
 
+    Why not Ray Data's ``groupby``: its three hash shuffles cost about 3-5 s each at any size
+    (a 1M-pair build on 2 CPUs, its worker processes already started: phase 1 1.2 s, then
+    5.0 s, 3.6 s and 2.9 s for shuffles that moved 1.1M keys, 50,000 pointers and 50,000 rows),
+    most of a build whose data is a few seconds of work.
+    """
+    import ray
+
+    from rank1_batch.job.convert_join import Tasks
     from rank1_batch.job.resolve import resolve_spec
 
     spec = resolve_spec(spec)  # here, not in each task: the key hashes the driver's values
@@ -131,55 +144,58 @@ def build_reuse(spec: JobSpec, store: Store, pending: list[str]) -> dict[str, in
     ]
     if not items or not pending:
         return {}
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = Tasks()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if tasks.ray else 1
     target_pairs = len(pending) * spec.output.shard_size
     source_pairs = sum(
         len(shards) * reuse._source_spec(uri, spec.storage).output.shard_size
         for uri, shards in sources
     )
-    targets = ray.data.from_items(
-        [{"shard": s} for s in pending], override_num_blocks=_blocks(len(pending), cpus)
-    ).map_batches(
-        functools.partial(reuse_join.target_rows, spec=spec, store=store),
-        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
-    )  # fmt: skip
-    found = ray.data.from_items(items, override_num_blocks=_blocks(len(items), cpus)).map_batches(
-        functools.partial(reuse_join.source_keys, storage=spec.storage),
-        batch_size=1, batch_format="pyarrow", num_cpus=0.5,
-    )  # fmt: skip
+    nb = _parts(target_pairs + source_pairs, KEYS_PER_PARTITION, cpus, reuse_join.BUCKETS)
+    nf = _parts(target_pairs, MATCHES_PER_PARTITION, cpus, len(items))
+    nw = _parts(target_pairs, MATCHES_PER_PARTITION, cpus, len(pending))
     # Phase 1 moves keys and pointers only; phase 2 reads results of matched shards only.
-    written = (
-        targets.union(found)
-        .groupby("bucket", num_partitions=_parts(target_pairs + source_pairs, KEYS_PER_PARTITION,
-                                                   cpus, reuse_join.BUCKETS))
-        .map_groups(reuse_join.join_bucket, batch_format="pyarrow", num_cpus=0.5)
-        # Phase 2 in parallel, one group a matched source shard. Its map_groups asks no CPUs of
-        # its own so that Ray Data fuses it into the shuffle's reduce tasks, which drop empty
-        # output blocks: unfused (num_cpus=0.5), an empty partition here comes out as a block
-        # without columns, and the next hash shuffle (Ray Data 2.60) fails on it when it comes
-        # first in a mapper's input ("Schema at index 1 was different").
-        .groupby(["source", "source_shard"],
-                 num_partitions=_parts(target_pairs, MATCHES_PER_PARTITION, cpus, len(items)))
-        .map_groups(functools.partial(reuse_join.fetch_rows, storage=spec.storage),
-                    batch_format="pyarrow")
-        .groupby("shard",
-                 num_partitions=_parts(target_pairs, MATCHES_PER_PARTITION, cpus, len(pending)))
-        .map_groups(functools.partial(reuse_join.write_shard, store=store),
-                    batch_format="pyarrow", num_cpus=0.5)
-        .take_all()
-    )  # fmt: skip
-    counts = {str(r["shard"]): int(r["rows"]) for r in written}
+    keyed = [
+        tasks.call(reuse_join.target_pieces, nb + 1, chunk, nb, spec, store)
+        for chunk in _chunks(pending, _blocks(len(pending), cpus))
+    ] + [
+        tasks.call(reuse_join.source_pieces, nb + 1, chunk, nb, spec.storage)
+        for chunk in _chunks(items, _blocks(len(items), cpus))
+    ]
+    joined = [
+        tasks.call(reuse_join.join_pieces, nf + 1, nf, *[k[1 + b] for k in keyed])
+        for b in range(nb)
+    ]
+    del keyed
+    fetched = [
+        tasks.call(reuse_join.fetch_pieces, nw + 1, nw, spec.storage, *[j[1 + f] for j in joined])
+        for f in range(nf)
+    ]
+    del joined
+    written = [
+        tasks.call(reuse_join.write_pieces, 1, store, *[x[1 + w] for x in fetched])
+        for w in range(nw)
+    ]
+    del fetched
+    counts: dict[str, int] = {}
+    for table in tasks.get(written):
+        counts.update(zip(table["shard"].to_pylist(), table["rows"].to_pylist(), strict=True))
     log.info(
         "reuse: %d pairs of %d shards match earlier outputs", sum(counts.values()), len(counts)
     )
     return counts
 
 
+def _chunks(items: Sequence[T], k: int) -> list[list[T]]:
+    """``items`` in ``k`` contiguous runs of nearly equal length."""
+    bounds = [len(items) * i // k for i in range(k + 1)]
+    return [list(items[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def _blocks(n: int, cpus: int) -> int:
-    """Read blocks for ``n`` shards: two per CPU, more only past :data:`SHARDS_PER_BLOCK` a
-    block. Each block is a task, and Ray Data's fixed cost per task and per shuffle partition
-    was most of the build: the same build of 200,000 pairs (100 source shards, 10 target
-    shards, 2 CPUs) took 7.8 s warm with 64 blocks and 16 partitions, 1.4 s with 8 and 4."""
+    """Phase-1 tasks for ``n`` shards: two per CPU, more only past :data:`SHARDS_PER_BLOCK` a
+    task (a task's fixed cost was most of a small build: one of 200,000 pairs on 2 CPUs took
+    7.8 s with 64 tasks a side and 16 partitions, 1.4 s with 8 and 4)."""
     return max(1, min(n, max(2 * cpus, math.ceil(n / SHARDS_PER_BLOCK))))
 
 
