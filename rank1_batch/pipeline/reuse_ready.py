@@ -34,9 +34,9 @@ T = TypeVar("T")
 BUILT = f"{reuse.REUSE}/_built.json"
 WAIT_S = float(os.environ.get("RANK1_REUSE_WAIT_S", "3600"))  # a joiner's longest wait
 POLL_S = 2.0
-# How much one task or shuffle partition of the build takes on, at most: shards per read
-# block, key rows (about 70 bytes each) per join partition, matched rows (a trace each, about
-# 1 KB) per fetch and write partition.
+# How much one task of the build takes on, at most: shards per phase-1 task, key rows (about
+# 70 bytes each) per join task, matched rows (a trace each, about 1 KB) per fetch and write
+# task.
 SHARDS_PER_BLOCK = 500
 KEYS_PER_PARTITION = 2_000_000
 MATCHES_PER_PARTITION = 200_000
@@ -200,8 +200,8 @@ def _blocks(n: int, cpus: int) -> int:
 
 
 def _parts(rows: int, per: int, cpus: int, most: int) -> int:
-    """Shuffle partitions for about ``rows`` rows: one per CPU (at most 16), more when a
-    partition would hold over ``per`` rows; never more than ``most``."""
+    """Tasks (hash pieces) for about ``rows`` rows: one per CPU (at most 16), more when one
+    would hold over ``per`` rows; never more than ``most``."""
     return max(1, min(most, max(min(cpus, 16), math.ceil(rows / per))))
 
 
