@@ -151,8 +151,9 @@ def source_keys(batch: pa.Table, *, storage: StorageSpec | None) -> pa.Table:
 
 
 def join_bucket(group: pa.Table) -> pa.Table:
-    """One key bucket: each target pair with the pointer of the first-listed source row of
-    its key (lowest priority, then lowest row)."""
+    """The keys of one or more buckets (:func:`join_pieces` passes a piece of them): each
+    target pair with the pointer of the first-listed source row of its key (lowest priority,
+    then lowest row)."""
     targets = group.filter(pc.field("side") == "target").select(["key", *reuse.IDS.names])
     sources = group.filter(pc.field("side") == "source")
     if not targets.num_rows or not sources.num_rows:
