@@ -623,3 +623,33 @@ def test_pair_keys_of_a_shard_without_the_column_are_computed_from_its_texts(tmp
         table.select(["query_id", "doc_id"]).to_pylist()
         == pairs().select(["query_id", "doc_id"]).to_pylist()
     )
+
+
+def test_matched_rows_are_taken_by_position_only_where_the_ids_agree():
+    """The fetch takes a matched row at its ``pairs/`` position in the scores and traces
+    (the commit writes them in pairs order), and falls back to the id join wherever a row
+    taken there is another pair's: both give the same rows."""
+    ids = pa.table({"query_id": ["q1", "q1", "q2", "q2"], "doc_id": ["d1", "d2", "d3", "d4"]})
+    scores = ids.append_column("score", pa.array([0.1, 0.2, 0.3, 0.4]))
+    traces = ids.append_column("reasoning", pa.array(["r1", "r2", "r3", "r4"]))
+    group = pa.table(
+        {"shard": ["t0", "t1"], "query_id": ["n1", "n2"], "doc_id": ["e1", "e2"], "row": [3, 1]}
+    )
+    picked = ids.take(group["row"])
+    by_position = reuse_join._by_position(group, picked, scores, traces)
+    assert by_position is not None
+    assert by_position.to_pylist() == [
+        {"shard": "t0", "query_id": "n1", "doc_id": "e1", "score": 0.4, "reasoning": "r4"},
+        {"shard": "t1", "query_id": "n2", "doc_id": "e2", "score": 0.2, "reasoning": "r2"},
+    ]
+    joined = reuse_join._by_ids(group, picked, scores, traces)
+    assert sorted(joined.select(by_position.column_names).to_pylist(), key=str) == sorted(
+        by_position.to_pylist(), key=str
+    )
+    reordered = scores.take(pa.array([1, 0, 3, 2]))  # not in pairs order
+    assert reuse_join._by_position(group, picked, reordered, traces) is None
+    assert reuse_join._by_position(group, picked, scores.slice(0, 2), traces) is None
+    fallback = reuse_join._by_ids(group, picked, reordered, traces)
+    assert sorted(fallback.select(by_position.column_names).to_pylist(), key=str) == sorted(
+        by_position.to_pylist(), key=str
+    )

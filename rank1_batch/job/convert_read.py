@@ -68,10 +68,19 @@ def stable_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def split_by(table: pa.Table, key: str, n: int) -> list[pa.Table]:
     """``table`` cut into ``n`` pieces by :func:`stable_hash` of ``key`` (mod ``n``)."""
-    where = (stable_hash(table.column(key)) % np.uint64(n)).astype(np.int64)
-    order = np.argsort(where, kind="stable")
+    return split_at(table, (stable_hash(table.column(key)) % np.uint64(n)).astype(np.int64), n)
+
+
+def split_at(table: pa.Table, slot: np.ndarray, n: int) -> list[pa.Table]:
+    """``table`` cut into ``n`` pieces by ``slot`` (each row's piece, 0 to n-1), rows keeping
+    their order within a piece: one take, then zero-copy slices (a take or a filter a piece,
+    each over the whole table, made a 1M-pair reuse build 7.1 s in one process against 6.6 s
+    with this)."""
+    if n == 1:
+        return [table]
+    order = np.argsort(slot, kind="stable")
     table = table.take(pa.array(order))
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(where, minlength=n))])
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(slot, minlength=n))])
     return [table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i in range(n)]
 
 
