@@ -15,13 +15,13 @@ buckets at a time (:func:`join_pieces`): each target pair gets the first-listed 
 of its key (earlier source, then earlier shard, then earlier row).
 
 Phase 2 (:func:`fetch_pieces`, :func:`fetch_rows`): the matches are grouped by source shard;
-each source shard
-with matches reads its committed scores and traces (checksums verified against the marker,
-so each is read whole: a committed file is never decoded unverified) and its pairs' ids, and
-takes the matched rows: at their ``pairs/`` position, where the ids there agree (the commit
-writes both files in pairs order), else by a join on the ids. A source shard without matches is never read past its pairs' keys.
-A committed file that is missing or fails its checksum here is logged and its matches
-dropped: those pairs are scored, not copied from a later source.
+each source shard with matches reads its committed scores and traces (checksums verified
+against the marker, so each is read whole: a committed file is never decoded unverified) and
+its pairs' ids, and takes the matched rows: at their ``pairs/`` position, where the ids there
+agree (the commit writes both files in pairs order), else by a join on the ids. A source
+shard without matches is never read past its pairs' keys. A committed file that is missing
+or fails its checksum here is logged and its matches dropped: those pairs are scored, not
+copied from a later source.
 
 The matched rows are then grouped by target shard and written (:func:`write_pieces`,
 :func:`write_shard`). :func:`rank1_batch.pipeline.reuse_ready.build_reuse` runs these steps
