@@ -649,6 +649,8 @@ def test_matched_rows_are_taken_by_position_only_where_the_ids_agree():
     reordered = scores.take(pa.array([1, 0, 3, 2]))  # not in pairs order
     assert reuse_join._by_position(group, picked, reordered, traces) is None
     assert reuse_join._by_position(group, picked, scores.slice(0, 2), traces) is None
+    nulled = scores.set_column(1, "doc_id", pa.array(["d1", "d2", "d3", None]))
+    assert reuse_join._by_position(group, picked, nulled, traces) is None  # a null agrees with none
     fallback = reuse_join._by_ids(group, picked, reordered, traces)
     assert sorted(fallback.select(by_position.column_names).to_pylist(), key=str) == sorted(
         by_position.to_pylist(), key=str

@@ -211,7 +211,7 @@ def _by_position(
     picked = [t.take(at) for t in (scores, traces)]
     for t in picked:
         for c in ID_COLUMNS:
-            if not pc.all(pc.equal(t[c], ids[c])).as_py():
+            if not pc.all(pc.equal(t[c], ids[c]), skip_nulls=False).as_py():  # a null: no
                 return None
     out = group.select(reuse.IDS.names)
     for t in picked:
