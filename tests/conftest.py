@@ -206,3 +206,42 @@ def _no_ray_left_behind() -> Iterator[None]:
     ray = sys.modules.get("ray")
     if not before and ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# -- how the test process ends ---------------------------------------------------------------
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's exit status once its report is out and its ``atexit``
+    hooks have run, skipping only the interpreter's finalization.
+
+    This process starts and shuts down Ray in-process many times (the in-process driver tests,
+    the Ray Data tests) beside vLLM, torch and fsspec's IO thread. ``ray.shutdown`` leaves
+    Ray's C++ threads running (``gcs_client_io_s``, ``worker.io`` and gRPC's, seen at the end
+    of a session), and such a thread that calls into Python once the interpreter is finalizing
+    crashes it (ray-project/ray#47864 traces the same SIGSEGV to Ray's ``check_signals``).
+    That is what a CI run on 2026-12-07 met: 687 passed, 2 skipped, then ``Segmentation
+    fault`` and exit 139, with no traceback. Nothing the tests check runs in that
+    finalization; the CLI's own exit is checked by the tests that run it as a subprocess.
+    ``faulthandler`` stays on through the ``atexit`` hooks, so a crash there still prints
+    every thread's stack."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:  # no session ran (a usage error, --help): the normal exit
+        return
+    import atexit
+    import faulthandler
+
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()  # Ray's shutdown, multiprocessing's, pytest's temp-dir lock
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

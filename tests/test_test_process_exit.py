@@ -1,0 +1,66 @@
+"""How the test process ends (``conftest.pytest_unconfigure``): with pytest's own exit status,
+after its ``atexit`` hooks, without the interpreter's finalization (where Ray's leftover
+threads crashed a CI run after every test had passed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+PROBE = """
+import atexit
+import os
+
+OUT = os.environ["PROBE_OUT"]
+atexit.register(lambda: open(OUT + ".atexit", "w").close())
+
+
+class Finalized:
+    def __del__(self, _open=open, _path=OUT + ".finalized") -> None:
+        _open(_path, "w").close()  # when the interpreter clears this module at finalization
+
+
+KEEP = Finalized()
+
+
+def test_probe() -> None:
+    assert os.environ["PROBE"] == "pass"
+"""
+
+
+def _pytest(tmp_path: Path, outcome: str, *plugin: str) -> tuple[int, set[str], str]:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    out = tmp_path / outcome
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_probe.py"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+            "PROBE": outcome,
+            "PROBE_OUT": str(out),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ran = {p.suffix for p in tmp_path.glob(f"{outcome}.*")}
+    return proc.returncode, ran, proc.stdout
+
+
+def test_the_test_process_keeps_its_status_runs_atexit_and_skips_finalization(
+    tmp_path: Path,
+) -> None:
+    # The probe sees the finalization where the conftest is not loaded ...
+    rc, ran, _ = _pytest(tmp_path / "plain", "pass")
+    assert (rc, ran) == (0, {".atexit", ".finalized"})
+    # ... and with it: the same status and atexit hooks, no finalization, the report printed.
+    for outcome, status, summary in [("pass", 0, "1 passed"), ("fail", 1, "1 failed")]:
+        rc, ran, stdout = _pytest(tmp_path / "ours", outcome, "-p", "conftest")
+        assert (rc, ran) == (status, {".atexit"}), stdout
+        assert summary in stdout
