@@ -233,8 +233,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     ``faulthandler`` stays on through the ``atexit`` hooks, so a crash there still prints
     every thread's stack."""
     status = config.stash.get(_EXIT_STATUS, None)
-    if status is None:  # no session ran (a usage error, --help): the normal exit
-        return
+    if status is None or not _pytest_is_the_program():
+        return  # no session ran (a usage error, --help), or pytest.main() inside a program
     import atexit
     import faulthandler
 
@@ -245,3 +245,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _pytest_is_the_program() -> bool:
+    """``python -m pytest`` or the ``pytest`` script, not ``pytest.main()`` called by a program
+    (a notebook, an IDE's runner in its own process) that goes on afterwards."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        return spec.name in ("pytest", "pytest.__main__")
+    return Path(sys.argv[0]).name in ("pytest", "py.test")

@@ -32,12 +32,24 @@ def test_probe() -> None:
 """
 
 
-def _pytest(tmp_path: Path, outcome: str, *plugin: str) -> tuple[int, set[str], str]:
+ARGS = ["-q", "-p", "no:cacheprovider"]
+# pytest.main() called by a program that goes on afterwards (and marks that it did).
+IN_A_PROGRAM = (
+    "import os, sys, pytest\n"
+    "status = pytest.main(sys.argv[1:])\n"
+    "open(os.environ['PROBE_OUT'] + '.after', 'w').close()\n"
+    "sys.exit(status)\n"
+)
+
+
+def _pytest(
+    tmp_path: Path, outcome: str, *plugin: str, program: list[str] | None = None
+) -> tuple[int, set[str], str]:
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "test_probe.py").write_text(PROBE)
     out = tmp_path / outcome
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_probe.py"],
+        [*(program or [sys.executable, "-m", "pytest"]), *ARGS, *plugin, "test_probe.py"],
         cwd=tmp_path,
         env={
             **os.environ,
@@ -64,3 +76,8 @@ def test_the_test_process_keeps_its_status_runs_atexit_and_skips_finalization(
         rc, ran, stdout = _pytest(tmp_path / "ours", outcome, "-p", "conftest")
         assert (rc, ran) == (status, {".atexit"}), stdout
         assert summary in stdout
+    # pytest.main() inside a program: the program goes on and ends as it would.
+    rc, ran, _ = _pytest(
+        tmp_path / "program", "pass", "-p", "conftest", program=[sys.executable, "-c", IN_A_PROGRAM]
+    )
+    assert (rc, ran) == (0, {".after", ".atexit", ".finalized"})
