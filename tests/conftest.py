@@ -226,10 +226,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     the Ray Data tests) beside vLLM, torch and fsspec's IO thread. ``ray.shutdown`` leaves
     Ray's C++ threads running (``gcs_client_io_s``, ``worker.io`` and gRPC's, seen at the end
     of a session), and such a thread that calls into Python once the interpreter is finalizing
-    crashes it (ray-project/ray#47864 traces the same SIGSEGV to Ray's ``check_signals``).
-    That is what a CI run on 2026-12-07 met: 687 passed, 2 skipped, then ``Segmentation
-    fault`` and exit 139, with no traceback. Nothing the tests check runs in that
-    finalization; the CLI's own exit is checked by the tests that run it as a subprocess.
+    crashes it (ray-project/ray#47864 traces such a SIGSEGV to Ray's ``check_signals``).
+    A CI run on 2026-12-07 printed 687 passed, 2 skipped, then died on its way out
+    (``Segmentation fault``, exit 139, no traceback; not reproduced here in seven tries, so
+    the cause is inferred, not seen). Nothing the tests check runs in that finalization;
+    the CLI's own exit is checked by the tests that run it as a subprocess.
     ``faulthandler`` stays on through the ``atexit`` hooks, so a crash there still prints
     every thread's stack."""
     status = config.stash.get(_EXIT_STATUS, None)
